@@ -1,0 +1,5 @@
+import sys
+
+from startprof.cli import main
+
+sys.exit(main())

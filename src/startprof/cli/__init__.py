@@ -1,0 +1,56 @@
+"""The ``startprof`` command line. The only place that prints errors and chooses exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from startprof import __version__
+from startprof.cli.doctor import doctor_command
+from startprof.errors import StartprofError
+
+EXIT_USAGE = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="startprof")
+def cli() -> None:
+    """startprof: why did this pod take that long to start?
+
+    Traces a node's container runtime from the kernel with eBPF, cuts every pod start into
+    phases (sandbox, network namespace, each CNI plugin, OCI runtime, image, containers) and
+    finds the critical path.
+
+    \b
+    Examples:
+      sudo startprof doctor                 check this machine
+    """
+
+
+cli.add_command(doctor_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map startprof errors to one line on stderr and an exit code."""
+    try:
+        result = cli.main(args=argv, prog_name="startprof", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("startprof: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except StartprofError as exc:
+        click.echo(f"startprof: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("startprof: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""``startprof doctor``: what works on this machine, what is missing, and how to fix it.
+
+The checks read the machine through a :class:`Host`; tests pass a fake one, so the decision
+logic is tested without root or a particular kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import shutil
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from startprof.errors import StartprofError
+from startprof.probes import required_tracepoints
+
+Status = Literal["ok", "warn", "fail"]
+
+MIN_KERNEL = (5, 8)  # BPF ring buffer
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+LAB_RUNTIMES = ("runc", "crun")
+CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+CNI_PLUGINS = ("bridge", "ptp", "host-local", "loopback", "portmap")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    required: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status == "ok" for c in self.checks if c.required)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+class Host(Protocol):
+    """What the checks need to know about the machine."""
+
+    def euid(self) -> int: ...
+    def effective_caps(self) -> int: ...
+    def kernel_release(self) -> str: ...
+    def bpf_map_create_errno(self) -> int:
+        """0 when a BPF array map could be created, else the errno."""
+        ...
+
+    def mounts(self) -> str:
+        """Contents of /proc/mounts."""
+        ...
+
+    def exists(self, path: str) -> bool: ...
+    def which(self, name: str) -> str | None: ...
+    def bcc_trial(self) -> str | None:
+        """Compile and attach a trivial tracepoint program; None on success, else the error."""
+        ...
+
+    def cri_version(self, socket_path: str) -> str:
+        """Runtime name and version behind a CRI socket; raises OSError or CriError if none."""
+        ...
+
+
+def _parse_release(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_privileges(host: Host) -> Check:
+    if host.euid() == 0:
+        return Check("privileges", "ok", True, "running as root")
+    caps = host.effective_caps()
+    wanted = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON, "CAP_SYS_ADMIN": CAP_SYS_ADMIN}
+    missing = [name for name, bit in wanted.items() if not caps >> bit & 1]
+    if not missing:
+        return Check("privileges", "ok", True, "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN held")
+    return Check(
+        "privileges",
+        "fail",
+        True,
+        f"not root and missing {', '.join(missing)}",
+        "run with sudo, or grant CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN",
+    )
+
+
+def check_kernel(host: Host) -> Check:
+    release = host.kernel_release()
+    version = _parse_release(release)
+    if version is None:
+        return Check("kernel", "fail", True, f"cannot parse kernel release {release!r}")
+    if version < MIN_KERNEL:
+        return Check(
+            "kernel",
+            "fail",
+            True,
+            f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]} (no BPF ring buffer)",
+            "run on Linux >= 5.8",
+        )
+    return Check("kernel", "ok", True, f"Linux {release}")
+
+
+def check_bpf_syscall(host: Host) -> Check:
+    err = host.bpf_map_create_errno()
+    if err == 0:
+        return Check("bpf syscall", "ok", True, "created and closed a BPF array map")
+    return Check(
+        "bpf syscall",
+        "fail",
+        True,
+        f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}",
+        "run as root; check kernel.unprivileged_bpf_disabled and that CONFIG_BPF_SYSCALL=y",
+    )
+
+
+def tracefs_path(mounts: str) -> str | None:
+    """Mount point of tracefs (or debugfs's tracing dir) in a /proc/mounts text."""
+    found: dict[str, str] = {}
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            found[parts[1]] = parts[2]
+    for mountpoint, fstype in found.items():
+        if fstype == "tracefs":
+            return mountpoint
+    debugfs = [mp for mp, fs in found.items() if fs == "debugfs"]
+    return f"{debugfs[0]}/tracing" if debugfs else None
+
+
+def check_tracefs(host: Host) -> Check:
+    path = tracefs_path(host.mounts())
+    if path is None:
+        return Check(
+            "tracefs",
+            "fail",
+            True,
+            "tracefs is not mounted",
+            "mount -t tracefs nodev /sys/kernel/tracing (sudo make setup does it)",
+        )
+    return Check("tracefs", "ok", True, f"mounted at {path}")
+
+
+def check_tracepoints(host: Host, tracepoints: Sequence[str]) -> Check:
+    path = tracefs_path(host.mounts())
+    if path is None:
+        return Check("tracepoints", "fail", True, "cannot look: tracefs is not mounted", "")
+    missing = [
+        tp for tp in tracepoints if not host.exists(f"{path}/events/{tp.replace(':', '/')}/format")
+    ]
+    if missing:
+        return Check(
+            "tracepoints",
+            "fail",
+            True,
+            f"{len(missing)} of {len(tracepoints)} missing: {', '.join(missing)}",
+            "a kernel with CONFIG_FTRACE_SYSCALLS=y and the sched tracepoints",
+        )
+    return Check("tracepoints", "ok", True, f"all {len(tracepoints)} the probes use exist")
+
+
+def check_btf(host: Host) -> Check:
+    if host.exists("/sys/kernel/btf/vmlinux"):
+        return Check("btf", "ok", True, "/sys/kernel/btf/vmlinux")
+    return Check(
+        "btf", "fail", True, "/sys/kernel/btf/vmlinux is missing", "a kernel with CONFIG_DEBUG_INFO_BTF=y"
+    )
+
+
+def check_kernel_headers(host: Host) -> Check:
+    build = f"/lib/modules/{host.kernel_release()}/build"
+    if host.exists(f"{build}/Makefile"):
+        return Check("kernel headers", "ok", True, build)
+    return Check(
+        "kernel headers",
+        "fail",
+        True,
+        f"{build} is missing; bcc cannot compile",
+        "sudo make setup (installs linux-headers-amd64 and links them)",
+    )
+
+
+def check_bcc(host: Host) -> Check:
+    error = host.bcc_trial()
+    if error is None:
+        return Check("bcc", "ok", True, "compiled and attached a tracepoint program")
+    return Check(
+        "bcc",
+        "fail",
+        True,
+        error,
+        "sudo make setup (python3-bpfcc, kernel headers); run from the project venv",
+    )
+
+
+def check_lab_binaries(host: Host) -> list[Check]:
+    checks = []
+    containerd = host.which("containerd")
+    checks.append(
+        Check("containerd", "ok", False, containerd)
+        if containerd
+        else Check("containerd", "warn", False, "not found (the lab needs it)", "apt-get install containerd")
+    )
+    for runtime in LAB_RUNTIMES:
+        path = host.which(runtime)
+        checks.append(
+            Check(runtime, "ok", False, path)
+            if path
+            else Check(runtime, "warn", False, "not found (lab handlers skip it)", f"apt-get install {runtime}")
+        )
+    for bin_dir in CNI_BIN_DIRS:
+        missing = [p for p in CNI_PLUGINS if not host.exists(f"{bin_dir}/{p}")]
+        if not missing:
+            checks.append(Check("cni plugins", "ok", False, f"{', '.join(CNI_PLUGINS)} in {bin_dir}"))
+            break
+    else:
+        checks.append(
+            Check(
+                "cni plugins",
+                "warn",
+                False,
+                f"{', '.join(CNI_PLUGINS)} not all in {' or '.join(CNI_BIN_DIRS)}",
+                "apt-get install containernetworking-plugins",
+            )
+        )
+    return checks
+
+
+def check_cri_socket(host: Host, socket_path: str) -> Check:
+    try:
+        version = host.cri_version(socket_path)
+    except (OSError, StartprofError) as exc:
+        return Check(
+            "cri socket",
+            "warn",
+            False,
+            f"{socket_path} does not answer: {exc}",
+            "start the lab (startprof lab up) or pass --cri-socket / STARTPROF_CRI_SOCKET",
+        )
+    return Check("cri socket", "ok", False, f"{socket_path}: {version}")
+
+
+def run_checks(host: Host, cri_socket: str) -> Report:
+    checks: list[Check] = [
+        check_privileges(host),
+        check_kernel(host),
+        check_bpf_syscall(host),
+        check_tracefs(host),
+        check_tracepoints(host, required_tracepoints()),
+        check_btf(host),
+        check_kernel_headers(host),
+        check_bcc(host),
+        *check_lab_binaries(host),
+        check_cri_socket(host, cri_socket),
+    ]
+    return Report(tuple(checks))
+
+
+class RealHost:
+    """The machine startprof runs on."""
+
+    def euid(self) -> int:
+        return os.geteuid()
+
+    def effective_caps(self) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+        return 0
+
+    def kernel_release(self) -> str:
+        return platform.release()
+
+    def bpf_map_create_errno(self) -> int:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, map_flags
+        attr = (ctypes.c_uint32 * 5)(2, 4, 4, 1, 0)  # BPF_MAP_TYPE_ARRAY
+        nr_bpf = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+        fd = libc.syscall(nr_bpf, 0, ctypes.byref(attr), ctypes.sizeof(attr))
+        if fd < 0:
+            return ctypes.get_errno() or 1
+        os.close(fd)
+        return 0
+
+    def mounts(self) -> str:
+        return Path("/proc/mounts").read_text()
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def which(self, name: str) -> str | None:
+        return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+    def bcc_trial(self) -> str | None:
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            return f"cannot import bcc: {exc}"
+        text = "TRACEPOINT_PROBE(sched, sched_process_exec) { return 0; }"
+        try:
+            bpf = BPF(text=text)
+        except Exception as exc:  # bcc raises bare Exception on compile/load errors
+            return f"bcc failed to compile or attach: {str(exc).splitlines()[0]}"
+        bpf.cleanup()
+        return None
+
+    def cri_version(self, socket_path: str) -> str:
+        if not os.path.exists(socket_path):
+            raise OSError(f"no such socket {socket_path}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(socket_path)
+        from startprof.lab.cri import cri_version
+
+        return cri_version(socket_path)
+
+
+def doctor(cri_socket: str, host_factory: Callable[[], Host] = RealHost) -> Report:
+    return run_checks(host_factory(), cri_socket)

@@ -1,0 +1,51 @@
+"""The probes startprof loads: one module per ``bpf/<name>.bpf.c``.
+
+``PROBES`` is the table of every probe and the tracepoints it attaches to; ``startprof doctor``
+checks that each of them exists on the running kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    name: str
+    source: str
+    tracepoints: tuple[str, ...]
+    """``category:event`` names, e.g. ``sched:sched_process_exec``."""
+
+
+def _sys(*names: str) -> tuple[str, ...]:
+    return tuple(f"syscalls:sys_{edge}_{n}" for n in names for edge in ("enter", "exit"))
+
+
+PROBES: tuple[ProbeSpec, ...] = (
+    ProbeSpec(
+        "exec",
+        "exec.bpf.c",
+        (
+            *_sys("execve", "execveat"),
+            "syscalls:sys_enter_exit_group",
+            "sched:sched_process_exec",
+            "sched:sched_process_fork",
+            "sched:sched_process_exit",
+        ),
+    ),
+    ProbeSpec("namespaces", "namespaces.bpf.c", _sys("clone", "clone3", "unshare", "setns")),
+    ProbeSpec(
+        "netlink",
+        "netlink.bpf.c",
+        (*_sys("socket", "sendto", "sendmsg", "recvfrom", "recvmsg"), "syscalls:sys_enter_close"),
+    ),
+    ProbeSpec("cri", "cri.bpf.c", _sys("accept4", "read", "write")),
+)
+
+
+def required_tracepoints() -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for probe in PROBES:
+        for tp in probe.tracepoints:
+            seen.setdefault(tp, None)
+    return tuple(seen)

@@ -176,7 +176,11 @@ def check_btf(host: Host) -> Check:
     if host.exists("/sys/kernel/btf/vmlinux"):
         return Check("btf", "ok", True, "/sys/kernel/btf/vmlinux")
     return Check(
-        "btf", "fail", True, "/sys/kernel/btf/vmlinux is missing", "a kernel with CONFIG_DEBUG_INFO_BTF=y"
+        "btf",
+        "fail",
+        True,
+        "/sys/kernel/btf/vmlinux is missing",
+        "a kernel with CONFIG_DEBUG_INFO_BTF=y",
     )
 
 
@@ -212,19 +216,33 @@ def check_lab_binaries(host: Host) -> list[Check]:
     checks.append(
         Check("containerd", "ok", False, containerd)
         if containerd
-        else Check("containerd", "warn", False, "not found (the lab needs it)", "apt-get install containerd")
+        else Check(
+            "containerd",
+            "warn",
+            False,
+            "not found (the lab needs it)",
+            "apt-get install containerd",
+        )
     )
     for runtime in LAB_RUNTIMES:
         path = host.which(runtime)
         checks.append(
             Check(runtime, "ok", False, path)
             if path
-            else Check(runtime, "warn", False, "not found (lab handlers skip it)", f"apt-get install {runtime}")
+            else Check(
+                runtime,
+                "warn",
+                False,
+                "not found (lab handlers skip it)",
+                f"apt-get install {runtime}",
+            )
         )
     for bin_dir in CNI_BIN_DIRS:
         missing = [p for p in CNI_PLUGINS if not host.exists(f"{bin_dir}/{p}")]
         if not missing:
-            checks.append(Check("cni plugins", "ok", False, f"{', '.join(CNI_PLUGINS)} in {bin_dir}"))
+            checks.append(
+                Check("cni plugins", "ok", False, f"{', '.join(CNI_PLUGINS)} in {bin_dir}")
+            )
             break
     else:
         checks.append(

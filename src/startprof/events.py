@@ -41,6 +41,7 @@ KINDS: Final[dict[str, str]] = {
     "annotation": "OCI bundle annotations of a runtime create: sandbox_id, container_id, attrs",
     "drops": "ring buffer reserve failures so far, per CPU in attrs, total in ret",
     "note": "something the recorder wants the reader to know (attrs.message)",
+    "end": "the recording ended cleanly: attrs holds end times, drops and event counts",
 }
 
 # (name, Arrow type name) — recording.py maps the type names to pyarrow types.

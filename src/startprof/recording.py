@@ -1,0 +1,238 @@
+"""The recording file: the only module that reads or writes it.
+
+A recording is one Apache Arrow IPC *stream* (``.arrows``): a schema whose metadata holds the
+recording's header, then record batches of events (columns from :mod:`startprof.events`).
+The writer appends a batch and fsyncs at least once a second, so a SIGKILL or power loss costs
+at most the last second, and the stream format needs no footer: a file cut anywhere still opens
+up to its last complete batch. A clean close appends one ``end`` event; its absence tells the
+reader the recording was cut short.
+
+Read it elsewhere with ``pyarrow.ipc.open_stream(path).read_all()`` (or duckdb/pandas).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from startprof.errors import RecordingError
+from startprof.events import COLUMNS, Event
+
+FORMAT_VERSION: Final = 1
+META_KEY: Final = b"startprof"
+SUFFIX: Final = ".arrows"
+
+_TYPES: Final[dict[str, pa.DataType]] = {
+    "dictionary": pa.string(),
+    "string": pa.string(),
+    "binary": pa.binary(),
+    "bool": pa.bool_(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "list<string>": pa.list_(pa.string()),
+}
+
+EVENT_SCHEMA: Final = pa.schema([pa.field(name, _TYPES[kind]) for name, kind in COLUMNS])
+
+
+@dataclass(frozen=True)
+class RecordingHeader:
+    """What a recording says about itself. ``extra`` keeps keys this version does not know."""
+
+    host: str
+    kernel: str
+    abi_version: int
+    probes: tuple[str, ...]
+    cri_socket: str
+    clock_offset_ns: int
+    start_wall_ns: int
+    start_monotonic_ns: int
+    follow_all: bool = False
+    startprof_version: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        doc = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        doc["probes"] = list(self.probes)
+        return json.dumps({**self.extra, **doc}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, path: Path) -> RecordingHeader:
+        try:
+            doc = json.loads(raw)
+            version = int(doc["format_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RecordingError(f"{path}: damaged recording header") from exc
+        if version > FORMAT_VERSION:
+            raise RecordingError(
+                f"{path}: recording format {version} is newer than this startprof reads "
+                f"({FORMAT_VERSION})",
+                fix="upgrade startprof",
+            )
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        try:
+            return cls(
+                **{k: v for k, v in doc.items() if k in known and k != "probes"},
+                probes=tuple(doc.get("probes", ())),
+                extra={k: v for k, v in doc.items() if k not in known},
+            )
+        except TypeError as exc:
+            raise RecordingError(f"{path}: damaged recording header ({exc})") from exc
+
+
+class RecordingWriter:
+    """Appends events to a recording; flushes to disk at least every ``flush_interval`` seconds.
+
+    The file is created mode 0600: it holds command lines and CNI arguments of the node.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], header: RecordingHeader, flush_interval: float = 0.5
+    ) -> None:
+        self.path = Path(path)
+        self.header = header
+        self.flush_interval = flush_interval
+        self.events_written = 0
+        self._pending: list[Event] = []
+        self._last_flush = time.monotonic()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise RecordingError(f"cannot create {self.path}: {exc.strerror}") from exc
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        schema = EVENT_SCHEMA.with_metadata({META_KEY: header.to_json()})
+        options = ipc.IpcWriteOptions(compression="zstd")
+        self._writer = ipc.new_stream(self._file, schema, options=options)
+        self._sync()
+
+    def write(self, events: Iterable[Event]) -> None:
+        self._pending.extend(events)
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending events as one batch and fsync."""
+        if self._pending:
+            batch = pa.RecordBatch.from_pylist(self._pending, schema=EVENT_SCHEMA)
+            self._writer.write_batch(batch)
+            self.events_written += len(self._pending)
+            self._pending = []
+        self._sync()
+        self._last_flush = time.monotonic()
+
+    def close(self, end: Mapping[str, Any] | None = None) -> None:
+        """Flush, append the ``end`` event (a clean end) and close. Idempotent."""
+        if self._file.closed:
+            return
+        if end is not None:
+            self._pending.append(
+                {"kind": "end", "ts_ns": time.monotonic_ns(), "attrs": json.dumps(dict(end))}
+            )
+        self.flush()
+        self._writer.close()
+        self._file.close()
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    header: RecordingHeader
+    table: pa.Table
+    complete: bool
+    """True when the recorder closed the file cleanly (an ``end`` event is present)."""
+    truncated: bool
+    """True when the file ends inside a batch (e.g. the recorder was killed mid-write)."""
+    end: Mapping[str, Any]
+
+    def frame(self) -> Any:
+        """The events as a pandas DataFrame with nullable Arrow-backed columns."""
+        import pandas as pd
+
+        return self.table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def read_recording(path: str | os.PathLike[str]) -> Recording:
+    """Open a recording, tolerating a cut-off tail; raise RecordingError on anything else."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        source = pa.memory_map(str(p))
+    except FileNotFoundError:
+        raise RecordingError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise RecordingError(f"{p}: is a directory, not a recording") from None
+    except OSError as exc:
+        raise RecordingError(f"{p}: cannot open: {exc.strerror or exc}") from None
+    if size == 0:
+        raise RecordingError(f"{p}: empty file, not a recording")
+    try:
+        reader = ipc.open_stream(source)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        hint = " (an Arrow *file*, not a startprof stream)" if _is_arrow_file(p) else ""
+        raise RecordingError(f"{p}: not a startprof recording{hint}: {_first_line(exc)}") from None
+    metadata = reader.schema.metadata or {}
+    if META_KEY not in metadata:
+        raise RecordingError(f"{p}: an Arrow stream, but not a startprof recording")
+    header = RecordingHeader.from_json(metadata[META_KEY], p)
+    if not reader.schema.equals(EVENT_SCHEMA.with_metadata(metadata), check_metadata=False):
+        raise RecordingError(f"{p}: recording columns do not match format {header.format_version}")
+
+    batches: list[pa.RecordBatch] = []
+    truncated = False
+    while True:
+        try:
+            batches.append(reader.read_next_batch())
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, pa.ArrowException, OSError):
+            truncated = True
+            break
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    end = _end_attrs(table)
+    return Recording(p, header, table, end is not None, truncated, end or {})
+
+
+def _end_attrs(table: pa.Table) -> dict[str, Any] | None:
+    if table.num_rows == 0:
+        return None
+    kinds = table.column("kind")
+    last = table.num_rows - 1
+    if kinds[last].as_py() != "end":
+        return None
+    try:
+        attrs = json.loads(table.column("attrs")[last].as_py() or "{}")
+    except ValueError:
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _is_arrow_file(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(6) == b"ARROW1"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,166 @@
+"""What the analysis produces: pods, their phase trees and critical paths.
+
+Frozen dataclasses, so reporters and exporters can be tested from small factories. All times
+here are wall-clock ns (the recording's monotonic timestamps plus its clock offset): every
+output of a recording shows the same instants.
+
+Keep in sync with ``docs/analyze.md`` (the JSON document is ``Analysis.to_dict()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PhaseStatus = Literal["ok", "error"]
+PodStatus = Literal["ok", "failed", "incomplete"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One span of a pod start. ``name`` is canonical (DESIGN.md), e.g. ``cni.plugin bridge``."""
+
+    id: str
+    """Unique within its pod and stable for the same recording, e.g. ``sandbox/cni.add/1``."""
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    status: PhaseStatus = "ok"
+    error: str | None = None
+    on_critical_path: bool = False
+    self_ns: int = 0
+    """Time this phase holds the critical path itself (0 when it is not on it)."""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    """pid, argv, runtime, cni_plugin, netlink op counts, source ("cri" or "kernel"), ..."""
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def kind(self) -> str:
+        """The canonical phase name without its subject: ``cni.plugin bridge`` -> ``cni.plugin``."""
+        return self.name.split(" ", 1)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "name": self.name,
+            "start_wall_ns": self.start_ns,
+            "end_wall_ns": self.end_ns,
+            "duration_ms": round(self.duration_ns / 1e6, 3),
+            "status": self.status,
+            "error": self.error,
+            "on_critical_path": self.on_critical_path,
+            "self_ms": round(self.self_ns / 1e6, 3),
+            "attributes": dict(self.attributes),
+        }
+
+
+@dataclass(frozen=True)
+class CriticalStep:
+    phase_id: str
+    name: str
+    self_ns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase_id": self.phase_id,
+            "name": self.name,
+            "self_ms": round(self.self_ns / 1e6, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Pod:
+    host: str
+    sandbox_id: str
+    name: str | None
+    namespace: str | None
+    uid: str | None
+    status: PodStatus
+    start_ns: int
+    end_ns: int
+    phases: tuple[Phase, ...]
+    """Parents before children; ``phases[0]`` is the ``pod`` phase."""
+    critical_path: tuple[CriticalStep, ...] = ()
+    bottleneck: str = ""
+    runtime_handler: str | None = None
+    runtime: str | None = None
+    """The OCI runtime binary seen (runc, crun)."""
+    failed_phase: str | None = None
+    containers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.host, self.sandbox_id)
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    def phase(self, phase_id: str) -> Phase:
+        for p in self.phases:
+            if p.id == phase_id:
+                return p
+        raise KeyError(phase_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "sandbox_id": self.sandbox_id,
+            "host": self.host,
+            "runtime_handler": self.runtime_handler,
+            "runtime": self.runtime,
+            "status": self.status,
+            "failed_phase": self.failed_phase,
+            "containers": list(self.containers),
+            "start_wall_ns": self.start_ns,
+            "duration_ms": round(self.duration_ns / 1e6, 3),
+            "phases": [p.to_dict() for p in self.phases],
+            "critical_path": [s.to_dict() for s in self.critical_path],
+            "bottleneck": self.bottleneck,
+        }
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    files: tuple[str, ...]
+    hosts: tuple[str, ...]
+    kernels: tuple[str, ...]
+    start_ns: int
+    end_ns: int
+    drops: int
+    complete: bool
+    """Every file was closed cleanly (none was cut short by a crash)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": list(self.files),
+            "hosts": list(self.hosts),
+            "kernels": list(self.kernels),
+            "start_wall_ns": self.start_ns,
+            "end_wall_ns": self.end_ns,
+            "duration_s": round((self.end_ns - self.start_ns) / 1e9, 3),
+            "drops": self.drops,
+            "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True)
+class Analysis:
+    recording: RecordingInfo
+    pods: tuple[Pod, ...]
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recording": self.recording.to_dict(),
+            "pods": [p.to_dict() for p in self.pods],
+            "summary": dict(self.summary),
+        }

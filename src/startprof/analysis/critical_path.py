@@ -1,0 +1,148 @@
+"""The critical path of a pod start, and the bottleneck in words.
+
+Definition (DESIGN.md; the one Jaeger's trace view uses, applied at kernel granularity): start at
+the end of a span and walk backwards; at each instant follow the child that is still running
+latest, recurse into it, and charge time covered by no child to the span itself. Every instant of
+the pod is charged to exactly one span, so the self-times on the path sum to the pod's duration.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+
+from startprof.analysis.model import CriticalStep, Phase
+
+
+def _children(phases: Sequence[Phase]) -> dict[str | None, list[Phase]]:
+    out: dict[str | None, list[Phase]] = defaultdict(list)
+    for p in phases:
+        out[p.parent_id].append(p)
+    return out
+
+
+def critical_segments(phases: Sequence[Phase]) -> list[tuple[str, int, int]]:
+    """``(phase id, start, end)`` pieces of the critical path, latest first, tiling the root."""
+    children = _children(phases)
+    roots = children.get(None, [])
+    if not roots:
+        return []
+    segments: list[tuple[str, int, int]] = []
+
+    def walk(node: Phase, lo: int, hi: int) -> None:
+        t = hi
+        kids = children.get(node.id, [])
+        while t > lo:
+            best: Phase | None = None
+            best_end = lo
+            for kid in kids:
+                if kid.start_ns < t and kid.end_ns > lo:
+                    end = min(kid.end_ns, t)
+                    # ties go to the child that started first: it covers more of the window
+                    if end > best_end or (
+                        best is not None and end == best_end and kid.start_ns < best.start_ns
+                    ):
+                        best, best_end = kid, end
+            if best is None:
+                segments.append((node.id, lo, t))
+                return
+            if best_end < t:
+                segments.append((node.id, best_end, t))
+            child_lo = max(best.start_ns, lo)
+            walk(best, child_lo, best_end)
+            t = child_lo  # strictly smaller than before: best started before t
+
+    root = roots[0]
+    walk(root, root.start_ns, root.end_ns)
+    return segments
+
+
+def apply_critical_path(
+    phases: Sequence[Phase],
+) -> tuple[tuple[Phase, ...], tuple[CriticalStep, ...]]:
+    """Phases with ``on_critical_path``/``self_ns`` set, and the path's steps in time order."""
+    segments = critical_segments(phases)
+    self_ns: dict[str, int] = defaultdict(int)
+    first_seen: dict[str, int] = {}
+    for phase_id, lo, hi in segments:
+        self_ns[phase_id] += hi - lo
+        first_seen[phase_id] = min(first_seen.get(phase_id, lo), lo)
+    on_path = set(self_ns)
+    by_id = {p.id: p for p in phases}
+    # a span whose descendant holds the path is on it too, even with no self time
+    for phase_id in list(on_path):
+        parent = by_id[phase_id].parent_id
+        while parent is not None and parent not in on_path:
+            on_path.add(parent)
+            parent = by_id[parent].parent_id
+    updated = tuple(
+        replace(p, on_critical_path=p.id in on_path, self_ns=self_ns.get(p.id, 0)) for p in phases
+    )
+    steps = tuple(
+        CriticalStep(pid, by_id[pid].name, self_ns[pid])
+        for pid in sorted(self_ns, key=lambda k: (first_seen[k], k))
+        if self_ns[pid] > 0
+    )
+    return updated, steps
+
+
+def _subtree_ids(phases: Sequence[Phase], root_id: str) -> list[str]:
+    children = _children(phases)
+    out, queue = [], [root_id]
+    while queue:
+        pid = queue.pop()
+        out.append(pid)
+        queue.extend(k.id for k in children.get(pid, []))
+    return out
+
+
+def _ms(ns: int) -> str:
+    ms = ns / 1e6
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def bottleneck(phases: Sequence[Phase]) -> str:
+    """A sentence such as ``61% of 112 ms in sandbox: cni.plugin bridge 19 ms, of which
+    11 ms in 9 iptables execs``.
+
+    Expects phases on which :func:`apply_critical_path` ran.
+    """
+    if not phases:
+        return ""
+    root = phases[0]
+    total = root.duration_ns
+    if total <= 0:
+        return ""
+    by_id = {p.id: p for p in phases}
+    top_children = [p for p in phases if p.parent_id == root.id]
+    if not top_children:
+        return f"100% of {_ms(total)} in {root.name}"
+
+    def path_ns(phase_id: str) -> int:
+        return sum(by_id[i].self_ns for i in _subtree_ids(phases, phase_id))
+
+    top = max(top_children, key=lambda p: (path_ns(p.id), -p.start_ns))
+    top_ns = path_ns(top.id)
+    text = f"{100 * top_ns / total:.0f}% of {_ms(total)} in {top.name}"
+    inner = [by_id[i] for i in _subtree_ids(phases, top.id) if i != top.id]
+    inner = [p for p in inner if path_ns(p.id) > 0]
+    if not inner:
+        return text
+    # the deepest span that still holds most of the top span's critical time
+    focus = max(inner, key=lambda p: (path_ns(p.id), -len(_subtree_ids(phases, p.id))))
+    text += f": {focus.name} {_ms(path_ns(focus.id))}"
+    groups: dict[str, list[Phase]] = defaultdict(list)
+    for i in _subtree_ids(phases, focus.id):
+        if i != focus.id:
+            groups[by_id[i].name].append(by_id[i])
+    if groups:
+        name, members = max(groups.items(), key=lambda kv: sum(path_ns(m.id) for m in kv[1]))
+        group_ns = sum(path_ns(m.id) for m in members)
+        if group_ns > 0:
+            kind, _, subject = name.partition(" ")
+            label = f"{subject} {kind}s" if subject else f"{kind}s"
+            if len(members) == 1:
+                label = name
+            text += f", of which {_ms(group_ns)} in {len(members)} {label}"
+    return text

@@ -1,0 +1,104 @@
+"""Critical path and bottleneck sentence on hand-built phase trees with known answers."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from startprof.analysis.critical_path import apply_critical_path, bottleneck, critical_segments
+from startprof.analysis.model import Phase
+
+MS = 1_000_000
+
+
+def ph(pid: str, parent: str | None, name: str, start: float, end: float) -> Phase:
+    return Phase(pid, parent, name, int(start * MS), int(end * MS))
+
+
+def pod_tree() -> list[Phase]:
+    return [
+        ph("pod", None, "pod", 0, 100),
+        ph("sb", "pod", "sandbox", 0, 60),
+        ph("cni", "sb", "cni.add", 5, 40),
+        ph("br", "cni", "cni.plugin bridge", 5, 40),
+        *[ph(f"ipt{i}", "br", "exec iptables", 10 + 3 * i, 12 + 3 * i) for i in range(9)],
+        ph("lo", "cni", "cni.plugin loopback", 5, 8),
+        ph("rc", "sb", "runtime.create", 42, 55),
+        ph("img", "pod", "image", 61, 62),
+        ph("ctr", "pod", "container app", 62, 100),
+        ph("cs", "ctr", "container.start", 65, 100),
+    ]
+
+
+def test_segments_tile_the_pod_latest_first() -> None:
+    segments = critical_segments(pod_tree())
+    assert segments[0][2] == 100 * MS
+    assert segments[-1][1] == 0
+    for (_, lo, _), (_, _, hi) in zip(segments, segments[1:], strict=False):
+        assert hi == lo  # contiguous, no overlap
+    assert sum(hi - lo for _, lo, hi in segments) == 100 * MS
+
+
+def test_self_times_sum_to_duration_and_flags() -> None:
+    phases, steps = apply_critical_path(pod_tree())
+    by = {p.id: p for p in phases}
+    assert sum(s.self_ns for s in steps) == 100 * MS
+    # loopback finished while bridge was still running: never on the path
+    assert not by["lo"].on_critical_path
+    assert by["br"].on_critical_path and by["cni"].on_critical_path
+    assert by["cni"].self_ns == 0  # fully covered by the bridge
+    assert by["ipt8"].self_ns == 2 * MS
+    assert by["cs"].self_ns == 35 * MS
+    assert by["ctr"].self_ns == 3 * MS
+    assert by["pod"].self_ns == 1 * MS  # 60..61: between sandbox and image
+    assert [s.name for s in steps][:3] == ["sandbox", "cni.plugin bridge", "exec iptables"]
+
+
+def test_overlapping_children_follow_the_one_running_latest() -> None:
+    phases = [
+        ph("root", None, "pod", 0, 10),
+        ph("a", "root", "a", 0, 8),
+        ph("b", "root", "b", 5, 10),
+    ]
+    _, steps = apply_critical_path(phases)
+    assert [(s.name, s.self_ns) for s in steps] == [("a", 5 * MS), ("b", 5 * MS)]
+
+
+def test_children_outside_the_parent_are_clipped() -> None:
+    phases = [ph("root", None, "pod", 0, 10), ph("a", "root", "a", -5, 20)]
+    _, steps = apply_critical_path(phases)
+    assert [(s.name, s.self_ns) for s in steps] == [("a", 10 * MS)]
+
+
+def test_bottleneck_sentence() -> None:
+    phases, _ = apply_critical_path(pod_tree())
+    assert bottleneck(phases) == (
+        "60% of 100 ms in sandbox: cni.plugin bridge 35 ms, of which 18 ms in 9 iptables execs"
+    )
+
+
+def test_bottleneck_of_a_leaf_pod() -> None:
+    phases, _ = apply_critical_path([ph("root", None, "pod", 0, 4)])
+    assert bottleneck(phases) == "100% of 4.0 ms in pod"
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> list[Phase]:
+    n = draw(st.integers(1, 25))
+    phases = [Phase("0", None, "pod", 0, draw(st.integers(1, 10_000)))]
+    for i in range(1, n):
+        parent = phases[draw(st.integers(0, len(phases) - 1))]
+        start = draw(st.integers(parent.start_ns - 50, parent.end_ns))
+        end = draw(st.integers(start, parent.end_ns + 50))
+        phases.append(Phase(str(i), parent.id, f"p{i % 4}", start, end))
+    return phases
+
+
+@settings(max_examples=300, deadline=None)
+@given(trees())
+def test_path_always_sums_to_the_pod(phases: list[Phase]) -> None:
+    updated, steps = apply_critical_path(phases)
+    assert sum(s.self_ns for s in steps) == phases[0].duration_ns
+    assert sum(p.self_ns for p in updated) == phases[0].duration_ns
+    assert all(p.self_ns >= 0 for p in updated)
+    bottleneck(updated)

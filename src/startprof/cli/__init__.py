@@ -8,6 +8,7 @@ import click
 
 from startprof import __version__
 from startprof.cli.doctor import doctor_command
+from startprof.cli.lab import lab_group
 from startprof.errors import StartprofError
 
 EXIT_USAGE = 2
@@ -25,10 +26,12 @@ def cli() -> None:
     \b
     Examples:
       sudo startprof doctor                 check this machine
+      sudo startprof lab up                 start the lab's own containerd (lab run, lab down)
     """
 
 
 cli.add_command(doctor_command)
+cli.add_command(lab_group)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,219 @@
+"""``startprof lab up|down|status|run``: the embedded containerd and the kubelet-like driver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from startprof.lab.paths import LabPaths, lab_dir
+
+_DIR_HELP = "Lab directory [default: $STARTPROF_LAB_DIR or /var/lib/startprof/lab]."
+
+
+def _progress(line: str) -> None:
+    click.echo(f"lab: {line}", err=True)
+
+
+def _paths(directory: str | None) -> LabPaths:
+    return LabPaths(lab_dir(directory).absolute())
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """Run a private containerd with runc/crun x bridge/ptp handlers and start pods on it.
+
+    The lab keeps every file of its containerd under one directory and plays the kubelet's
+    CRI role itself, so pod starts can be profiled and benchmarked on any Linux box.
+
+    \b
+    Examples:
+      sudo startprof lab up
+      sudo startprof lab run --pods 20 --runtime-handler crun-bridge
+      sudo startprof lab status --json
+      sudo startprof lab down
+    """
+
+
+@lab_group.command("up")
+@click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
+def up_command(directory: str | None) -> None:
+    """Start the lab's containerd (idempotent) and import its images.
+
+    Builds the pause and app images from C sources (static binaries, OCI archives written
+    by startprof) and imports them; no registry is contacted. Handlers are named
+    <runtime>-<network> for each installed runtime (runc, crun) and network (bridge, ptp).
+
+    \b
+    Examples:
+      sudo startprof lab up
+      sudo startprof lab up --dir /tmp/lab
+    """
+    from startprof.lab.containerd import Lab
+
+    info = Lab(_paths(directory)).up(progress=_progress)
+    click.echo(f"lab up: containerd pid {info.pid}")
+    click.echo(f"socket:   {info.socket}")
+    click.echo(f"handlers: {', '.join(info.handlers)}")
+    click.echo(f"images:   {', '.join(info.images)}")
+
+
+@lab_group.command("down")
+@click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
+def down_command(directory: str | None) -> None:
+    """Remove every pod, stop containerd and its shims, and leave nothing behind.
+
+    Undoes netns, veths, the lab bridge, CNI iptables rules and caches, overlay and shm
+    mounts, pod cgroups, shim sockets and the cgroup v1 remount made for crun, then checks
+    that nothing is left; anything that is gets listed and the exit code is 1. The image
+    store, logs and ground-truth file stay in the lab dir for the next up.
+
+    \b
+    Examples:
+      sudo startprof lab down
+      sudo startprof lab down --dir /tmp/lab
+    """
+    from startprof.lab.containerd import Lab
+
+    Lab(_paths(directory)).down(progress=_progress)
+    click.echo("lab down: nothing left behind")
+
+
+@lab_group.command("status")
+@click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as a JSON document.")
+def status_command(directory: str | None, as_json: bool) -> int:
+    """Show the lab's containerd pid, socket, handlers, images and live pods.
+
+    Exits 0 when the lab is up, 3 when it is not (`{"up": false}` with --json).
+
+    \b
+    Examples:
+      startprof lab status
+      startprof lab status --json | jq -r .socket
+    """
+    from startprof.lab.containerd import Lab
+
+    paths = _paths(directory)
+    info = Lab(paths).status()
+    if as_json:
+        doc: dict[str, object] = {"up": info is not None, "dir": str(paths.root)}
+        if info is not None:
+            doc.update(info.to_dict())
+        click.echo(json.dumps(doc, indent=2))
+    elif info is None:
+        click.echo(f"lab is down ({paths.root})")
+    else:
+        click.echo(f"lab up: containerd pid {info.pid} ({info.dir})")
+        click.echo(f"socket:   {info.socket}")
+        click.echo(f"handlers: {', '.join(info.handlers)}")
+        click.echo(f"images:   {', '.join(info.images) or '-'}")
+        click.echo(f"pods:     {len(info.pods)}")
+        for pod in info.pods:
+            click.echo(f"  {pod}")
+    return 0 if info is not None else 3
+
+
+@lab_group.command("run")
+@click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
+@click.option("--pods", default=1, show_default=True, metavar="N", help="Pods to start.")
+@click.option(
+    "--concurrency", default=1, show_default=True, metavar="C", help="Pods starting at once."
+)
+@click.option(
+    "--runtime-handler",
+    "handler",
+    default="runc-bridge",
+    show_default=True,
+    metavar="H",
+    help="CRI runtime handler <runtime>-<network> (see `lab status`).",
+)
+@click.option(
+    "--containers", default=1, show_default=True, metavar="K", help="App containers per pod."
+)
+@click.option(
+    "--init-containers", default=0, show_default=True, metavar="I", help="Init containers per pod."
+)
+@click.option(
+    "--pull",
+    is_flag=True,
+    help="Remove the app image first and pull it from a registry the lab serves on 127.0.0.1.",
+)
+@click.option("--keep", is_flag=True, help="Leave the pods running (lab down removes them).")
+@click.option(
+    "--truth",
+    "truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write the CRI ground truth (JSON lines) here [always: DIR/truth.jsonl].",
+)
+def run_command(
+    directory: str | None,
+    pods: int,
+    concurrency: int,
+    handler: str,
+    containers: int,
+    init_containers: int,
+    pull: bool,
+    keep: bool,
+    truth: Path | None,
+) -> int:
+    """Start pods over CRI exactly like the kubelet and time every CRI call.
+
+    Per pod: Version, RunPodSandbox, ImageStatus (PullImage only when missing), init
+    containers run to completion, then CreateContainer/StartContainer per container and
+    ContainerStatus until running; then every pod is torn down (unless --keep). Ends with
+    median and p95 per CRI call and for the whole start. Exit 1 if any pod failed.
+
+    \b
+    Examples:
+      sudo startprof lab run --pods 20 --runtime-handler crun-bridge
+      sudo startprof lab run --pods 10 --concurrency 4 --containers 2 --init-containers 1
+      sudo startprof lab run --pull --truth /tmp/truth.jsonl
+    """
+    from startprof.errors import LabError
+    from startprof.lab.driver import run_pods
+
+    paths = _paths(directory)
+    result = run_pods(
+        str(paths.socket),
+        handler,
+        pods=pods,
+        concurrency=concurrency,
+        containers=containers,
+        init_containers=init_containers,
+        pull=pull,
+        keep=keep,
+        truth_path=truth,
+        progress=_progress,
+    )
+    _print_stats(result)
+    click.echo(f"ground truth: {', '.join(str(p) for p in result.truth_paths)}", err=True)
+    if result.errors:
+        raise LabError(
+            f"{len(result.errors)} of {pods} pod(s) failed; first: {result.errors[0]}",
+            fix=f"see {paths.log}",
+        )
+    return 0
+
+
+def _print_stats(result: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from startprof.lab.driver import RunResult
+
+    assert isinstance(result, RunResult)
+    table = Table(title=f"{result.handler}: CRI call latency (ms)", show_edge=False)
+    for column, justify in (
+        ("call", "left"),
+        ("n", "right"),
+        ("median", "right"),
+        ("p95", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for s in result.stats():
+        label = f"[bold]{s.label}[/]" if s.label == "pod start" else s.label
+        table.add_row(label, str(s.count), f"{s.median_ms:.1f}", f"{s.p95_ms:.1f}")
+    Console().print(table)

@@ -1,0 +1,453 @@
+"""A kubelet-like CRI driver: starts pods over CRI gRPC the way the kubelet does and writes
+ground truth for every call.
+
+Per pod (kubelet order): Version, RunPodSandbox, ImageStatus (PullImage only when missing),
+then every init container CreateContainer, StartContainer and ContainerStatus until it exited
+with 0, then every app container CreateContainer and StartContainer, then ContainerStatus of
+each until running. Tear-down, after every pod started: StopContainer, RemoveContainer,
+StopPodSandbox, RemovePodSandbox, rmdir of the pod cgroups (containerd never removes them).
+Pods start on ``concurrency`` threads over one gRPC channel, like the kubelet's pod workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from startprof.errors import CriError, InputError, LabError
+from startprof.lab import cri as m
+from startprof.lab.config import LAB_CGROUP
+from startprof.lab.containerd import app_image, import_archive, load_state
+from startprof.lab.cri import CriCallError, CriClient, short_method, status_name
+from startprof.lab.host import remove_pod_cgroups
+from startprof.lab.oci import read_archive
+from startprof.lab.paths import LabPaths
+from startprof.lab.proto import api_pb2 as api
+from startprof.lab.registry import Registry
+from startprof.lab.truth import STATUS_OK, TruthWriter
+
+NAMESPACE = "startprof"
+Progress = Callable[[str], None]
+POLL_INTERVAL = 0.005
+INIT_TIMEOUT = 60.0
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PodResult:
+    name: str
+    uid: str
+    sandbox_id: str
+    start_ms: float | None  # first CRI call to every container running; None if it failed
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CallStat:
+    label: str  # short CRI method name or "pod start"
+    count: int
+    median_ms: float
+    p95_ms: float
+
+
+@dataclass
+class RunResult:
+    """What ``run_pods`` did: every truth record, and per-pod outcomes."""
+
+    handler: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[PodResult] = field(default_factory=list)
+    truth_paths: list[Path] = field(default_factory=list)
+    image: str = ""
+
+    @property
+    def pod_start_ms(self) -> list[float]:
+        """Durations of the pods that started: first CRI call to all containers running."""
+        return [p.start_ms for p in self.pods if p.start_ms is not None]
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{p.name}: {p.error}" for p in self.pods if p.error]
+
+    def stats(self) -> list[CallStat]:
+        """Median and p95 per CRI method (in first-call order) and for the whole pod start."""
+        by_method: dict[str, list[float]] = {}
+        for r in self.records:
+            if r["status"] == STATUS_OK:
+                ms = (r["end_monotonic_ns"] - r["start_monotonic_ns"]) / 1e6
+                by_method.setdefault(short_method(r["method"]), []).append(ms)
+        out = [CallStat(k, len(v), *_median_p95(v)) for k, v in by_method.items()]
+        if self.pod_start_ms:
+            out.append(
+                CallStat("pod start", len(self.pod_start_ms), *_median_p95(self.pod_start_ms))
+            )
+        return out
+
+
+def _median_p95(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    # Nearest-rank p95: an observed value, never an interpolation beyond the data.
+    rank = max(1, -(-95 * len(ordered) // 100))
+    return statistics.median(ordered), ordered[rank - 1]
+
+
+class _Recorder:
+    """Times CRI calls and writes one truth record per call."""
+
+    def __init__(self, writer: TruthWriter | None, records: list[dict[str, Any]]) -> None:
+        self._writer = writer
+        self._records = records
+        self._lock = threading.Lock()
+
+    def call(
+        self,
+        pod: _Pod | None,
+        method: str,
+        fn: Callable[[], _T],
+        container: str = "",
+        container_id: str = "",
+        ids: Callable[[_T], tuple[str, str]] | None = None,
+    ) -> _T:
+        """Run ``fn`` (one CRI call) and record it. ``ids`` maps a reply to (sandbox, container)
+        ids learnt from it (RunPodSandbox, CreateContainer)."""
+        start_wall, start_mono = time.time_ns(), time.monotonic_ns()
+        error: BaseException | None = None
+        result: _T | None = None
+        try:
+            result = fn()
+        except CriError as exc:
+            error = exc
+        end_mono, end_wall = time.monotonic_ns(), time.time_ns()
+        sandbox_id = pod.sandbox_id if pod else ""
+        if result is not None and ids is not None:
+            new_sandbox, new_container = ids(result)
+            sandbox_id = new_sandbox or sandbox_id
+            container_id = new_container or container_id
+        record = {
+            "pod": pod.name if pod else "",
+            "namespace": NAMESPACE if pod else "",
+            "uid": pod.uid if pod else "",
+            "sandbox_id": sandbox_id,
+            "container": container,
+            "container_id": container_id,
+            "method": method,
+            "start_monotonic_ns": start_mono,
+            "end_monotonic_ns": end_mono,
+            "start_wall_ns": start_wall,
+            "end_wall_ns": end_wall,
+            "status": STATUS_OK if error is None else status_name(error),
+            "error": "" if error is None else str(getattr(error, "details", "") or error),
+        }
+        with self._lock:
+            self._records.append(record)
+        if self._writer is not None:
+            self._writer.write(record)
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+
+@dataclass
+class _Pod:
+    name: str
+    uid: str
+    handler: str
+    config: api.PodSandboxConfig
+    sandbox_id: str = ""
+    container_ids: list[tuple[str, str]] = field(default_factory=list)  # (name, id)
+    start_ms: float | None = None
+    error: str | None = None
+
+
+def sandbox_config(paths: LabPaths, name: str, uid: str, run_id: str) -> api.PodSandboxConfig:
+    """The PodSandboxConfig the kubelet sends for a plain pod (cgroupfs driver, pod network)."""
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=name, uid=uid, namespace=NAMESPACE, attempt=0),
+        hostname=name,
+        log_directory=str(paths.pod_logs / f"{NAMESPACE}_{name}_{uid}"),
+        dns_config=api.DNSConfig(),
+        labels={
+            "io.kubernetes.pod.name": name,
+            "io.kubernetes.pod.namespace": NAMESPACE,
+            "io.kubernetes.pod.uid": uid,
+            "startprof.lab/run": run_id,
+        },
+        annotations={
+            "kubernetes.io/config.seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "kubernetes.io/config.source": "api",
+        },
+        linux=api.LinuxPodSandboxConfig(
+            cgroup_parent=f"/{LAB_CGROUP}/pod{uid}",
+            security_context=api.LinuxSandboxSecurityContext(
+                namespace_options=api.NamespaceOption(
+                    network=api.POD, pid=api.CONTAINER, ipc=api.POD
+                ),
+                seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined),
+            ),
+        ),
+    )
+
+
+def container_config(
+    pod: _Pod, name: str, image: str, init: bool, restart_index: int = 0
+) -> api.ContainerConfig:
+    """The ContainerConfig the kubelet sends; init containers get ``app init`` (exit 0)."""
+    return api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=name, attempt=restart_index),
+        image=api.ImageSpec(image=image),
+        args=["init"] if init else [],
+        envs=[api.KeyValue(key="STARTPROF_POD", value=pod.name)],
+        labels={
+            "io.kubernetes.container.name": name,
+            "io.kubernetes.pod.name": pod.name,
+            "io.kubernetes.pod.namespace": NAMESPACE,
+            "io.kubernetes.pod.uid": pod.uid,
+        },
+        annotations={
+            "io.kubernetes.container.restartCount": str(restart_index),
+            "io.kubernetes.container.terminationMessagePath": "/dev/termination-log",
+        },
+        log_path=f"{name}/{restart_index}.log",
+        linux=api.LinuxContainerConfig(
+            resources=api.LinuxContainerResources(
+                cpu_period=100000, cpu_shares=2, oom_score_adj=1000
+            ),
+            security_context=api.LinuxContainerSecurityContext(
+                namespace_options=api.NamespaceOption(
+                    network=api.POD, pid=api.CONTAINER, ipc=api.POD
+                ),
+                seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined),
+                masked_paths=["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                readonly_paths=[
+                    "/proc/bus",
+                    "/proc/fs",
+                    "/proc/irq",
+                    "/proc/sys",
+                    "/proc/sysrq-trigger",
+                ],
+            ),
+        ),
+    )
+
+
+def run_pods(
+    socket: str,
+    handler: str,
+    pods: int = 1,
+    concurrency: int = 1,
+    containers: int = 1,
+    init_containers: int = 0,
+    pull: bool = False,
+    keep: bool = False,
+    truth_path: Path | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Start ``pods`` pods on the lab behind ``socket`` with runtime handler ``handler``.
+
+    Ground truth goes to ``truth_path`` (if given) and to the lab's default truth file.
+    Pod failures do not raise: they are in ``RunResult.errors`` (after tear-down) so that the
+    caller still gets the truth of the calls that were made.
+    """
+    say = progress or (lambda _: None)
+    _check_counts(pods, concurrency, containers, init_containers)
+    paths = LabPaths.from_socket(socket)
+    if not Path(socket).exists():
+        raise LabError(f"the lab is not up (no socket {socket})", fix="sudo startprof lab up")
+    state = load_state(paths)
+    if state is None:
+        raise LabError(f"{socket} is not a startprof lab socket (no {paths.lab_state})")
+    if handler not in state.handlers:
+        raise InputError(f"unknown runtime handler {handler!r}; valid: {', '.join(state.handlers)}")
+    image, archive = app_image(paths)
+    truth_files = [paths.truth] + ([Path(truth_path)] if truth_path else [])
+    result = RunResult(handler=handler, truth_paths=truth_files)
+    run_id = secrets.token_hex(3)
+    with CriClient(socket) as client, TruthWriter(truth_files) as writer:
+        rec = _Recorder(writer, result.records)
+        registry: Registry | None = None
+        if pull:
+            registry = Registry([read_archive(Path(archive))]).start()
+            pull_ref = registry.reference(image)
+            say(f"serving {image} at {pull_ref}; removing the local copy")
+            rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
+            image = pull_ref
+        result.image = image
+        pull_lock = threading.Lock()
+        plan = []
+        for i in range(pods):
+            name, uid = f"sp-{run_id}-{i:03d}", str(uuid.uuid4())
+            plan.append(_Pod(name, uid, handler, sandbox_config(paths, name, uid, run_id)))
+        say(f"starting {pods} pod(s) on {handler}, {concurrency} at a time")
+        try:
+            _for_each(
+                plan,
+                concurrency,
+                lambda p: _start_pod(client, rec, p, image, containers, init_containers, pull_lock),
+            )
+            started = sum(p.start_ms is not None for p in plan)
+            say(f"{started} of {pods} pod(s) running")
+        finally:
+            if not keep:
+                say(f"tearing down {pods} pod(s)")
+                _for_each(plan, concurrency, lambda p: _teardown_pod(client, rec, p))
+            if registry is not None:
+                registry.stop()
+                if not keep:
+                    _quiet_call(
+                        lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
+                    )
+                # Put the lab's own copy back so later runs start from an imported image.
+                import_archive(paths, archive)
+    result.pods = [PodResult(p.name, p.uid, p.sandbox_id, p.start_ms, p.error) for p in plan]
+    return result
+
+
+def _check_counts(pods: int, concurrency: int, containers: int, init_containers: int) -> None:
+    for name, value, low in (
+        ("--pods", pods, 1),
+        ("--concurrency", concurrency, 1),
+        ("--containers", containers, 1),
+        ("--init-containers", init_containers, 0),
+    ):
+        if value < low:
+            raise InputError(f"{name} must be at least {low}, got {value}")
+
+
+def _for_each(plan: list[_Pod], concurrency: int, fn: Callable[[_Pod], None]) -> None:
+    if concurrency == 1:
+        for p in plan:
+            fn(p)
+        return
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="startprof-pod")
+    try:
+        for future in [pool.submit(fn, p) for p in plan]:
+            future.result()
+    finally:
+        # On Ctrl-C, pods not yet begun are dropped; those in flight finish so they can be
+        # torn down (a half-made sandbox would otherwise leak until lab down).
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _quiet_call(fn: Callable[[], object]) -> None:
+    with contextlib.suppress(CriError):
+        fn()
+
+
+def _start_pod(
+    client: CriClient,
+    rec: _Recorder,
+    pod: _Pod,
+    image: str,
+    containers: int,
+    init_containers: int,
+    pull_lock: threading.Lock,
+) -> None:
+    t0 = time.monotonic_ns()
+    try:
+        rec.call(pod, m.VERSION, client.version)
+        reply = rec.call(
+            pod,
+            m.RUN_POD_SANDBOX,
+            lambda: client.run_pod_sandbox(pod.config, pod.handler),
+            ids=lambda r: (r.pod_sandbox_id, ""),
+        )
+        pod.sandbox_id = reply.pod_sandbox_id
+        status = rec.call(pod, m.IMAGE_STATUS, lambda: client.image_status(image))
+        if not status.image.id:
+            # Like the kubelet's serialized image puller: one PullImage at a time.
+            with pull_lock:
+                rec.call(pod, m.PULL_IMAGE, lambda: client.pull_image(image, pod.config))
+        for i in range(init_containers):
+            cid = _create_and_start(client, rec, pod, f"init-{i}", image, init=True)
+            _wait_state(client, rec, pod, f"init-{i}", cid, api.CONTAINER_EXITED)
+        names = [f"app-{i}" for i in range(containers)]
+        ids = [_create_and_start(client, rec, pod, n, image, init=False) for n in names]
+        for n, cid in zip(names, ids, strict=True):
+            _wait_state(client, rec, pod, n, cid, api.CONTAINER_RUNNING)
+        pod.start_ms = (time.monotonic_ns() - t0) / 1e6
+    except (CriError, LabError) as exc:
+        pod.error = exc.message
+
+
+def _create_and_start(
+    client: CriClient, rec: _Recorder, pod: _Pod, name: str, image: str, init: bool
+) -> str:
+    config = container_config(pod, name, image, init)
+    reply = rec.call(
+        pod,
+        m.CREATE_CONTAINER,
+        lambda: client.create_container(pod.sandbox_id, config, pod.config),
+        container=name,
+        ids=lambda r: ("", r.container_id),
+    )
+    cid = reply.container_id
+    pod.container_ids.append((name, cid))
+    rec.call(pod, m.START_CONTAINER, lambda: client.start_container(cid), name, cid)
+    return cid
+
+
+def _wait_state(
+    client: CriClient, rec: _Recorder, pod: _Pod, name: str, cid: str, want: int
+) -> None:
+    deadline = time.monotonic() + INIT_TIMEOUT
+    while True:
+        st = rec.call(
+            pod, m.CONTAINER_STATUS, lambda: client.container_status(cid), name, cid
+        ).status
+        if st.state == want or st.state == api.CONTAINER_EXITED:
+            break
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"container {name} not {api.ContainerState.Name(want)} after {INIT_TIMEOUT:.0f} s"
+            )
+        time.sleep(POLL_INTERVAL)
+    if st.state != want or (want == api.CONTAINER_EXITED and st.exit_code != 0):
+        raise LabError(
+            f"container {name} is {api.ContainerState.Name(st.state)} "
+            f"(exit code {st.exit_code}, {st.reason or 'no reason'})"
+        )
+
+
+def _teardown_pod(client: CriClient, rec: _Recorder, pod: _Pod) -> None:
+    """Kubelet order: stop and remove containers (last first), then the sandbox, then cgroups."""
+    if not pod.sandbox_id:
+        return
+    try:
+        for name, cid in reversed(pod.container_ids):
+            rec.call(pod, m.STOP_CONTAINER, partial(client.stop_container, cid), name, cid)
+            rec.call(pod, m.REMOVE_CONTAINER, partial(client.remove_container, cid), name, cid)
+        rec.call(pod, m.STOP_POD_SANDBOX, lambda: client.stop_pod_sandbox(pod.sandbox_id))
+        rec.call(pod, m.REMOVE_POD_SANDBOX, lambda: client.remove_pod_sandbox(pod.sandbox_id))
+    except CriCallError as exc:
+        pod.error = pod.error or f"tear-down: {exc.message}"
+    left = remove_pod_cgroups(pod.config.linux.cgroup_parent)
+    if left:
+        pod.error = pod.error or f"pod cgroups not removed: {'; '.join(left)}"
+    _remove_tree(Path(pod.config.log_directory))
+
+
+def teardown_sandbox(client: CriClient, sandbox_id: str, uid: str) -> None:
+    """Remove one sandbox and everything in it without ground truth (``lab down``)."""
+    for c in client.list_containers(sandbox_id):
+        _quiet_call(partial(client.stop_container, c.id, grace_seconds=2))
+        _quiet_call(partial(client.remove_container, c.id))
+    _quiet_call(lambda: client.stop_pod_sandbox(sandbox_id))
+    _quiet_call(lambda: client.remove_pod_sandbox(sandbox_id))
+    if uid:
+        remove_pod_cgroups(f"/{LAB_CGROUP}/pod{uid}")
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

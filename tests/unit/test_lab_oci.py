@@ -1,0 +1,120 @@
+"""The OCI image-layout writer: digests, diff_ids, index annotations, determinism."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from startprof.errors import InputError
+from startprof.lab.oci import (
+    ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME,
+    MEDIA_LAYER_GZIP,
+    LayerFile,
+    build_image,
+    read_archive,
+    write_archive,
+)
+
+NAME = "startprof.invalid/lab/app:0123abcd"
+BINARY = b"\x7fELF fake binary" * 100
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _image():  # type: ignore[no-untyped-def]
+    return build_image(NAME, [LayerFile("app", BINARY, 0o755)], entrypoint=["/app"])
+
+
+def test_digests_and_diff_id(tmp_path: Path) -> None:
+    image = _image()
+    archive = tmp_path / "app.tar"
+    write_archive(image, archive)
+
+    # Re-hash everything from the tar we wrote, independently of the writer.
+    with tarfile.open(archive) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    for name, data in files.items():
+        if name.startswith("blobs/sha256/"):
+            assert "sha256:" + name.rsplit("/", 1)[1] == _sha(data)
+
+    index = json.loads(files["index.json"])
+    (entry,) = index["manifests"]
+    assert entry["annotations"] == {ANNOTATION_IMAGE_NAME: NAME, ANNOTATION_REF_NAME: "0123abcd"}
+    assert entry["platform"] == {"architecture": "amd64", "os": "linux"}
+    manifest_bytes = files[f"blobs/sha256/{entry['digest'].split(':')[1]}"]
+    assert entry["size"] == len(manifest_bytes)
+    manifest = json.loads(manifest_bytes)
+
+    config_bytes = files[f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"]
+    assert manifest["config"]["size"] == len(config_bytes)
+    config = json.loads(config_bytes)
+    assert config["architecture"] == "amd64" and config["os"] == "linux"
+    assert config["config"]["Entrypoint"] == ["/app"]
+
+    (layer_desc,) = manifest["layers"]
+    assert layer_desc["mediaType"] == MEDIA_LAYER_GZIP
+    layer = files[f"blobs/sha256/{layer_desc['digest'].split(':')[1]}"]
+    assert layer_desc["size"] == len(layer)
+    raw = gzip.decompress(layer)
+    # diff_id is the digest of the *uncompressed* layer tar.
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [_sha(raw)]}
+    assert image.diff_id == _sha(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        app = tar.getmember("app")
+        assert app.mode == 0o755 and app.uid == 0 and app.mtime == 0
+        assert tar.extractfile(app).read() == BINARY  # type: ignore[union-attr]
+        assert {"dev", "etc", "proc", "sys", "tmp"} <= set(tar.getnames())
+
+
+def test_builds_are_deterministic(tmp_path: Path) -> None:
+    a, b = _image(), _image()
+    assert a.manifest_digest == b.manifest_digest
+    write_archive(a, tmp_path / "a.tar")
+    write_archive(b, tmp_path / "b.tar")
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
+def test_read_archive_round_trip(tmp_path: Path) -> None:
+    image = _image()
+    write_archive(image, tmp_path / "app.tar")
+    layout = read_archive(tmp_path / "app.tar")
+    assert layout.images() == {NAME: image.manifest_digest}
+    assert layout.blobs == image.blobs
+
+
+def test_read_archive_rejects_a_corrupt_blob(tmp_path: Path) -> None:
+    image = _image()
+    path = tmp_path / "bad.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            ("oci-layout", b"{}"),
+            ("index.json", json.dumps(image.index()).encode()),
+            (f"blobs/sha256/{image.layer_digest.split(':')[1]}", b"not the layer"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InputError, match="does not match"):
+        read_archive(path)
+
+
+def test_read_archive_rejects_a_non_layout(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    path.write_bytes(b"garbage")
+    with pytest.raises(InputError):
+        read_archive(path)
+
+
+def test_name_needs_a_tag() -> None:
+    with pytest.raises(InputError):
+        build_image("startprof.invalid/lab/app", [], entrypoint=["/app"])

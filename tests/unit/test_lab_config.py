@@ -92,7 +92,7 @@ def test_cni_confs_one_per_used_network() -> None:
     main, portmap = bridge["plugins"]
     assert bridge["name"] == "startprof-bridge"
     assert main["type"] == "bridge" and main["bridge"] == BRIDGE_NAME
-    assert main["ipMasq"] is False
+    assert main["ipMasq"] is True
     assert main["ipam"]["type"] == "host-local"
     assert main["ipam"]["dataDir"] == "/tmp/lab x/cni/ipam"
     assert main["ipam"]["ranges"] == [[{"subnet": "10.234.0.0/16"}]]

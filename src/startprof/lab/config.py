@@ -46,7 +46,10 @@ class Network:
             # Leases live in the lab dir, not /var/lib/cni/networks, so down can drop them.
             "dataDir": str(paths.ipam_dir),
         }
-        main: dict[str, object] = {"type": self.plugin, "ipMasq": False, "ipam": ipam}
+        # ipMasq as in containerd's default network and most clusters': the plugin's iptables
+        # work (a per-pod CNI-* chain in nat, ~9 iptables execs) is part of a real pod start.
+        # The pods send nothing beyond the lab's bridge, so the rules never match traffic.
+        main: dict[str, object] = {"type": self.plugin, "ipMasq": True, "ipam": ipam}
         if self.plugin == "bridge":
             main.update(bridge=BRIDGE_NAME, isGateway=True, hairpinMode=True)
         return {

@@ -1,7 +1,9 @@
 """The probes startprof loads: one module per ``bpf/<name>.bpf.c``.
 
 ``PROBES`` is the table of every probe and the tracepoints it attaches to; ``startprof doctor``
-checks that each of them exists on the running kernel.
+checks that each of them exists on the running kernel. ``CORE`` is what ``bpf/startprof.bpf.c``
+attaches whatever probes are chosen: the process-tree hooks that keep the in-kernel filter
+right (and feed the exec probe's fork/exit and the namespaces probe's clone records).
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ def _sys(*names: str) -> tuple[str, ...]:
     return tuple(f"syscalls:sys_{edge}_{n}" for n in names for edge in ("enter", "exit"))
 
 
+CORE = ProbeSpec(
+    "core",
+    "startprof.bpf.c",
+    (
+        *_sys("clone", "clone3"),
+        "sched:sched_process_fork",
+        "sched:sched_process_exit",
+    ),
+)
+
 PROBES: tuple[ProbeSpec, ...] = (
     ProbeSpec(
         "exec",
@@ -29,23 +41,34 @@ PROBES: tuple[ProbeSpec, ...] = (
             *_sys("execve", "execveat"),
             "syscalls:sys_enter_exit_group",
             "sched:sched_process_exec",
+            # through the core's hooks: fork/exit records and the thread test
             "sched:sched_process_fork",
             "sched:sched_process_exit",
+            "syscalls:sys_enter_clone",
+            "syscalls:sys_enter_clone3",
         ),
     ),
-    ProbeSpec("namespaces", "namespaces.bpf.c", _sys("clone", "clone3", "unshare", "setns")),
+    ProbeSpec(
+        "namespaces",
+        "namespaces.bpf.c",
+        (*_sys("unshare", "setns"), *_sys("clone", "clone3")),
+    ),
     ProbeSpec(
         "netlink",
         "netlink.bpf.c",
         (*_sys("socket", "sendto", "sendmsg", "recvfrom", "recvmsg"), "syscalls:sys_enter_close"),
     ),
-    ProbeSpec("cri", "cri.bpf.c", _sys("accept4", "read", "write")),
+    ProbeSpec(
+        "cri",
+        "cri.bpf.c",
+        (*_sys("accept4", "accept", "read", "write"), "syscalls:sys_enter_close"),
+    ),
 )
 
 
 def required_tracepoints() -> tuple[str, ...]:
     seen: dict[str, None] = {}
-    for probe in PROBES:
+    for probe in (CORE, *PROBES):
         for tp in probe.tracepoints:
             seen.setdefault(tp, None)
     return tuple(seen)

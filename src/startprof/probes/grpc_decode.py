@@ -257,7 +257,8 @@ class TolerantHpack:
                     index, used = decode_integer(data[i:], 7)
                     i += used
                     name, value = self._lookup(index)
-                    resolved = resolved and value is not None
+                    # a learned entry may carry a value under a name that was never seen
+                    resolved = resolved and name is not None and value is not None
                     headers.append((name, value))
                 elif first & 0xE0 == 0x20:
                     size, used = decode_integer(data[i:], 5)

@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * cri.bpf.c - the cri probe: connections accepted on the CRI socket's listening fd and every
+ * byte read from or written to them, sent in chunks so the HTTP/2 stream stays complete.
+ *
+ * User space finds the listening (pid, fd) from the socket path (/proc/net/unix, then /proc/PID/fd)
+ * and seeds cri_listeners; connections accepted before recording are seeded into cri_conns
+ * with SP_CRI_PREEXISTING. Go's net package uses read/write on sockets (not readv/writev or
+ * recvmsg/sendmsg), which is what containerd's gRPC server does.
+ *
+ * #included by startprof.bpf.c.
+ */
+
+#ifndef SP_CRI_MAX_CHUNKS
+#define SP_CRI_MAX_CHUNKS 16 /* chunks of SP_CRI_CHUNK per read/write: 64 KiB > gRPC's 32 KiB */
+#endif
+
+/* Why: the listening sockets whose accepted connections are CRI: (tgid << 32 | fd). */
+BPF_HASH(cri_listeners, u64, u8, 64);
+
+/* Why: the fast test in read/write: is this (tgid, fd) a CRI connection? */
+BPF_HASH(cri_conns, u64, struct sp_conn, 4096);
+
+/* Why: connection ids; one counter shared by every CPU (atomic add). */
+BPF_ARRAY(cri_next_id, u64, 1);
+
+/* Why: accept's listening fd is known at entry, the new fd at exit. */
+BPF_TABLE("lru_hash", u32, s32, cri_accept_stash, 1024);
+
+struct sp_cri_stash {
+	u64 key; /* cri_conns key */
+	u64 buf;
+	u32 dir; /* 0 = in (read), SP_CRI_OUT (write) */
+	u32 reserved;
+};
+/* Why: the bytes of a read exist only at exit; a write's count is its return value. */
+BPF_HASH(cri_stash, u32, struct sp_cri_stash, 4096);
+
+static __always_inline void cri_on_close(u64 key)
+{
+	cri_conns.delete(&key);
+}
+
+static __always_inline int cri_accept_enter(s32 fd)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	u64 key = sp_fd_key(id >> 32, fd);
+
+	if (!cri_listeners.lookup(&key))
+		return 0;
+	if (cri_accept_stash.update(&tid, &fd) < 0)
+		sp_error(SP_ERR_STASH_FULL);
+	return 0;
+}
+
+static __always_inline int cri_accept_exit(long ret)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id, zero = 0;
+	s32 *lfd = cri_accept_stash.lookup(&tid);
+	struct sp_cri_accept r = {};
+	struct sp_conn conn = {};
+	u64 key, *next;
+
+	if (!lfd)
+		return 0;
+	r.listen_fd = *lfd;
+	cri_accept_stash.delete(&tid);
+	if (ret < 0)
+		return 0;
+	next = cri_next_id.lookup(&zero);
+	if (!next)
+		return 0;
+	conn.conn_id = __sync_fetch_and_add(next, 1) + 1;
+	key = sp_fd_key(id >> 32, ret);
+	if (cri_conns.update(&key, &conn) < 0)
+		sp_error(SP_ERR_STASH_FULL);
+	sp_fill_header(&r.h, SP_CRI_ACCEPT, sizeof(r));
+	r.fd = ret;
+	r.conn_id = conn.conn_id;
+	sp_submit(&r, sizeof(r));
+	return 0;
+}
+
+/* Why: containerd's gRPC server accepts CRI clients (kubelet, crictl) with accept4. */
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+	return cri_accept_enter(args->fd);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	return cri_accept_exit(args->ret);
+}
+
+/* Why: the same for servers that use plain accept. */
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+	return cri_accept_enter(args->fd);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	return cri_accept_exit(args->ret);
+}
+
+static __always_inline int cri_rw_enter(s32 fd, u64 buf, u32 dir)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct sp_cri_stash st = {};
+
+	st.key = sp_fd_key(id >> 32, fd);
+	if (!cri_conns.lookup(&st.key))
+		return 0;
+	st.buf = buf;
+	st.dir = dir;
+	if (cri_stash.update(&tid, &st) < 0)
+		sp_error(SP_ERR_STASH_FULL);
+	return 0;
+}
+
+static __always_inline int cri_rw_exit(long ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct sp_cri_stash *st = cri_stash.lookup(&tid);
+	struct sp_conn *conn;
+	struct sp_cri_data *d;
+	union sp_scratch *s;
+	u32 gap_bit, off = 0;
+	int i;
+
+	if (!st)
+		return 0;
+	if (ret <= 0)
+		goto out;
+	conn = cri_conns.lookup(&st->key);
+	s = sp_scratch();
+	if (!conn || !s)
+		goto out;
+	gap_bit = st->dir ? 2 : 1;
+	d = &s->cri_data;
+	sp_fill_header(&d->h, SP_CRI_DATA, 0);
+	d->conn_id = conn->conn_id;
+	d->fd = (s32)st->key;
+	d->ret = ret;
+	for (i = 0; i < SP_CRI_MAX_CHUNKS; i++) {
+		u32 n, flags;
+
+		if (off >= ret)
+			goto out;
+		n = sp_bound(ret - off, SP_CRI_CHUNK);
+		flags = st->dir | (conn->flags & SP_CRI_PREEXISTING);
+		if (conn->gap_pending & gap_bit)
+			flags |= SP_CRI_GAP;
+		if (i == SP_CRI_MAX_CHUNKS - 1 && off + n < ret)
+			flags |= SP_CRI_TRUNCATED;
+		if (bpf_probe_read_user(d->data, n, (void *)(st->buf + off)) < 0) {
+			/* never send stale scratch bytes: count the chunk as lost */
+			sp_error(SP_ERR_READ);
+			conn->gap_pending |= gap_bit;
+			off += n;
+			continue;
+		}
+		d->flags = flags;
+		d->offset = off;
+		d->len = n;
+		d->h.size = offsetof(struct sp_cri_data, data) + n;
+		if (sp_submit(d, sp_bound(offsetof(struct sp_cri_data, data) + n, sizeof(*d))) < 0)
+			conn->gap_pending |= gap_bit;
+		else
+			conn->gap_pending &= ~gap_bit;
+		off += n;
+	}
+	if (off < ret)
+		conn->gap_pending |= gap_bit; /* beyond SP_CRI_MAX_CHUNKS: lost, flagged */
+out:
+	cri_stash.delete(&tid);
+	return 0;
+}
+
+/* Why: requests arrive with read on an accepted connection (Go's net.Conn.Read). */
+TRACEPOINT_PROBE(syscalls, sys_enter_read)
+{
+	return cri_rw_enter(args->fd, (u64)args->buf, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_read)
+{
+	return cri_rw_exit(args->ret);
+}
+
+/* Why: replies leave with write (Go's net.Conn.Write). */
+TRACEPOINT_PROBE(syscalls, sys_enter_write)
+{
+	return cri_rw_enter(args->fd, (u64)args->buf, SP_CRI_OUT);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_write)
+{
+	return cri_rw_exit(args->ret);
+}

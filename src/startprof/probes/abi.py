@@ -1,0 +1,257 @@
+"""The ctypes mirror of ``bpf/startprof.h``: record layouts the kernel writes to the ring buffer.
+
+Keep in sync with ``bpf/startprof.h``; ``tests/unit/test_abi.py`` compiles that header with
+``cc`` and compares every ``sizeof``/``offsetof`` below with the C compiler's.
+
+Records are variable-size: the kernel sends a record's fixed part and only the used bytes of
+its tail array. ``*Fixed`` classes are the fixed parts (decoders read them with
+``from_buffer_copy``); the full classes add the tail array at its capacity, as in C.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Final
+
+from startprof.events import Event
+
+STARTPROF_ABI_VERSION: Final = 1
+
+SP_COMM_LEN: Final = 16
+SP_EXEC_STRINGS: Final = 8192
+SP_STR_CAP: Final = 1024
+SP_NL_DATA: Final = 4096
+SP_CRI_CHUNK: Final = 4096
+
+SP_TRUNC_FILENAME: Final = 0x1
+SP_TRUNC_ARGV: Final = 0x2
+SP_TRUNC_ENV: Final = 0x4
+SP_AT_FDCWD: Final = -100
+
+SP_FLAGS_NONE: Final = 0
+SP_FLAGS_CLONE: Final = 1
+SP_FLAGS_CLONE3: Final = 2
+
+SP_CRI_OUT: Final = 0x1
+SP_CRI_PREEXISTING: Final = 0x2
+SP_CRI_GAP: Final = 0x4
+SP_CRI_TRUNCATED: Final = 0x8
+SP_CONN_ID_SEEDED: Final = 0x8000000000000000
+
+
+class RecordType(IntEnum):
+    """``enum sp_type``."""
+
+    EXEC = 1
+    EXEC_RET = 2
+    EXEC_DONE = 3
+    FORK = 4
+    EXIT_GROUP = 5
+    EXIT = 6
+    CLONE = 7
+    UNSHARE = 8
+    SETNS = 9
+    NL_SOCKET = 10
+    NL_SEND = 11
+    NL_RECV = 12
+    CRI_ACCEPT = 13
+    CRI_DATA = 14
+
+
+class Header(ct.Structure):
+    _fields_ = (
+        ("type", ct.c_uint32),
+        ("size", ct.c_uint32),
+        ("ts_ns", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("cgroup_id", ct.c_uint64),
+        ("comm", ct.c_char * SP_COMM_LEN),
+    )
+
+
+class ExecFixed(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("dirfd", ct.c_int32),
+        ("at_flags", ct.c_uint32),
+        ("filename_len", ct.c_uint16),
+        ("argc", ct.c_uint16),
+        ("envc", ct.c_uint16),
+        ("trunc", ct.c_uint16),
+    )
+
+
+class Exec(ct.Structure):
+    _fields_ = (*ExecFixed._fields_, ("strings", ct.c_char * (SP_EXEC_STRINGS + SP_STR_CAP)))
+
+
+class Ret(ct.Structure):
+    _fields_ = (("h", Header), ("ret", ct.c_int64))
+
+
+class ExecDoneFixed(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("old_tid", ct.c_uint32),
+        ("filename_len", ct.c_uint32),
+        ("enter_ns", ct.c_uint64),
+        ("old_comm", ct.c_char * SP_COMM_LEN),
+    )
+
+
+class ExecDone(ct.Structure):
+    _fields_ = (*ExecDoneFixed._fields_, ("filename", ct.c_char * SP_STR_CAP))
+
+
+class Fork(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("child_pid", ct.c_uint32),
+        ("flags_known", ct.c_uint32),
+        ("clone_flags", ct.c_uint64),
+    )
+
+
+class Ns(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("flags", ct.c_uint64),
+        ("ret", ct.c_int64),
+        ("enter_ns", ct.c_uint64),
+        ("fd", ct.c_int32),
+        ("nstype", ct.c_int32),
+    )
+
+
+class NlSocket(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("fd", ct.c_int32),
+        ("protocol", ct.c_int32),
+        ("sock_type", ct.c_int32),
+        ("reserved", ct.c_uint32),
+    )
+
+
+class NlMsgFixed(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("fd", ct.c_int32),
+        ("protocol", ct.c_int32),
+        ("ret", ct.c_int64),
+        ("enter_ns", ct.c_uint64),
+        ("len", ct.c_uint32),
+        ("copied", ct.c_uint32),
+        ("msg_flags", ct.c_uint32),
+        ("iovlen", ct.c_uint32),
+    )
+
+
+class NlMsg(ct.Structure):
+    _fields_ = (*NlMsgFixed._fields_, ("data", ct.c_uint8 * SP_NL_DATA))
+
+
+class Conn(ct.Structure):
+    """``struct sp_conn``: value of the ``cri_conns`` map."""
+
+    _fields_ = (
+        ("conn_id", ct.c_uint64),
+        ("flags", ct.c_uint32),
+        ("gap_pending", ct.c_uint32),
+    )
+
+
+class CriAccept(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("listen_fd", ct.c_int32),
+        ("fd", ct.c_int32),
+        ("conn_id", ct.c_uint64),
+    )
+
+
+class CriDataFixed(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("conn_id", ct.c_uint64),
+        ("fd", ct.c_int32),
+        ("flags", ct.c_uint32),
+        ("ret", ct.c_int64),
+        ("offset", ct.c_uint32),
+        ("len", ct.c_uint32),
+    )
+
+
+class CriData(ct.Structure):
+    _fields_ = (*CriDataFixed._fields_, ("data", ct.c_uint8 * SP_CRI_CHUNK))
+
+
+STRUCTS: Final[dict[str, type[ct.Structure]]] = {
+    "sp_header": Header,
+    "sp_exec": Exec,
+    "sp_ret": Ret,
+    "sp_exec_done": ExecDone,
+    "sp_fork": Fork,
+    "sp_ns": Ns,
+    "sp_nl_socket": NlSocket,
+    "sp_nl_msg": NlMsg,
+    "sp_conn": Conn,
+    "sp_cri_accept": CriAccept,
+    "sp_cri_data": CriData,
+}
+"""C struct name -> mirror; the ABI test checks each of them field by field."""
+
+FIXED_PARTS: Final[dict[str, tuple[type[ct.Structure], str]]] = {
+    "sp_exec": (ExecFixed, "strings"),
+    "sp_exec_done": (ExecDoneFixed, "filename"),
+    "sp_nl_msg": (NlMsgFixed, "data"),
+    "sp_cri_data": (CriDataFixed, "data"),
+}
+"""Variable-size records: (fixed part, tail array); sizeof(fixed) == offsetof(tail) in C."""
+
+CONSTANTS: Final[dict[str, int]] = {
+    "STARTPROF_ABI_VERSION": STARTPROF_ABI_VERSION,
+    "SP_COMM_LEN": SP_COMM_LEN,
+    "SP_EXEC_STRINGS": SP_EXEC_STRINGS,
+    "SP_STR_CAP": SP_STR_CAP,
+    "SP_NL_DATA": SP_NL_DATA,
+    "SP_CRI_CHUNK": SP_CRI_CHUNK,
+    "SP_TRUNC_FILENAME": SP_TRUNC_FILENAME,
+    "SP_TRUNC_ARGV": SP_TRUNC_ARGV,
+    "SP_TRUNC_ENV": SP_TRUNC_ENV,
+    "SP_AT_FDCWD": SP_AT_FDCWD,
+    "SP_FLAGS_NONE": SP_FLAGS_NONE,
+    "SP_FLAGS_CLONE": SP_FLAGS_CLONE,
+    "SP_FLAGS_CLONE3": SP_FLAGS_CLONE3,
+    "SP_CRI_OUT": SP_CRI_OUT,
+    "SP_CRI_PREEXISTING": SP_CRI_PREEXISTING,
+    "SP_CRI_GAP": SP_CRI_GAP,
+    "SP_CRI_TRUNCATED": SP_CRI_TRUNCATED,
+    "SP_CONN_ID_SEEDED": SP_CONN_ID_SEEDED,
+    **{f"SP_{t.name}": t.value for t in RecordType},
+}
+"""Macros and enum values of startprof.h; the ABI test checks these too."""
+
+
+def cstr(raw: bytes) -> str:
+    """A NUL-terminated C char array as text (invalid UTF-8 replaced)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def base_event(kind: str, h: Header) -> Event:
+    """The common columns of an event from a record header."""
+    return {
+        "kind": kind,
+        "ts_ns": h.ts_ns,
+        "pid": h.pid,
+        "tid": h.tid,
+        "cgroup_id": h.cgroup_id,
+        "comm": h.comm.decode("utf-8", "replace"),
+    }
+
+
+Decoder = Callable[[bytes], list[Event]]
+"""Turns one raw record (header included, exactly ``h.size`` bytes) into events."""

@@ -1,4 +1,7 @@
-"""The exceptions the library raises. Only ``startprof.cli`` turns them into messages and exit codes."""
+"""The exceptions the library raises.
+
+Only ``startprof.cli`` turns them into messages and exit codes.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class InputError(StartprofError):
 
 
 class RecordingError(InputError):
-    """A recording file that cannot be read: missing, empty, truncated, foreign or from the future."""
+    """A recording that cannot be read: missing, empty, truncated, foreign or from the future."""
 
 
 class PrivilegeError(StartprofError):

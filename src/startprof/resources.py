@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def bpf_dir() -> Path:
-    """Directory of the BPF C sources (``bpf/`` in the repository, ``startprof/bpf`` in the wheel)."""
+    """Directory of the BPF C sources: ``bpf/`` in the repository, ``startprof/bpf`` in a wheel."""
     return Path(str(resources.files("startprof.bpf")))
 
 

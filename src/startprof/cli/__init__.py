@@ -9,6 +9,7 @@ import click
 from startprof import __version__
 from startprof.cli.doctor import doctor_command
 from startprof.cli.lab import lab_group
+from startprof.cli.record import record_command
 from startprof.errors import StartprofError
 
 EXIT_USAGE = 2
@@ -27,11 +28,13 @@ def cli() -> None:
     Examples:
       sudo startprof doctor                 check this machine
       sudo startprof lab up                 start the lab's own containerd (lab run, lab down)
+      sudo startprof record -o pods.arrows  record pod starts until Ctrl-C
     """
 
 
 cli.add_command(doctor_command)
 cli.add_command(lab_group)
+cli.add_command(record_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,160 @@
+"""``startprof record``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from startprof.config import resolve_cri_socket
+from startprof.errors import InputError
+from startprof.probes import PROBES
+from startprof.recording import SUFFIX
+
+if TYPE_CHECKING:
+    from startprof.recorder import RecordStats
+
+ALL_PROBES = tuple(p.name for p in PROBES)
+
+
+def _default_output() -> Path:
+    return Path(f"startprof-{time.strftime('%Y%m%d-%H%M%S')}{SUFFIX}")
+
+
+def _status_line(stats: RecordStats) -> str:
+    rates = " ".join(f"{name} {rate:,.0f}/s" for name, rate in sorted(stats.rates.items()))
+    drops = f"drops {stats.drops}" if not stats.drops else f"DROPS {stats.drops}"
+    return (
+        f"\rrecording {stats.elapsed:6.1f}s  {rates}  pods {len(stats.sandboxes)}  "
+        f"cri calls {stats.cri_calls}  {drops} "
+    )
+
+
+@click.command(
+    "record",
+    context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False},
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=(f"Recording file [default: startprof-DATE-TIME{SUFFIX}]."),
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Stop after S seconds.",
+)
+@click.option(
+    "--cri-socket",
+    metavar="PATH",
+    help=(
+        "containerd's CRI socket [default: $STARTPROF_CRI_SOCKET, the lab's when it is up, "
+        "else /run/containerd/containerd.sock]."
+    ),
+)
+@click.option(
+    "--all",
+    "follow_all",
+    is_flag=True,
+    help="Record every process on the machine, not only containerd's tree.",
+)
+@click.option(
+    "--probe",
+    "probes",
+    multiple=True,
+    type=click.Choice(ALL_PROBES),
+    help="Load only these probes (repeatable) [default: all].",
+)
+@click.option(
+    "--ringbuf-pages",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Ring buffer size in pages (a power of two).",
+)
+@click.option("--dump-bpf", is_flag=True, help="Print the BPF C that would be loaded and exit.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record_command(
+    output: Path | None,
+    duration: float | None,
+    cri_socket: str | None,
+    follow_all: bool,
+    probes: tuple[str, ...],
+    ringbuf_pages: int,
+    dump_bpf: bool,
+    command: tuple[str, ...],
+) -> int:
+    """Record pod starts from the kernel into a file.
+
+    Follows the containerd behind the CRI socket (and a kubelet if one runs)
+    and every process they start; stops on Ctrl-C, SIGTERM, after --duration,
+    or when COMMAND exits (then exits with COMMAND's code).
+
+    \b
+    Examples:
+      sudo startprof record -o pods.arrows              # until Ctrl-C
+      sudo startprof record --duration 60 -o pods.arrows
+      sudo startprof record -o pods.arrows -- startprof lab run --pods 10
+      sudo startprof record --dump-bpf | less
+    """
+    if ringbuf_pages & (ringbuf_pages - 1):
+        raise InputError(f"--ringbuf-pages must be a power of two, not {ringbuf_pages}")
+    # The recorder pulls in bcc; import it only when recording, so --help stays fast.
+    from startprof.recorder import Recorder, RecordOptions
+
+    socket_path = resolve_cri_socket(cri_socket)
+    options = RecordOptions(
+        output=output or _default_output(),
+        cri_socket=socket_path,
+        duration=duration,
+        follow_all=follow_all,
+        command=command,
+        probes=probes or ALL_PROBES,
+        ringbuf_pages=ringbuf_pages,
+    )
+    if dump_bpf:
+        from startprof.probes.session import ProbeSession
+
+        session = ProbeSession(
+            follow_all=follow_all,
+            cri_socket=socket_path,
+            ringbuf_pages=ringbuf_pages,
+            probes=options.probes,
+        )
+        click.echo(session.c_source())
+        return 0
+
+    live = sys.stderr.isatty()
+
+    def on_status(stats: RecordStats) -> None:
+        if live:
+            click.echo(_status_line(stats), nl=False, err=True)
+
+    target = "every process" if follow_all else f"containerd behind {socket_path}"
+    click.echo(f"recording {target} to {options.output} (Ctrl-C to stop)", err=True)
+    result = Recorder(options, on_status=on_status).run()
+    if live:
+        click.echo(err=True)
+    stats = result.stats
+    per_probe = ", ".join(f"{k} {v:,}" for k, v in sorted(stats.per_probe.items()))
+    click.echo(
+        f"recorded {stats.elapsed:.1f}s ({result.stop_reason}): {stats.events_written:,} events "
+        f"({per_probe}), {len(stats.sandboxes)} pods, {stats.cri_calls} CRI calls, "
+        f"{stats.drops} dropped",
+        err=True,
+    )
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB)", err=True)
+    if stats.drops:
+        click.echo(
+            f"warning: the ring buffer overflowed {stats.drops} times; raise --ringbuf-pages",
+            err=True,
+        )
+    code = result.command_exit
+    if code is None:
+        return 0
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention

@@ -1,0 +1,409 @@
+"""The live recording loop: load the probes, drain the ring buffer, write the recording.
+
+This is the only module (with ``startprof.probes``) that touches the kernel. It prints nothing:
+progress goes to the ``on_status`` callback, which the CLI renders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from startprof import __version__
+from startprof.clock import sample_offset
+from startprof.enrichment import annotation_event
+from startprof.errors import InputError, PrivilegeError, StartprofError
+from startprof.events import Event
+from startprof.probes import PROBES
+from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
+from startprof.probes.cri import find_cri_listeners
+from startprof.probes.grpc_decode import CriStreamDecoder
+from startprof.probes.session import ProbeSession
+from startprof.recording import RecordingHeader, RecordingWriter
+
+POLL_MS = 100
+HOUSEKEEPING_S = 1.0
+DRAIN_S = 0.3
+KUBELET_COMMS = ("kubelet",)
+ALL_PROBES = tuple(p.name for p in PROBES)
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    output: Path
+    cri_socket: str
+    duration: float | None = None
+    follow_all: bool = False
+    command: Sequence[str] = ()
+    probes: Sequence[str] = ALL_PROBES
+    ringbuf_pages: int = 256
+
+
+@dataclass
+class RecordStats:
+    """What the status line and the summary show."""
+
+    started: float = field(default_factory=time.monotonic)
+    per_probe: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+    drops: int = 0
+    events_written: int = 0
+    sandboxes: set[str] = field(default_factory=set)
+    cri_calls: int = 0
+    followed_containerd: list[int] = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    path: Path
+    size_bytes: int
+    stats: RecordStats
+    command_exit: int | None
+    stop_reason: str
+
+
+StatusCallback = Callable[[RecordStats], None]
+
+
+def _ensure_privileges() -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError(
+            "recording loads BPF programs and needs root",
+            fix="run with sudo (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN)",
+        )
+
+
+def _ensure_tracefs() -> None:
+    """bcc attaches tracepoints through tracefs; mount it when a fresh machine lacks it."""
+    if os.path.exists("/sys/kernel/tracing/events") or os.path.exists(
+        "/sys/kernel/debug/tracing/events"
+    ):
+        return
+    proc = subprocess.run(
+        ["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise StartprofError(
+            f"tracefs is not mounted and mounting it failed: {proc.stderr.strip()}",
+            fix="mount -t tracefs nodev /sys/kernel/tracing",
+        )
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the comm field may contain spaces and parentheses: split after the last ')'
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _read_proc(pid: int) -> Event | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    comm = stat[stat.index(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+    ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    return {
+        "kind": "proc",
+        "ts_ns": time.monotonic_ns(),
+        "pid": pid,
+        "tid": pid,
+        "ppid": ppid,
+        "comm": comm,
+        "argv": argv,
+    }
+
+
+def _pids_by_comm(names: Iterable[str]) -> list[int]:
+    wanted = set(names)
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/comm") as f:
+                    if f.read().strip() in wanted:
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _shims_of(socket_path: str) -> list[int]:
+    """containerd shims daemonize away from containerd; find them by the address they serve."""
+    shims = []
+    for pid in _pids_by_comm(("containerd-shim", "containerd-shim-runc-v2")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if socket_path.encode() in argv:
+            shims.append(pid)
+    return shims
+
+
+def seed_processes(roots: Iterable[int]) -> list[int]:
+    """The roots and all their descendants alive now."""
+    children = _children_map()
+    seen: list[int] = []
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.append(pid)
+        stack.extend(children.get(pid, ()))
+    return seen
+
+
+class _Stop:
+    """Collects the reason to stop from signal handlers and the loop."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.reason = signal.Signals(signum).name
+
+
+@contextmanager
+def _signals(stop: _Stop) -> Iterator[None]:
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Recorder:
+    def __init__(
+        self,
+        options: RecordOptions,
+        on_status: StatusCallback | None = None,
+        session_factory: Callable[..., ProbeSession] = ProbeSession,
+    ) -> None:
+        self.options = options
+        self.on_status = on_status
+        self.session_factory = session_factory
+        self.stats = RecordStats()
+        self._decoder = CriStreamDecoder()
+        self._listeners: set[tuple[int, int]] = set()
+        self._counts_at_last_status: dict[str, int] = {}
+        self._last_status = time.monotonic()
+
+    def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
+        opts = self.options
+        listeners = set(find_cri_listeners(opts.cri_socket)) if opts.cri_socket else set()
+        if not listeners and not opts.follow_all:
+            raise InputError(
+                f"nothing listens on the CRI socket {opts.cri_socket}",
+                fix="start containerd or the lab (startprof lab up), pass --cri-socket, "
+                "or record every process with --all",
+            )
+        roots = sorted({pid for pid, _ in listeners})
+        roots += _shims_of(opts.cri_socket) + _pids_by_comm(KUBELET_COMMS)
+        return seed_processes(roots), listeners
+
+    def run(self) -> RecordResult:
+        _ensure_privileges()
+        _ensure_tracefs()
+        opts = self.options
+        seeds, listeners = self._initial_targets()
+        self._listeners = listeners
+        self.stats.followed_containerd = sorted({pid for pid, _ in listeners})
+        session = self.session_factory(
+            follow_all=opts.follow_all,
+            seed_pids=seeds,
+            cri_socket=opts.cri_socket,
+            ringbuf_pages=opts.ringbuf_pages,
+            probes=tuple(opts.probes),
+        )
+        stop = _Stop()
+        command: subprocess.Popen[bytes] | None = None
+        writer: RecordingWriter | None = None
+        try:
+            with _signals(stop):
+                session.start()
+                offset = sample_offset()
+                start_mono = time.monotonic_ns()
+                header = RecordingHeader(
+                    host=socket.gethostname(),
+                    kernel=platform.release(),
+                    abi_version=ABI_VERSION,
+                    probes=tuple(opts.probes),
+                    cri_socket=opts.cri_socket,
+                    clock_offset_ns=offset,
+                    start_wall_ns=start_mono + offset,
+                    start_monotonic_ns=start_mono,
+                    follow_all=opts.follow_all,
+                    startprof_version=__version__,
+                    extra={"command": list(opts.command)} if opts.command else {},
+                )
+                writer = RecordingWriter(opts.output, header)
+                writer.write(e for pid in seeds if (e := _read_proc(pid)) is not None)
+                writer.flush()
+                if opts.command:
+                    command = self._spawn(opts.command)
+                deadline = None if opts.duration is None else time.monotonic() + opts.duration
+                housekeeping = time.monotonic()
+                while stop.reason is None:
+                    writer.write(self._process(session.poll(POLL_MS)))
+                    now = time.monotonic()
+                    if command is not None and command.poll() is not None:
+                        stop.reason = "command exited"
+                    elif deadline is not None and now >= deadline:
+                        stop.reason = "duration reached"
+                    if now - housekeeping >= HOUSEKEEPING_S:
+                        housekeeping = now
+                        writer.write(self._housekeeping(session))
+                self._drain(session, writer)
+                writer.write(self._decoder.finish())
+                writer.write([self._drops_event(session)])
+                writer.close(self._end_attrs(session, stop.reason or "", time.monotonic_ns()))
+                self.stats.events_written = writer.events_written
+        finally:
+            if command is not None and command.poll() is None:
+                command.terminate()
+                try:
+                    command.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    command.kill()
+                    command.wait()
+            if writer is not None:
+                writer.close()  # no-op after a clean close; keeps what was flushed otherwise
+            session.close()
+        return RecordResult(
+            path=opts.output,
+            size_bytes=opts.output.stat().st_size,
+            stats=self.stats,
+            command_exit=None if command is None else command.returncode,
+            stop_reason=stop.reason or "",
+        )
+
+    @staticmethod
+    def _spawn(command: Sequence[str]) -> subprocess.Popen[bytes]:
+        try:
+            # Own process group: a Ctrl-C meant for the recorder must not kill COMMAND before
+            # the recorder has drained what COMMAND caused.
+            return subprocess.Popen(list(command), start_new_session=True)
+        except OSError as exc:
+            raise InputError(f"cannot run {command[0]}: {exc.strerror}") from exc
+
+    def _process(self, events: list[Event]) -> list[Event]:
+        """Decode CRI bytes and enrich runtime creates as the events arrive."""
+        extra: list[Event] = []
+        for ev in events:
+            kind = ev.get("kind")
+            if kind in ("cri_data", "cri_accept"):
+                for call in self._decoder.feed(ev):
+                    self.stats.cri_calls += 1
+                    if call.get("sandbox_id"):
+                        self.stats.sandboxes.add(call["sandbox_id"])
+                    extra.append(call)
+            elif kind == "exec":
+                for var in ev.get("env") or ():
+                    if var.startswith("CNI_CONTAINERID="):
+                        self.stats.sandboxes.add(var.split("=", 1)[1])
+                annotation = annotation_event(ev)
+                if annotation is not None:
+                    extra.append(annotation)
+        if extra:
+            return events + extra
+        return events
+
+    def _drain(self, session: ProbeSession, writer: RecordingWriter) -> None:
+        """Read what the kernel still holds: the last pod's events arrive just after its reply."""
+        until = time.monotonic() + DRAIN_S
+        while time.monotonic() < until:
+            events = session.poll(50)
+            writer.write(self._process(events))
+
+    def _housekeeping(self, session: ProbeSession) -> list[Event]:
+        events: list[Event] = []
+        # A containerd restarted during the recording listens on the same path with a new pid.
+        current = set(find_cri_listeners(self.options.cri_socket))
+        for pid, fd in sorted(current - self._listeners):
+            session.follow(pid)
+            session.add_cri_listener(pid, fd)
+            self.stats.followed_containerd.append(pid)
+            events.append(_note(f"following new CRI listener pid {pid} fd {fd}", pid=pid))
+        self._listeners |= current
+        drops = sum(session.drops())
+        if drops != self.stats.drops:
+            events.append(self._drops_event(session))
+        self._update_status(session)
+        return events
+
+    def _drops_event(self, session: ProbeSession) -> Event:
+        per_cpu = session.drops()
+        self.stats.drops = sum(per_cpu)
+        return {
+            "kind": "drops",
+            "ts_ns": time.monotonic_ns(),
+            "ret": self.stats.drops,
+            "attrs": json.dumps({"per_cpu": per_cpu}),
+        }
+
+    def _update_status(self, session: ProbeSession) -> None:
+        now = time.monotonic()
+        counts = session.counts()
+        span = max(now - self._last_status, 1e-6)
+        self.stats.rates = {
+            name: (n - self._counts_at_last_status.get(name, 0)) / span
+            for name, n in counts.items()
+        }
+        self.stats.per_probe = dict(counts)
+        self._counts_at_last_status = dict(counts)
+        self._last_status = now
+        if self.on_status is not None:
+            self.on_status(self.stats)
+
+    def _end_attrs(self, session: ProbeSession, reason: str, end_mono: int) -> dict[str, Any]:
+        self.stats.per_probe = dict(session.counts())
+        return {
+            "end_monotonic_ns": end_mono,
+            "stop_reason": reason,
+            "drops": self.stats.drops,
+            "drops_per_cpu": session.drops(),
+            "events_per_probe": self.stats.per_probe,
+            "cri_calls": self.stats.cri_calls,
+            "followed_containerd": self.stats.followed_containerd,
+        }
+
+
+def _note(message: str, **columns: Any) -> Event:
+    return {
+        "kind": "note",
+        "ts_ns": time.monotonic_ns(),
+        "attrs": json.dumps({"message": message}),
+        **columns,
+    }

@@ -210,9 +210,11 @@ class Recorder:
         options: RecordOptions,
         on_status: StatusCallback | None = None,
         session_factory: Callable[..., ProbeSession] = ProbeSession,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.options = options
         self.on_status = on_status
+        self.on_ready = on_ready
         self.session_factory = session_factory
         self.stats = RecordStats()
         self._decoder = CriStreamDecoder()
@@ -271,6 +273,8 @@ class Recorder:
                 writer = RecordingWriter(opts.output, header)
                 writer.write(e for pid in seeds if (e := _read_proc(pid)) is not None)
                 writer.flush()
+                if self.on_ready is not None:
+                    self.on_ready()
                 if opts.command:
                     command = self._spawn(opts.command)
                 deadline = None if opts.duration is None else time.monotonic() + opts.duration

@@ -136,8 +136,12 @@ def record_command(
             click.echo(_status_line(stats), nl=False, err=True)
 
     target = "every process" if follow_all else f"containerd behind {socket_path}"
-    click.echo(f"recording {target} to {options.output} (Ctrl-C to stop)", err=True)
-    result = Recorder(options, on_status=on_status).run()
+
+    def on_ready() -> None:
+        stop = "until COMMAND exits" if command else "Ctrl-C to stop"
+        click.echo(f"recording {target} to {options.output} ({stop})", err=True)
+
+    result = Recorder(options, on_status=on_status, on_ready=on_ready).run()
     if live:
         click.echo(err=True)
     stats = result.stats

@@ -1,0 +1,204 @@
+"""`startprof record` against real pods in the lab (issue 4).
+
+Each test records a real `startprof lab run` through the CLI, exactly as a user would, then checks
+the recording against the lab's CRI ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pytest
+
+from startprof.lab.truth import read_truth
+from startprof.recording import read_recording
+
+if TYPE_CHECKING:
+    from conftest import RunningLab
+
+STARTPROF = [sys.executable, "-m", "startprof"]
+CLONE_NEWNET = 0x40000000
+RUN_POD_SANDBOX = "/runtime.v1.RuntimeService/RunPodSandbox"
+CREATE_CONTAINER = "/runtime.v1.RuntimeService/CreateContainer"
+START_CONTAINER = "/runtime.v1.RuntimeService/StartContainer"
+MS = 1_000_000
+
+
+def record(
+    lab: RunningLab, out: Path, *command: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STARTPROF_LAB_DIR": str(lab.paths.root)}
+    return subprocess.run(
+        [*STARTPROF, "record", "-o", str(out), "--cri-socket", lab.socket, *extra, "--", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def lab_run(lab: RunningLab, truth: Path, handler: str, *more: str) -> list[str]:
+    return [*STARTPROF, "lab", "run", "--dir", str(lab.paths.root), "--runtime-handler", handler,
+            "--truth", str(truth), *more]  # fmt: skip
+
+
+def frame(path: Path) -> pd.DataFrame:
+    df = read_recording(path).frame().astype(object)
+    df = df.where(df.notna(), None)
+    for column in ("argv", "env"):  # list cells as plain lists, [] when empty
+        df[column] = [list(v) if v is not None else [] for v in df[column]]
+    return df
+
+
+def rows(df: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
+    return df[df["kind"] == kind].to_dict("records")  # type: ignore[return-value]
+
+
+def within(ts: int, window: tuple[int, int]) -> bool:
+    return window[0] <= ts <= window[1]
+
+
+@pytest.mark.parametrize("handler", ["runc-bridge", "crun-bridge"])
+def test_recording_holds_every_step_of_every_pod(
+    lab: RunningLab, handler: str, tmp_path: Path
+) -> None:
+    runtime = handler.split("-")[0]
+    if handler not in lab.handlers:
+        pytest.skip(f"{runtime} is not installed")
+    out, truth_path = tmp_path / "r.arrows", tmp_path / "truth.jsonl"
+    proc = record(lab, out, *lab_run(lab, truth_path, handler, "--pods", "3"))
+    assert proc.returncode == 0, proc.stderr
+    assert "0 dropped" in proc.stderr
+    rec = read_recording(out)
+    assert rec.complete
+    assert rec.end["drops"] == 0
+    df = frame(out)
+    truth = read_truth(truth_path)
+    sandboxes = {t["pod"]: t for t in truth if t["method"] == RUN_POD_SANDBOX}
+    assert len(sandboxes) == 3
+
+    execs = rows(df, "exec")
+    done = rows(df, "exec_done")
+    calls = rows(df, "cri_call")
+    for pod, rps in sandboxes.items():
+        sid = rps["sandbox_id"]
+        window = (rps["start_monotonic_ns"], rps["end_monotonic_ns"])
+        cni_env = {"CNI_COMMAND=ADD", f"CNI_CONTAINERID={sid}"}
+        for plugin in ("bridge", "host-local"):
+            assert any(
+                e["filename"].endswith(f"/{plugin}") and cni_env <= set(e["env"]) for e in execs
+            ), (pod, plugin)
+        # containerd makes the pod's network namespace
+        assert any(
+            r["comm"] == "containerd" and r["flags"] & CLONE_NEWNET and within(r["ts_ns"], window)
+            for r in rows(df, "unshare")
+        ), pod
+        # the OCI runtime creates and starts the sandbox
+        for verb in ("create", "start"):
+            assert any(
+                os.path.basename(e["argv"][0]) == runtime and verb in e["argv"] and sid in e["argv"]
+                for e in execs
+            ), (pod, verb)
+        # the runtime's init joins the pod's network namespace
+        assert any(
+            r["nstype"] in (0, CLONE_NEWNET)
+            and r["ret"] == 0
+            and (r["comm"] or "").startswith(("runc:", "crun"))
+            and within(r["ts_ns"], window)
+            for r in rows(df, "setns")
+        ), pod
+        # the CNI plugin makes the veth pair
+        assert any(
+            r["nl_type"] == 16 and r["link_kind"] == "veth" and within(r["ts_ns"], window)
+            for r in rows(df, "nl_send")
+        ), pod
+        assert any(r["filename"] == "/pause" and within(r["ts_ns"], window) for r in done), pod
+
+        # CRI calls decoded from the socket agree with what the client measured
+        pod_truth = [t for t in truth if t["pod"] == pod]
+        for method in (RUN_POD_SANDBOX, CREATE_CONTAINER, START_CONTAINER):
+            expected = [t for t in pod_truth if t["method"] == method]
+            assert expected, (pod, method)
+            for t in expected:
+                key = "sandbox_id" if method == RUN_POD_SANDBOX else "container_id"
+                match = [c for c in calls if c["method"] == method and c[key] == t[key]]
+                assert len(match) == 1, (pod, method, match)
+                c = match[0]
+                assert c["grpc_status"] == "OK"
+                assert abs(c["start_ns"] - t["start_monotonic_ns"]) <= MS, (pod, method)
+                assert abs(c["end_ns"] - t["end_monotonic_ns"]) <= MS, (pod, method)
+    app_execs = [r for r in done if r["filename"] == "/app"]
+    assert len(app_execs) == 3
+
+
+def test_all_lifts_the_filter(lab: RunningLab, tmp_path: Path) -> None:
+    marker = f"sp-marker-{os.getpid()}"
+    loop = ["sh", "-c", f"for i in 1 2 3 4 5; do /bin/true {marker}; done"]
+    followed = record(lab, tmp_path / "followed.arrows", *loop)
+    everything = record(lab, tmp_path / "all.arrows", *loop, extra=("--all",))
+    assert followed.returncode == 0, followed.stderr
+    assert everything.returncode == 0, everything.stderr
+
+    def marked(path: Path) -> int:
+        return sum(marker in e["argv"] for e in rows(frame(path), "exec"))
+
+    assert marked(tmp_path / "followed.arrows") == 0
+    assert marked(tmp_path / "all.arrows") == 5
+    assert read_recording(tmp_path / "all.arrows").header.follow_all
+
+
+def test_command_exit_code_is_passed_through(lab: RunningLab, tmp_path: Path) -> None:
+    proc = record(lab, tmp_path / "r.arrows", "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+    assert read_recording(tmp_path / "r.arrows").end["stop_reason"] == "command exited"
+
+
+def test_sigkill_leaves_a_readable_file(lab: RunningLab, tmp_path: Path) -> None:
+    out, truth = tmp_path / "killed.arrows", tmp_path / "truth.jsonl"
+    env = {**os.environ, "STARTPROF_LAB_DIR": str(lab.paths.root)}
+    recorder = subprocess.Popen(
+        [*STARTPROF, "record", "-o", str(out), "--cri-socket", lab.socket],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert recorder.stderr is not None
+        # the recorder says where it writes once the probes are attached
+        deadline = time.monotonic() + 60
+        while out.stat().st_size == 0 if out.exists() else True:
+            assert time.monotonic() < deadline, "the recorder never started writing"
+            time.sleep(0.1)
+        subprocess.run(lab_run(lab, truth, "runc-bridge"), check=True, capture_output=True)
+        time.sleep(1.5)  # at least one flush interval after the pod
+    finally:
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait()
+    rec = read_recording(out)
+    assert not rec.complete
+    df = frame(out)
+    sandbox = next(t for t in read_truth(truth) if t["method"] == RUN_POD_SANDBOX)["sandbox_id"]
+    assert any(f"CNI_CONTAINERID={sandbox}" in e["env"] for e in rows(df, "exec")), (
+        "the pod's CNI execs are in the file"
+    )
+
+
+def test_no_listener_is_one_clear_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*STARTPROF, "record", "-o", str(tmp_path / "x.arrows"),
+         "--cri-socket", str(tmp_path / "none.sock"), "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "nothing listens on the CRI socket" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,69 @@
+"""Pure analysis of recorded events: process tree, pod attribution, phases, critical path.
+
+Imports neither bcc, click nor the file format: callers hand in :class:`Source` objects (events
+as a DataFrame plus what the recording says about itself), so everything here is unit-tested
+from stored recordings or small factories. ``startprof.pipeline`` joins files to this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from startprof.analysis.model import Analysis, Pod, RecordingInfo
+from startprof.analysis.phases import build_pods
+from startprof.analysis.summary import summarize
+
+TIME_COLUMNS = ("ts_ns", "start_ns", "end_ns")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One recording, as the analysis needs it."""
+
+    name: str
+    host: str
+    kernel: str
+    clock_offset_ns: int
+    start_monotonic_ns: int
+    end_monotonic_ns: int | None
+    drops: int
+    complete: bool
+    events: pd.DataFrame
+
+
+def to_wall_clock(events: pd.DataFrame, offset_ns: int) -> pd.DataFrame:
+    """The events with every monotonic time column moved to wall-clock ns."""
+    out = events.copy()
+    for column in TIME_COLUMNS:
+        if column in out:
+            out[column] = out[column] + offset_ns
+    return out
+
+
+def analyze(sources: Sequence[Source]) -> Analysis:
+    """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
+    pods: dict[tuple[str, str], Pod] = {}
+    starts, ends = [], []
+    for src in sources:
+        events = to_wall_clock(src.events, src.clock_offset_ns)
+        for pod in build_pods(events, src.host):
+            pods[pod.key] = pod
+        starts.append(src.start_monotonic_ns + src.clock_offset_ns)
+        last = src.end_monotonic_ns
+        if last is None:
+            last = int(src.events["ts_ns"].max()) if len(src.events) else src.start_monotonic_ns
+        ends.append(last + src.clock_offset_ns)
+    ordered = tuple(sorted(pods.values(), key=lambda p: (p.start_ns, p.host, p.sandbox_id)))
+    info = RecordingInfo(
+        files=tuple(s.name for s in sources),
+        hosts=tuple(sorted({s.host for s in sources})),
+        kernels=tuple(sorted({s.kernel for s in sources})),
+        start_ns=min(starts, default=0),
+        end_ns=max(ends, default=0),
+        drops=sum(s.drops for s in sources),
+        complete=all(s.complete for s in sources),
+    )
+    return Analysis(recording=info, pods=ordered, summary=summarize(ordered, info))

@@ -125,12 +125,22 @@ def bottleneck(phases: Sequence[Phase]) -> str:
     top = max(top_children, key=lambda p: (path_ns(p.id), -p.start_ns))
     top_ns = path_ns(top.id)
     text = f"{100 * top_ns / total:.0f}% of {_ms(total)} in {top.name}"
-    inner = [by_id[i] for i in _subtree_ids(phases, top.id) if i != top.id]
-    inner = [p for p in inner if path_ns(p.id) > 0]
-    if not inner:
+    # descend while one child holds at least half of the current span's critical time
+    children: dict[str, list[Phase]] = defaultdict(list)
+    for p in phases:
+        if p.parent_id is not None:
+            children[p.parent_id].append(p)
+    focus = top
+    while True:
+        kids = [k for k in children.get(focus.id, []) if path_ns(k.id) > 0]
+        if not kids:
+            break
+        best = max(kids, key=lambda k: (path_ns(k.id), -k.start_ns))
+        if focus is not top and 2 * path_ns(best.id) < path_ns(focus.id):
+            break
+        focus = best
+    if focus is top:
         return text
-    # the deepest span that still holds most of the top span's critical time
-    focus = max(inner, key=lambda p: (path_ns(p.id), -len(_subtree_ids(phases, p.id))))
     text += f": {focus.name} {_ms(path_ns(focus.id))}"
     groups: dict[str, list[Phase]] = defaultdict(list)
     for i in _subtree_ids(phases, focus.id):
@@ -140,9 +150,10 @@ def bottleneck(phases: Sequence[Phase]) -> str:
         name, members = max(groups.items(), key=lambda kv: sum(path_ns(m.id) for m in kv[1]))
         group_ns = sum(path_ns(m.id) for m in members)
         if group_ns > 0:
-            kind, _, subject = name.partition(" ")
-            label = f"{subject} {kind}s" if subject else f"{kind}s"
             if len(members) == 1:
-                label = name
-            text += f", of which {_ms(group_ns)} in {len(members)} {label}"
+                text += f", of which {_ms(group_ns)} in {name}"
+            else:
+                kind, _, subject = name.partition(" ")
+                label = f"{subject} {kind}s" if subject else f"{kind}s"
+                text += f", of which {_ms(group_ns)} in {len(members)} {label}"
     return text

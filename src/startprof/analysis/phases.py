@@ -1,0 +1,857 @@
+"""Cut each pod start into the canonical phases of DESIGN.md.
+
+The heavy, per-event work is vectorised (process table, attribution, per-process spans, netlink
+grouping); what remains per pod is assembling a few dozen spans from pre-grouped rows.
+
+Sources, in order of preference: the CRI calls decoded from containerd's socket (RunPodSandbox,
+CreateContainer, StartContainer bound the sandbox and container phases exactly as the kubelet
+sees them) and the kernel's process events (CNI plugins, shims, runtimes, entrypoints). Without
+socket data the sandbox and container phases are bounded by process events, and their
+``source`` attribute says ``kernel``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pandas as pd
+
+from startprof.analysis.critical_path import apply_critical_path, bottleneck
+from startprof.analysis.model import Phase, Pod, PodStatus
+from startprof.analysis.processes import RUNTIMES, SHIM_PREFIX, attribute, missing, processes
+from startprof.probes.netlink import type_name
+
+RUN_POD_SANDBOX = "/runtime.v1.RuntimeService/RunPodSandbox"
+CREATE_CONTAINER = "/runtime.v1.RuntimeService/CreateContainer"
+START_CONTAINER = "/runtime.v1.RuntimeService/StartContainer"
+IMAGE_METHODS = ("/runtime.v1.ImageService/ImageStatus", "/runtime.v1.ImageService/PullImage")
+CLONE_NEWNET = 0x40000000
+NOT_ENTRYPOINTS = ("/proc/self/exe",)
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    start_ns: int
+    end_ns: int | None
+    status: str | None
+    sandbox_id: str | None
+    container: str | None
+    container_id: str | None
+    pod: str | None
+    namespace: str | None
+    uid: str | None
+    attrs: Mapping[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (None, "OK")
+
+
+@dataclass(frozen=True)
+class Proc:
+    proc_id: int
+    pid: int
+    parent_proc: int | None
+    start_ns: int
+    exec_ns: int | None
+    exec_done_ns: int | None
+    end_ns: int | None
+    exit_code: int | None
+    argv: tuple[str, ...]
+    filename: str | None
+    env: Mapping[str, str]
+    image: str | None
+    sandbox_id: str | None
+    container_id: str | None
+
+    @property
+    def name(self) -> str:
+        path = self.image or self.filename or (self.argv[0] if self.argv else "")
+        return os.path.basename(path) or "?"
+
+    @property
+    def program(self) -> str:
+        """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
+        return os.path.basename(self.filename or (self.argv[0] if self.argv else "")) or "?"
+
+
+@dataclass
+class PodInputs:
+    """Everything one pod's phases are built from."""
+
+    sandbox_id: str
+    procs: list[Proc] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    annotations: dict[str, Any] = field(default_factory=dict)
+    netns: tuple[int, int] | None = None
+
+
+def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    sub = frame[list(columns)].astype(object)
+    sub = sub.where(sub.notna(), None)
+    return sub.to_dict("records")  # type: ignore[return-value]
+
+
+def _env_map(env: Any) -> dict[str, str]:
+    if missing(env):
+        return {}
+    return dict(var.split("=", 1) for var in env if "=" in var)
+
+
+def _cni_args(env: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for item in env.get("CNI_ARGS", "").split(";"):
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def _attrs(raw: Any) -> dict[str, Any]:
+    import json
+
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def cri_calls(ev: pd.DataFrame) -> list[Call]:
+    calls = ev[ev["kind"] == "cri_call"]
+    cols = [
+        "method",
+        "start_ns",
+        "end_ns",
+        "grpc_status",
+        "sandbox_id",
+        "container",
+        "container_id",
+        "pod",
+        "namespace",
+        "uid",
+        "attrs",
+    ]
+    return [
+        Call(
+            method=r["method"] or "?",
+            start_ns=int(r["start_ns"]),
+            end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
+            status=r["grpc_status"],
+            sandbox_id=r["sandbox_id"],
+            container=r["container"],
+            container_id=r["container_id"],
+            pod=r["pod"],
+            namespace=r["namespace"],
+            uid=r["uid"],
+            attrs=_attrs(r["attrs"]),
+        )
+        for r in _records(calls, cols)
+        if r["start_ns"] is not None
+    ]
+
+
+def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, str]:
+    """container id -> sandbox id, from CreateContainer replies and bundle annotations."""
+    mapping: dict[str, str] = {}
+    notes = ev[(ev["kind"] == "annotation") & ev["container_id"].notna() & ev["sandbox_id"].notna()]
+    for cid, sid in zip(notes["container_id"], notes["sandbox_id"], strict=True):
+        mapping[str(cid)] = str(sid)
+    for call in calls:
+        if call.container_id and call.sandbox_id:
+            mapping[call.container_id] = call.sandbox_id
+    return mapping
+
+
+def _procs(table: pd.DataFrame) -> list[Proc]:
+    cols = [
+        "proc_id",
+        "pid",
+        "parent_proc",
+        "start_ns",
+        "exec_ns",
+        "exec_done_ns",
+        "end_ns",
+        "exit_code",
+        "argv",
+        "filename",
+        "env",
+        "image",
+        "sandbox_id",
+        "container_id",
+    ]
+    out = []
+    for r in _records(table, cols):
+        out.append(
+            Proc(
+                proc_id=int(r["proc_id"]),
+                pid=int(r["pid"]),
+                parent_proc=None if r["parent_proc"] is None else int(r["parent_proc"]),
+                start_ns=int(r["start_ns"]),
+                exec_ns=None if r["exec_ns"] is None else int(r["exec_ns"]),
+                exec_done_ns=None if r["exec_done_ns"] is None else int(r["exec_done_ns"]),
+                end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
+                exit_code=None if r["exit_code"] is None else int(r["exit_code"]),
+                argv=tuple(r["argv"]) if r["argv"] is not None else (),
+                filename=r["filename"],
+                env=_env_map(r["env"]),
+                image=r["image"],
+                sandbox_id=r["sandbox_id"],
+                container_id=r["container_id"],
+            )
+        )
+    return out
+
+
+def netlink_groups(ev: pd.DataFrame) -> pd.DataFrame:
+    """Runs of consecutive netlink requests of one op by one process, with their ack time.
+
+    Columns: proc_id, op, start_ns, end_ns, count, ifnames, kinds.
+    """
+    sends = ev[(ev["kind"] == "nl_send") & ev["proc_id"].notna()].copy()
+    if sends.empty:
+        return pd.DataFrame(
+            columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
+        )
+    acks = ev[(ev["kind"] == "nl_ack") & ev["proc_id"].notna()]
+    ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
+        columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
+    )
+    ack_key = ack_key.drop_duplicates(["proc_id", "nl_seq"], keep="first")
+    sends = sends.merge(ack_key, on=["proc_id", "nl_seq"], how="left")
+    sends["op"] = [
+        type_name(int(p), int(t)) for p, t in zip(sends["nl_proto"], sends["nl_type"], strict=True)
+    ]
+    sends = sends.sort_values(["proc_id", "start_ns"], kind="stable")
+    new_run = (sends["proc_id"] != sends["proc_id"].shift()) | (sends["op"] != sends["op"].shift())
+    sends["run"] = new_run.cumsum()
+    sends["done_ns"] = sends["ack_ns"].where(sends["ack_ns"].notna(), sends["end_ns"])
+    sends["failed"] = sends["ack_ret"].fillna(0) < 0
+    grouped = sends.groupby("run", sort=False)
+    out = pd.DataFrame(
+        {
+            "proc_id": grouped["proc_id"].first(),
+            "op": grouped["op"].first(),
+            "start_ns": grouped["start_ns"].min(),
+            "end_ns": grouped["done_ns"].max(),
+            "count": grouped.size(),
+            "errors": grouped["failed"].sum(),
+            "ifnames": grouped["ifname"].agg(lambda s: sorted({x for x in s.dropna()})),
+            "kinds": grouped["link_kind"].agg(lambda s: sorted({x for x in s.dropna()})),
+        }
+    )
+    return out.reset_index(drop=True)
+
+
+def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
+    """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
+    ns = ev[ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)]
+    spans = []
+    pending: dict[int, int] = {}
+    for kind, tid, flags, nstype, start, end in zip(
+        ns["kind"],
+        ns["tid"],
+        ns["flags"],
+        ns["nstype"],
+        ns["start_ns"],
+        ns["end_ns"],
+        strict=True,
+    ):
+        if kind == "unshare" and not missing(flags) and int(flags) & CLONE_NEWNET:
+            pending[int(tid)] = int(start)
+        elif (
+            kind == "setns"
+            and int(tid) in pending
+            and (missing(nstype) or int(nstype) in (0, CLONE_NEWNET))
+        ):
+            spans.append((pending.pop(int(tid)), int(end)))
+    return spans
+
+
+def _is_cni_plugin(proc: Proc) -> bool:
+    if "CNI_COMMAND" not in proc.env or not proc.filename:
+        return False
+    dirs = [d for d in proc.env.get("CNI_PATH", "").split(":") if d]
+    return os.path.dirname(proc.filename) in dirs
+
+
+def _runtime_verb(proc: Proc) -> str | None:
+    if proc.program not in RUNTIMES:
+        return None
+    for arg in proc.argv[1:]:
+        if arg in ("create", "start", "delete", "kill", "state", "run"):
+            return arg
+    return None
+
+
+def _is_shim_start(proc: Proc) -> bool:
+    return proc.program.startswith(SHIM_PREFIX) and bool(proc.argv) and proc.argv[-1] == "start"
+
+
+class PhaseBuilder:
+    """Builds one pod's phase list; ids are path-like and stable for the same recording."""
+
+    def __init__(self) -> None:
+        self.phases: list[Phase] = []
+        self._ids: Counter[str] = Counter()
+
+    def add(
+        self,
+        parent: Phase | None,
+        name: str,
+        start: int,
+        end: int,
+        status: str = "ok",
+        error: str | None = None,
+        **attributes: Any,
+    ) -> Phase:
+        base = name if parent is None else f"{parent.id}/{name}"
+        self._ids[base] += 1
+        pid = base if self._ids[base] == 1 else f"{base}#{self._ids[base]}"
+        if parent is not None:  # a child never leaves its parent (clock skew, shared shims)
+            start = min(max(start, parent.start_ns), parent.end_ns)
+            end = min(max(end, start), parent.end_ns)
+        phase = Phase(
+            id=pid,
+            parent_id=None if parent is None else parent.id,
+            name=name,
+            start_ns=start,
+            end_ns=max(end, start),
+            status="error" if status == "error" else "ok",
+            error=error,
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        )
+        self.phases.append(phase)
+        return phase
+
+    def replace(self, phase: Phase, **attributes: Any) -> Phase:
+        """The phase with more attributes, swapped in place."""
+        updated = replace(phase, attributes={**phase.attributes, **attributes})
+        self.phases[self.phases.index(phase)] = updated
+        return updated
+
+
+@dataclass
+class Context:
+    """Per-recording lookups the pod builder needs."""
+
+    children: dict[int, list[Proc]]
+    netlink: dict[int, list[dict[str, Any]]]
+    recording_end_ns: int
+
+
+def _subtree(ctx: Context, proc: Proc) -> list[Proc]:
+    out, stack = [], [proc]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(ctx.children.get(p.proc_id, ()))
+    return out
+
+
+def _proc_attrs(proc: Proc) -> dict[str, Any]:
+    return {
+        "pid": proc.pid,
+        "argv": list(proc.argv),
+        "filename": proc.filename,
+        "exit_code": proc.exit_code,
+    }
+
+
+def _proc_span(proc: Proc, ctx: Context) -> tuple[int, int]:
+    start = proc.exec_ns if proc.exec_ns is not None else proc.start_ns
+    end = proc.end_ns if proc.end_ns is not None else ctx.recording_end_ns
+    return start, end
+
+
+def _netlink_ops(ctx: Context, proc: Proc) -> Counter[str]:
+    ops: Counter[str] = Counter()
+    for group in ctx.netlink.get(proc.proc_id, ()):
+        ops[group["op"]] += int(group["count"])
+    return ops
+
+
+def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
+    """One span per run of same-op requests. An error reply (EEXIST for a bridge that is already
+    there) is an answer the plugin handles, not a failure: it is counted, not flagged."""
+    for group in ctx.netlink.get(proc.proc_id, ()):
+        b.add(
+            parent,
+            f"netlink {group['op']}",
+            int(group["start_ns"]),
+            int(group["end_ns"]),
+            count=int(group["count"]),
+            errors=int(group["errors"]) or None,
+            ifnames=list(group["ifnames"]) or None,
+            link_kinds=list(group["kinds"]) or None,
+            pid=proc.pid,
+        )
+    return _netlink_ops(ctx, proc)
+
+
+def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Phase:
+    start, end = _proc_span(proc, ctx)
+    failed = proc.exit_code not in (None, 0)
+    phase = b.add(
+        parent,
+        f"cni.plugin {proc.program}",
+        start,
+        end,
+        status="error" if failed else "ok",
+        error=f"exit code {proc.exit_code}" if failed else None,
+        cni_plugin=proc.program,
+        cni_command=proc.env.get("CNI_COMMAND"),
+        cni_ifname=proc.env.get("CNI_IFNAME"),
+        **_proc_attrs(proc),
+    )
+    ops = _add_netlink(b, phase, proc, ctx)
+    for child in ctx.children.get(proc.proc_id, ()):
+        if _is_cni_plugin(child):
+            _add_cni_plugin(b, phase, child, ctx)
+        elif child.exec_ns is not None:
+            c_start, c_end = _proc_span(child, ctx)
+            c_failed = child.exit_code not in (None, 0)
+            helper = b.add(
+                phase,
+                f"exec {child.name}",
+                c_start,
+                c_end,
+                **_proc_attrs(child),
+                # iptables -C exits 1 for "no such rule": a question, not a failure
+                exit_status="nonzero" if c_failed else None,
+            )
+            # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count
+            helper_ops: Counter[str] = Counter()
+            for grandchild in _subtree(ctx, child):
+                helper_ops += _netlink_ops(ctx, grandchild)
+            if helper_ops:
+                b.replace(helper, netlink_ops=dict(helper_ops))
+            ops += helper_ops
+    if ops:
+        phase = b.replace(phase, netlink_ops=dict(ops))
+    return phase
+
+
+def _exec_end(proc: Proc | None) -> int | None:
+    if proc is None:
+        return None
+    return proc.exec_done_ns if proc.exec_done_ns is not None else proc.exec_ns
+
+
+def _entrypoint(procs: Iterable[Proc]) -> Proc | None:
+    """The container's process after its runtime exec'ed the entrypoint (pause, app, ...)."""
+    found = [
+        p
+        for p in procs
+        if p.image
+        and p.exec_ns is not None
+        and os.path.basename(p.image) not in RUNTIMES
+        and not p.image.startswith("/dev/fd/")
+        and p.image not in NOT_ENTRYPOINTS
+        and p.program not in RUNTIMES
+        and not p.program.startswith(SHIM_PREFIX)
+    ]
+    return min(found, key=lambda p: p.exec_ns or 0) if found else None
+
+
+def _add_runtime(
+    b: PhaseBuilder, parent: Phase, procs: list[Proc], container_id: str, ctx: Context
+) -> tuple[str | None, Proc | None]:
+    """runtime.shim, runtime.create, runtime.start of one container; returns runtime, entrypoint."""
+    mine = [p for p in procs if p.container_id == container_id]
+    runtime = None
+    for shim in (p for p in mine if _is_shim_start(p)):
+        start, end = _proc_span(shim, ctx)
+        b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
+    entry = None
+    for proc in sorted(mine, key=lambda p: p.start_ns):
+        verb = _runtime_verb(proc)
+        if verb not in ("create", "start", "run"):
+            continue
+        runtime = proc.program
+        start, end = _proc_span(proc, ctx)
+        subtree = _subtree(ctx, proc)
+        if verb == "create":
+            failed = proc.exit_code not in (None, 0)
+            b.add(
+                parent,
+                "runtime.create",
+                start,
+                end,
+                status="error" if failed else "ok",
+                error=f"{runtime} create exit code {proc.exit_code}" if failed else None,
+                runtime=runtime,
+                processes=len(subtree),
+                **_proc_attrs(proc),
+            )
+            entry = entry or _entrypoint(subtree)
+        else:
+            entry = entry or _entrypoint(subtree)
+            if entry is None:
+                entry = _entrypoint(p for p in mine if p.start_ns >= start)
+            exec_end = _exec_end(entry)
+            failed = proc.exit_code not in (None, 0)
+            b.add(
+                parent,
+                "runtime.start",
+                start,
+                max(end, exec_end or end),
+                status="error" if failed else "ok",
+                error=f"{runtime} start exit code {proc.exit_code}" if failed else None,
+                runtime=runtime,
+                **_proc_attrs(proc),
+            )
+    return runtime, entry
+
+
+def build_pod(
+    host: str, inputs: PodInputs, ctx: Context, image_calls: Sequence[Call]
+) -> Pod | None:
+    procs = inputs.procs
+    calls = sorted(inputs.calls, key=lambda c: c.start_ns)
+    rps = next((c for c in calls if c.method == RUN_POD_SANDBOX), None)
+    creates = [c for c in calls if c.method == CREATE_CONTAINER]
+    starts = {c.container_id: c for c in calls if c.method == START_CONTAINER and c.container_id}
+    cni_top = [
+        p
+        for p in procs
+        if _is_cni_plugin(p)
+        and p.env.get("CNI_COMMAND") == "ADD"
+        and not any(_is_cni_plugin(q) for q in procs if q.proc_id == p.parent_proc)
+    ]
+    sandbox_procs = [p for p in procs if p.container_id in (None, inputs.sandbox_id)]
+    sandbox_rt = [p for p in sandbox_procs if _runtime_verb(p) in ("create", "start", "run")]
+    if rps is None and not cni_top and not sandbox_rt:
+        return None  # only tear-down work of a pod that started before the recording
+
+    names = _names(inputs, rps, cni_top)
+    status: PodStatus = "ok"
+    failed_phase: str | None = None
+    source = "cri" if rps is not None else "kernel"
+
+    # the kernel-side extent of the sandbox, used when the CRI call is missing or still open
+    kernel_points = [p.exec_ns for p in cni_top + sandbox_rt if p.exec_ns is not None]
+    if inputs.netns:
+        kernel_points.append(inputs.netns[0])
+    sandbox_entry = _entrypoint(q for p in sandbox_rt for q in _subtree(ctx, p))
+    kernel_end = _exec_end(sandbox_entry)
+    if rps is not None:
+        sb_start = rps.start_ns
+        sb_end = rps.end_ns
+    else:
+        sb_start = min(kernel_points) if kernel_points else 0
+        sb_end = kernel_end
+    incomplete = sb_end is None
+    sb_end_v = sb_end if sb_end is not None else ctx.recording_end_ns
+
+    # containers: CRI first, else runtime creates of non-sandbox container ids
+    container_ids = [c.container_id for c in creates if c.container_id]
+    for p in procs:
+        if (
+            _runtime_verb(p) == "create"
+            and p.container_id
+            and p.container_id != inputs.sandbox_id
+            and p.container_id not in container_ids
+        ):
+            container_ids.append(p.container_id)
+
+    b = PhaseBuilder()
+    # pod bounds are fixed after the children are known; start with a wide placeholder
+    pod = b.add(None, "pod", sb_start, ctx.recording_end_ns)
+    sandbox = b.add(
+        pod,
+        "sandbox",
+        sb_start,
+        sb_end_v,
+        status="ok" if rps is None or rps.ok else "error",
+        error=None if rps is None or rps.ok else f"RunPodSandbox {rps.status}",
+        source=source,
+        runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
+    )
+    if inputs.netns:
+        b.add(sandbox, "sandbox.netns", *inputs.netns)
+    if cni_top:
+        cni = b.add(
+            sandbox,
+            "cni.add",
+            min(_proc_span(p, ctx)[0] for p in cni_top),
+            max(_proc_span(p, ctx)[1] for p in cni_top),
+        )
+        for plugin in sorted(cni_top, key=lambda p: p.exec_ns or 0):
+            _add_cni_plugin(b, cni, plugin, ctx)
+    runtime, _ = _add_runtime(b, sandbox, sandbox_procs, inputs.sandbox_id, ctx)
+
+    # image: the image calls of this pod's kubelet between its sandbox and first container
+    first_create = creates[0].start_ns if creates else None
+    if rps is not None and rps.end_ns is not None and first_create is not None:
+        for call in image_calls:
+            if (
+                rps.end_ns <= call.start_ns
+                and call.end_ns is not None
+                and call.end_ns <= first_create
+            ):
+                b.add(
+                    pod,
+                    "image",
+                    call.start_ns,
+                    call.end_ns,
+                    source="cri",
+                    method=call.method.rsplit("/", 1)[-1],
+                    image=call.attrs.get("image"),
+                )
+
+    container_names: list[str] = []
+    last_end = sb_end_v
+    create_starts = [c.start_ns for c in creates]
+    for cid in container_ids:
+        create = next((c for c in creates if c.container_id == cid), None)
+        next_create = next((t for t in create_starts if create and t > create.start_ns), None)
+        start_call = starts.get(cid)
+        name = (create.container if create else None) or cid[:12]
+        container_names.append(name)
+        c_procs = [p for p in procs if p.container_id == cid]
+        rt = [
+            p
+            for p in c_procs
+            if _runtime_verb(p) in ("create", "start", "run") or _is_shim_start(p)
+        ]
+        k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
+        c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
+        entry = _entrypoint(q for p in rt for q in _subtree(ctx, p))
+        ends = [
+            x
+            for x in (start_call.end_ns if start_call else None, _exec_end(entry))
+            if x is not None
+        ]
+        # an init container runs to completion before the next container is created: its
+        # entrypoint's exit, not StartContainer's reply, is when the pod could go on
+        if (
+            entry is not None
+            and entry.end_ns is not None
+            and next_create is not None
+            and entry.end_ns <= next_create
+        ):
+            ends.append(entry.end_ns)
+        c_end = max(ends) if ends else None
+        started = start_call is not None and start_call.end_ns is not None
+        if c_end is None or (create is not None and not started):
+            incomplete = True
+        c_end_v = c_end if c_end is not None else ctx.recording_end_ns
+        ok = all(c.ok for c in (create, start_call) if c is not None)
+        container = b.add(
+            pod,
+            f"container {name}",
+            c_start,
+            c_end_v,
+            status="ok" if ok else "error",
+            error=None
+            if ok
+            else "; ".join(
+                f"{c.method.rsplit('/', 1)[-1]} {c.status}"
+                for c in (create, start_call)
+                if c is not None and not c.ok
+            ),
+            container_id=cid,
+            container=name,
+            source="cri" if create else "kernel",
+        )
+        if create is not None and create.end_ns is not None:
+            b.add(container, "container.create", create.start_ns, create.end_ns, source="cri")
+        if start_call is not None:
+            cs_start, cs_end = start_call.start_ns, start_call.end_ns or c_end_v
+        else:
+            cs_start, cs_end = (k_start if k_start is not None else c_start), c_end_v
+        # container.start is the StartContainer call as the kubelet sees it; with crun the
+        # entrypoint's exec may land just after the reply, and then it hangs off the container
+        c_start_phase = b.add(
+            container,
+            "container.start",
+            cs_start,
+            cs_end if start_call is not None else c_end_v,
+            source="cri" if start_call else "kernel",
+        )
+        c_runtime, entry = _add_runtime(b, c_start_phase, procs, cid, ctx)
+        runtime = runtime or c_runtime
+        if entry is not None and entry.exec_ns is not None:
+            exec_end = _exec_end(entry) or entry.exec_ns
+            b.add(
+                c_start_phase if exec_end <= c_start_phase.end_ns else container,
+                "process.exec",
+                entry.exec_ns,
+                exec_end,
+                pid=entry.pid,
+                filename=entry.image,
+                argv=list(entry.argv),
+            )
+        last_end = max(last_end, c_end_v)
+
+    phases = b.phases
+    pod_end = max((p.end_ns for p in phases[1:]), default=sb_end_v)
+    pod_start = min((p.start_ns for p in phases[1:]), default=sb_start)
+    phases[0] = replace(phases[0], start_ns=pod_start, end_ns=pod_end)
+    phases = _clip_to_parents(phases)
+    phases = _add_waits(phases)
+
+    errors = [p for p in phases if p.status == "error"]
+    if errors:
+        status = "failed"
+        deepest = max(errors, key=lambda p: p.id.count("/"))
+        failed_phase = deepest.name
+    elif incomplete or not container_ids:
+        status = "incomplete"
+    phases_t, steps = apply_critical_path(phases)
+    return Pod(
+        host=host,
+        sandbox_id=inputs.sandbox_id,
+        name=names.get("name"),
+        namespace=names.get("namespace"),
+        uid=names.get("uid"),
+        status=status,
+        start_ns=pod_start,
+        end_ns=pod_end,
+        phases=phases_t,
+        critical_path=steps,
+        bottleneck=bottleneck(phases_t),
+        runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
+        runtime=runtime,
+        failed_phase=failed_phase,
+        containers=tuple(container_names),
+    )
+
+
+def _names(inputs: PodInputs, rps: Call | None, cni: Sequence[Proc]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if rps is not None:
+        for key, value in (("name", rps.pod), ("namespace", rps.namespace), ("uid", rps.uid)):
+            if value:
+                out[key] = value
+    for key in ("name", "namespace", "uid"):
+        if key not in out and inputs.annotations.get(key):
+            out[key] = inputs.annotations[key]
+    for proc in cni:
+        args = _cni_args(proc.env)
+        for key, arg in (
+            ("name", "K8S_POD_NAME"),
+            ("namespace", "K8S_POD_NAMESPACE"),
+            ("uid", "K8S_POD_UID"),
+        ):
+            if key not in out and args.get(arg):
+                out[key] = args[arg]
+    return out
+
+
+def _clip_to_parents(phases: list[Phase]) -> list[Phase]:
+    by_id: dict[str, Phase] = {}
+    out = []
+    for p in phases:
+        parent = by_id.get(p.parent_id) if p.parent_id else None
+        if parent is not None:
+            start = min(max(p.start_ns, parent.start_ns), parent.end_ns)
+            end = min(max(p.end_ns, start), parent.end_ns)
+            if (start, end) != (p.start_ns, p.end_ns):
+                p = replace(p, start_ns=start, end_ns=end)
+        by_id[p.id] = p
+        out.append(p)
+    return out
+
+
+def _add_waits(phases: list[Phase]) -> list[Phase]:
+    """``wait`` spans for the time inside the pod covered by none of its direct children."""
+    pod = phases[0]
+    tops = sorted((p for p in phases if p.parent_id == pod.id), key=lambda p: p.start_ns)
+    waits = []
+    t = pod.start_ns
+    for p in tops:
+        if p.start_ns > t:
+            waits.append((t, p.start_ns))
+        t = max(t, p.end_ns)
+    if pod.end_ns > t:
+        waits.append((t, pod.end_ns))
+    extra = [
+        Phase(f"{pod.id}/wait#{i + 1}", pod.id, "wait", lo, hi)
+        for i, (lo, hi) in enumerate(waits)
+        if hi > lo
+    ]
+    return phases + extra
+
+
+def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
+    """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
+    calls = cri_calls(ev)
+    table = processes(ev)
+    table = attribute(table, container_sandboxes(ev, calls))
+    procs = _procs(table)
+    children: dict[int, list[Proc]] = defaultdict(list)
+    for p in procs:
+        if p.parent_proc is not None:
+            children[p.parent_proc].append(p)
+    groups = netlink_groups(ev)
+    netlink: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for group in _records(groups, list(groups.columns)):
+        netlink[int(group["proc_id"])].append(group)
+    end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
+    ctx = Context(children=children, netlink=netlink, recording_end_ns=end_ns)
+
+    pods: dict[str, PodInputs] = {}
+
+    def get(sid: str) -> PodInputs:
+        if sid not in pods:
+            pods[sid] = PodInputs(sid)
+        return pods[sid]
+
+    for p in procs:
+        if p.sandbox_id:
+            get(p.sandbox_id).procs.append(p)
+    for c in calls:
+        if c.method == RUN_POD_SANDBOX and c.sandbox_id:
+            get(c.sandbox_id).calls.append(c)
+    by_container = container_sandboxes(ev, calls)
+    for c in calls:
+        if c.method in (CREATE_CONTAINER, START_CONTAINER):
+            sid = c.sandbox_id or by_container.get(c.container_id or "")
+            if sid:
+                get(sid).calls.append(c)
+    for rec in _records(ev[ev["kind"] == "annotation"], ["sandbox_id", "pod", "namespace", "uid"]):
+        if rec["sandbox_id"] in pods:
+            note = pods[rec["sandbox_id"]].annotations
+            for key, col in (("name", "pod"), ("namespace", "namespace"), ("uid", "uid")):
+                if rec[col]:
+                    note.setdefault(key, rec[col])
+
+    # netns creations: each to the RunPodSandbox whose window holds it, in order
+    containerd = {
+        p.proc_id
+        for p in procs
+        if p.program == "containerd" or (p.argv and os.path.basename(p.argv[0]) == "containerd")
+    }
+    creations = sorted(_netns_creations(ev, containerd))
+    windows = sorted(
+        (c.start_ns, c.end_ns or end_ns, c.sandbox_id)
+        for c in calls
+        if c.method == RUN_POD_SANDBOX and c.sandbox_id
+    )
+    taken: set[str] = set()
+    for start, end in creations:
+        for w_start, w_end, sid in windows:
+            if sid not in taken and w_start <= start <= w_end and sid is not None:
+                get(sid).netns = (start, end)
+                taken.add(sid)
+                break
+    image_calls = sorted((c for c in calls if c.method in IMAGE_METHODS), key=lambda c: c.start_ns)
+    return pods, ctx, image_calls
+
+
+def build_pods(ev: pd.DataFrame, host: str) -> list[Pod]:
+    pods, ctx, image_calls = pod_inputs(ev)
+    out = []
+    for inputs in pods.values():
+        pod = build_pod(host, inputs, ctx, image_calls)
+        if pod is not None:
+            out.append(pod)
+    return out

@@ -1,0 +1,246 @@
+"""The process tree of a recording, and which pod and container each process worked for.
+
+Pids are reused (pid_max is 32768 on many nodes, and Go threads use pids too), so a process is a
+*lifetime*: ``proc_id`` numbers each (pid, birth) pair. Every event is tied to the lifetime of
+its pid that began last before it (``merge_asof``), so a reused pid never mixes two processes.
+
+Attribution (DESIGN.md): a process's own evidence — ``CNI_CONTAINERID`` in its environment (CNI
+plugins and the iptables they run), ``-id`` of a containerd shim, the container id an OCI runtime
+is told to create/start/delete — and else its parent's, inherited down the tree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RUNTIMES = frozenset({"runc", "crun"})
+RUNTIME_VERBS = frozenset({"create", "start", "run", "delete", "kill", "state", "exec", "features"})
+SHIM_PREFIX = "containerd-shim"
+
+
+def missing(value: Any) -> bool:
+    """None, pandas' NA or a float NaN: what an empty cell of any column type reads as."""
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _int(series: pd.Series) -> pd.Series:
+    return series.astype("int64")
+
+
+def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
+    """One row per process lifetime: proc_id, pid, ppid, start_ns, seeded (alive at start)."""
+    forks = ev.loc[ev["kind"] == "fork", ["ts_ns", "pid", "child_pid"]]
+    births = pd.DataFrame(
+        {
+            "pid": _int(forks["child_pid"]),
+            "ppid": _int(forks["pid"]),
+            "start_ns": _int(forks["ts_ns"]),
+            "seeded": False,
+        }
+    )
+    procs = ev.loc[ev["kind"] == "proc", ["ts_ns", "pid", "ppid"]]
+    seeds = pd.DataFrame(
+        {
+            "pid": _int(procs["pid"]),
+            "ppid": _int(procs["ppid"].fillna(0)),
+            "start_ns": np.int64(np.iinfo(np.int64).min // 2),
+            "seeded": True,
+        }
+    )
+    known = set(births["pid"]) | set(seeds["pid"])
+    # processes that acted without being seeded or born in the recording (e.g. with --all)
+    acting = ev.loc[ev["pid"].notna(), ["pid", "ts_ns"]]
+    acting = acting[~acting["pid"].isin(known)]
+    first = acting.groupby("pid", sort=False)["ts_ns"].min()
+    implicit = pd.DataFrame(
+        {
+            "pid": first.index.astype("int64"),
+            "ppid": 0,
+            "start_ns": np.int64(np.iinfo(np.int64).min // 2),
+            "seeded": True,
+        }
+    )
+    table = pd.concat([seeds, implicit, births], ignore_index=True)
+    table = table.sort_values(["start_ns", "pid"], kind="stable").reset_index(drop=True)
+    table["proc_id"] = np.arange(len(table), dtype="int64")
+    return table
+
+
+def attach_proc_ids(ev: pd.DataFrame, table: pd.DataFrame) -> pd.Series:
+    """For each event with a pid, the proc_id of the lifetime of that pid running at its time."""
+    rows = ev.loc[ev["pid"].notna(), ["ts_ns", "pid"]].copy()
+    rows["pid"] = _int(rows["pid"])
+    rows["ts_ns"] = _int(rows["ts_ns"])
+    rows["_row"] = rows.index
+    rows = rows.sort_values("ts_ns", kind="stable")
+    right = table[["pid", "start_ns", "proc_id"]].sort_values("start_ns", kind="stable")
+    merged = pd.merge_asof(
+        rows, right, left_on="ts_ns", right_on="start_ns", by="pid", direction="backward"
+    )
+    out = pd.Series(pd.NA, index=ev.index, dtype="Int64")
+    out.loc[merged["_row"].to_numpy()] = merged["proc_id"].to_numpy()
+    return out
+
+
+# OCI runtime options that take a value (runc and crun share these spellings)
+_VALUE_OPTIONS = frozenset(
+    {"--root", "--log", "--log-format", "--criu", "--bundle", "-b", "--pid-file",
+     "--console-socket", "--preserve-fds", "--process", "-p", "--cgroup-manager"}
+)  # fmt: skip
+
+
+def _runtime_target(argv: Any) -> str | None:
+    """Container id an OCI runtime invocation acts on: the first operand after its verb."""
+    if missing(argv) or len(argv) < 2 or os.path.basename(argv[0]) not in RUNTIMES:
+        return None
+    args = list(argv)
+    verb = next((i for i, a in enumerate(args) if a in RUNTIME_VERBS), None)
+    if verb is None:
+        return None
+    i = verb + 1
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return str(arg)
+    return None
+
+
+def _shim_id(argv: Any) -> str | None:
+    if missing(argv) or len(argv) < 2 or not os.path.basename(argv[0]).startswith(SHIM_PREFIX):
+        return None
+    args = list(argv)
+    for i, a in enumerate(args[:-1]):
+        if a == "-id":
+            return str(args[i + 1])
+    return None
+
+
+def _cni_container(env: Any) -> str | None:
+    if missing(env):
+        return None
+    for var in env:
+        if var.startswith("CNI_CONTAINERID="):
+            return str(var.split("=", 1)[1])
+    return None
+
+
+def processes(ev: pd.DataFrame) -> pd.DataFrame:
+    """The process table with lifetimes, first exec, exit, and pod/container attribution.
+
+    ``ev`` needs the columns of :mod:`startprof.events`; a ``proc_id`` column is added to it.
+    ``container_sandbox`` (container id -> sandbox id) comes from annotations and CRI replies.
+    """
+    table = lifetimes(ev)
+    ev["proc_id"] = attach_proc_ids(ev, table)
+    with_proc = ev[ev["proc_id"].notna()]
+
+    exits = with_proc[with_proc["kind"] == "exit"].groupby("proc_id")["ts_ns"].min()
+    codes = with_proc[with_proc["kind"] == "exit_group"].groupby("proc_id")["ret"].last()
+    execs = with_proc[with_proc["kind"] == "exec"]
+    first_exec = execs.groupby("proc_id").head(1).set_index("proc_id")
+    done = with_proc[with_proc["kind"] == "exec_done"]
+    first_done = done.groupby("proc_id")["ts_ns"].min()
+    last_done = done.groupby("proc_id").tail(1).set_index("proc_id")
+    proc_rows = with_proc[with_proc["kind"] == "proc"].set_index("proc_id")
+
+    table = table.set_index("proc_id", drop=False)
+    table["end_ns"] = exits.reindex(table.index)
+    table["exit_code"] = codes.reindex(table.index)
+    table["exec_ns"] = first_exec["ts_ns"].reindex(table.index)
+    table["exec_done_ns"] = first_done.reindex(table.index)
+    argv = first_exec["argv"].reindex(table.index)
+    seeded_argv = proc_rows["argv"].reindex(table.index)
+    table["argv"] = argv.where(argv.notna(), seeded_argv)
+    table["filename"] = first_exec["filename"].reindex(table.index)
+    table["env"] = first_exec["env"].reindex(table.index)
+    table["image"] = last_done["filename"].reindex(table.index)
+    comm = last_done["comm"].reindex(table.index)
+    table["comm"] = comm.where(comm.notna(), proc_rows["comm"].reindex(table.index))
+    table["parent_proc"] = _parent_proc_ids(table)
+    return table.reset_index(drop=True)
+
+
+def _parent_proc_ids(table: pd.DataFrame) -> pd.Series:
+    """proc_id of each lifetime's parent: the parent pid's lifetime running at the birth."""
+    left = table[["proc_id", "ppid", "start_ns"]].rename(columns={"ppid": "pid"})
+    left = left.sort_values("start_ns", kind="stable")
+    right = table[["pid", "start_ns", "proc_id"]].rename(
+        columns={"proc_id": "parent_proc", "start_ns": "parent_start"}
+    )
+    right = right.sort_values("parent_start", kind="stable")
+    merged = pd.merge_asof(
+        left,
+        right,
+        left_on="start_ns",
+        right_on="parent_start",
+        by="pid",
+        direction="backward",
+        allow_exact_matches=False,
+    )
+    return merged.set_index("proc_id")["parent_proc"].reindex(table.index).astype("Int64")
+
+
+def _inherit(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Fill empty cells of ``columns`` from the parent's, down the tree, in place."""
+    index_of = pd.Series(table.index, index=table["proc_id"])
+    parent_rows = table["parent_proc"].map(index_of)
+    # a pod start is a handful of generations deep; each pass fills one more generation
+    for _ in range(32):
+        changed = False
+        for column in columns:
+            empty = table[column].isna() & parent_rows.notna()
+            if not empty.any():
+                continue
+            inherited = table[column].reindex(parent_rows[empty].astype("int64")).to_numpy()
+            fill = pd.Series(inherited, index=empty[empty].index)
+            fill = fill[fill.notna()]
+            if len(fill):
+                table.loc[fill.index, column] = fill
+                changed = True
+        if not changed:
+            break
+
+
+def _is_shim_daemon(argv: Any) -> bool:
+    """The long-lived shim of a pod (its ``-id`` is the sandbox's), not a ``start``/``delete``."""
+    return _shim_id(argv) is not None and list(argv)[-1] not in ("start", "delete")
+
+
+def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.DataFrame:
+    """Add ``sandbox_id`` and ``container_id`` columns: own evidence first, else the parent's.
+
+    ``container_sandbox`` (from CRI replies and bundle annotations) names the pod of a container
+    id. Where it is silent — no socket data and a container too short-lived for its bundle to be
+    read — the pod's shim says it: containerd runs one shim per pod, started with the sandbox's
+    id, and every runtime call of the pod's containers is its child.
+    """
+    table = table.copy()
+    own_cni = table["env"].map(_cni_container)
+    own_shim = table["argv"].map(_shim_id)
+    own_runtime = table["argv"].map(_runtime_target)
+    container = own_runtime.where(own_runtime.notna(), own_shim)
+
+    table["_pod_shim"] = own_shim.where(table["argv"].map(_is_shim_daemon), None).astype(object)
+    _inherit(table, ("_pod_shim",))
+    mapping = dict(container_sandbox)
+    for cid, shim in zip(own_runtime, table["_pod_shim"], strict=True):
+        if isinstance(cid, str) and isinstance(shim, str):
+            mapping.setdefault(cid, shim)
+    for sid in set(mapping.values()):
+        mapping.setdefault(sid, sid)  # a sandbox's own (pause) container
+
+    from_container = container.map(lambda cid: mapping.get(cid) if isinstance(cid, str) else None)
+    sandbox = own_cni.where(own_cni.notna(), from_container)
+    table["sandbox_id"] = sandbox.astype(object)
+    table["container_id"] = container.astype(object)
+    _inherit(table, ("sandbox_id", "container_id"))
+    return table.drop(columns="_pod_shim")

@@ -1,0 +1,109 @@
+"""Statistics over many pods: per-phase medians and p95, critical-path shares, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from startprof.analysis.model import Pod, RecordingInfo
+
+
+def phase_table(pods: Sequence[Pod]) -> pd.DataFrame:
+    """One row per pod x phase: name, kind, duration_ms, self_ms, on_critical_path, status."""
+    rows = [
+        (
+            pod.host,
+            pod.sandbox_id,
+            pod.name,
+            pod.status,
+            p.id,
+            p.name,
+            p.kind,
+            p.duration_ns / 1e6,
+            p.self_ns / 1e6,
+            p.on_critical_path,
+            p.status,
+        )
+        for pod in pods
+        for p in pod.phases
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "host",
+            "sandbox_id",
+            "pod",
+            "pod_status",
+            "phase_id",
+            "phase",
+            "kind",
+            "duration_ms",
+            "self_ms",
+            "on_critical_path",
+            "status",
+        ],
+    )
+
+
+RUNTIME_KINDS = ("runtime.shim", "runtime.create", "runtime.start")
+
+
+def _phase_key(phase_id: str, name: str) -> str:
+    """Group per-subject phases (``container app-0``) by kind; keep plugin and op names; tell
+    the sandbox's runtime work from the containers'."""
+    kind = name.split(" ", 1)[0]
+    if kind == "container":
+        return "container"
+    if kind in RUNTIME_KINDS:
+        return f"{name} (container)" if "/container " in phase_id else f"{name} (sandbox)"
+    return name
+
+
+def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
+    table = phase_table(pods)
+    counts = {
+        status: sum(p.status == status for p in pods) for status in ("ok", "failed", "incomplete")
+    }
+    durations = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
+    summary: dict[str, Any] = {
+        "pods": len(pods),
+        "status": counts,
+        "drops": info.drops,
+        "pod_ms": _stats(durations),
+        "phases": {},
+        "failures": [
+            {"pod": p.name, "sandbox_id": p.sandbox_id, "failed_phase": p.failed_phase}
+            for p in pods
+            if p.status == "failed"
+        ],
+    }
+    if table.empty:
+        return summary
+    done = table[table["pod_status"] == "ok"].copy()
+    if done.empty:
+        return summary
+    done["key"] = [_phase_key(i, n) for i, n in zip(done["phase_id"], done["phase"], strict=True)]
+    total_ms = float(durations.sum()) or 1.0
+    # per pod and key first: a pod with 9 iptables execs counts once, with their sum
+    per_pod = done.groupby(["host", "sandbox_id", "key"], sort=False).agg(
+        duration_ms=("duration_ms", "sum"), self_ms=("self_ms", "sum")
+    )
+    for key, group in per_pod.groupby(level="key", sort=False):
+        summary["phases"][str(key)] = {
+            **_stats(group["duration_ms"].to_numpy()),
+            "critical_share": round(float(group["self_ms"].sum()) / total_ms, 4),
+        }
+    return summary
+
+
+def _stats(values: np.ndarray[Any, Any]) -> dict[str, Any]:
+    if len(values) == 0:
+        return {"n": 0, "median_ms": None, "p95_ms": None}
+    return {
+        "n": len(values),
+        "median_ms": round(float(np.median(values)), 3),
+        "p95_ms": round(float(np.percentile(values, 95)), 3),
+    }

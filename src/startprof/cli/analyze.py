@@ -1,0 +1,58 @@
+"""``startprof analyze``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from startprof.errors import InputError
+
+
+@click.command("analyze")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as a JSON document.")
+@click.option(
+    "--pod", "pod_name", metavar="NAME", help="Only this pod (name or sandbox id prefix)."
+)
+@click.option(
+    "--top",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Show the critical chain of the N slowest pods (failed ones first).",
+)
+def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None, top: int) -> int:
+    """Cut each pod start into phases and show its critical path.
+
+    Several recordings (e.g. one per node) merge; pods are keyed by host
+    and sandbox id. --json prints every pod (or the one --pod names).
+
+    \b
+    Examples:
+      startprof analyze pods.arrows
+      startprof analyze --top 20 node-a.arrows node-b.arrows
+      startprof analyze pods.arrows --pod web-0
+      startprof analyze --json pods.arrows | jq '.pods[] | {name, duration_ms, bottleneck}'
+    """
+    from rich.console import Console
+
+    from startprof.pipeline import analyze_files
+    from startprof.reporters import json as json_reporter
+    from startprof.reporters.terminal import render, select_pods
+
+    analysis = analyze_files(list(files))
+    if pod_name is not None:
+        pods = select_pods(analysis, None, pod_name)
+        if not pods:
+            known = ", ".join(sorted({p.name or p.sandbox_id[:12] for p in analysis.pods})[:10])
+            raise InputError(
+                f"no pod {pod_name!r} in the recording", fix=f"pods: {known or 'none'}"
+            )
+    else:
+        pods = select_pods(analysis, None if as_json else top, None)
+    if as_json:
+        click.echo(json_reporter.dumps(analysis, pods))
+    else:
+        render(analysis, pods, Console(highlight=False))
+    return 0

@@ -1,0 +1,40 @@
+"""Recording files in, analysis out: the one place that joins the file format to the analysis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from startprof.analysis import Source, analyze
+from startprof.analysis.model import Analysis
+from startprof.errors import InputError
+from startprof.recording import Recording, read_recording
+
+
+def source_of(rec: Recording) -> Source:
+    end = rec.end.get("end_monotonic_ns") if rec.complete else None
+    drops = int(rec.end.get("drops", 0)) if rec.complete else _last_drops(rec)
+    return Source(
+        name=str(rec.path),
+        host=rec.header.host,
+        kernel=rec.header.kernel,
+        clock_offset_ns=rec.header.clock_offset_ns,
+        start_monotonic_ns=rec.header.start_monotonic_ns,
+        end_monotonic_ns=None if end is None else int(end),
+        drops=drops,
+        complete=rec.complete,
+        events=rec.frame(),
+    )
+
+
+def _last_drops(rec: Recording) -> int:
+    kinds = rec.table.column("kind").to_pylist()
+    rets = rec.table.column("ret").to_pylist()
+    found = [r for k, r in zip(kinds, rets, strict=True) if k == "drops" and r is not None]
+    return int(found[-1]) if found else 0
+
+
+def analyze_files(paths: Sequence[str | os.PathLike[str]]) -> Analysis:
+    if not paths:
+        raise InputError("no recording given")
+    return analyze([source_of(read_recording(p)) for p in paths])

@@ -1,0 +1,164 @@
+"""The terminal view: per pod its critical chain, then a summary over all pods.
+
+The chain reads like ``systemd-analyze critical-chain``: ``@`` is when a phase began (ms after
+the pod's start), ``+`` how long it took. Only phases on the critical path are shown; runs of
+same-named siblings (nine ``exec iptables``) fold into one line.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from startprof.analysis.model import Analysis, Phase, Pod
+
+STATUS_STYLE = {"ok": "green", "failed": "bold red", "incomplete": "yellow"}
+MIN_SHARE = 0.01  # hide path pieces worth less than 1% of the pod
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.1f}ms"
+
+
+def select_pods(analysis: Analysis, top: int | None, pod_name: str | None) -> list[Pod]:
+    """The pods to show: one by name, else the ``top`` slowest (failed ones first)."""
+    pods = list(analysis.pods)
+    if pod_name is not None:
+        return [
+            p
+            for p in pods
+            if pod_name in (p.name, p.sandbox_id) or p.sandbox_id.startswith(pod_name)
+        ]
+    pods.sort(key=lambda p: (p.status != "failed", -p.duration_ns))
+    return pods if top is None else pods[:top]
+
+
+def _path_ns(pod: Pod) -> dict[str, int]:
+    """Critical time of each phase's subtree."""
+    total: dict[str, int] = defaultdict(int)
+    parents = {p.id: p.parent_id for p in pod.phases}
+    for p in pod.phases:
+        if p.self_ns:
+            node: str | None = p.id
+            while node is not None:
+                total[node] += p.self_ns
+                node = parents[node]
+    return total
+
+
+def chain_lines(pod: Pod) -> list[Text]:
+    path = _path_ns(pod)
+    limit = pod.duration_ns * MIN_SHARE
+    children: dict[str | None, list[Phase]] = defaultdict(list)
+    for p in pod.phases:
+        children[p.parent_id].append(p)
+    lines: list[Text] = []
+
+    def emit(nodes: Iterable[Phase], depth: int) -> None:
+        shown = [n for n in nodes if n.on_critical_path and path.get(n.id, 0) >= limit]
+        groups: dict[str, list[Phase]] = defaultdict(list)
+        for n in shown:
+            groups[n.name].append(n)
+        for name, members in sorted(groups.items(), key=lambda kv: kv[1][0].start_ns):
+            first = members[0]
+            line = Text("  " * depth)
+            style = "red" if any(m.status == "error" for m in members) else ""
+            label = name if len(members) == 1 else f"{name} x{len(members)}"
+            line.append(label, style=style or "bold" if depth <= 1 else style)
+            line.append(f" @{_ms(first.start_ns - pod.start_ns)}", style="cyan")
+            duration = sum(m.duration_ns for m in members)
+            line.append(f" +{_ms(duration)}", style="magenta")
+            own = sum(m.self_ns for m in members)
+            if own and (len(members) > 1 or own != duration):
+                line.append(f" (self {_ms(own)})", style="dim")
+            errors = [m.error for m in members if m.error]
+            if errors:
+                line.append(f"  {errors[0]}", style="red")
+            lines.append(line)
+            if len(members) == 1:
+                emit(children.get(first.id, []), depth + 1)
+
+    emit(children.get(pod.phases[0].id, []), 1)
+    return lines
+
+
+def pod_block(pod: Pod) -> RenderableType:
+    head = Text()
+    head.append(pod.name or pod.sandbox_id[:12], style="bold")
+    if pod.namespace:
+        head.append(f" ({pod.namespace})")
+    head.append(f"  {_ms(pod.duration_ns)}  ")
+    head.append(pod.status, style=STATUS_STYLE[pod.status])
+    details = [f"sandbox {pod.sandbox_id[:12]}", pod.host]
+    if pod.runtime_handler or pod.runtime:
+        details.append(pod.runtime_handler or pod.runtime or "")
+    head.append(f"  [{', '.join(details)}]", style="dim")
+    parts: list[RenderableType] = [head]
+    if pod.failed_phase:
+        parts.append(Text(f"  failed in {pod.failed_phase}", style="red"))
+    if pod.bottleneck:
+        parts.append(Text(f"  {pod.bottleneck}", style="italic"))
+    parts.extend(chain_lines(pod))
+    return Group(*parts, Text(""))
+
+
+def summary_table(analysis: Analysis) -> Table:
+    s = analysis.summary
+    rec = analysis.recording
+    status = s.get("status", {})
+    pod_ms = s.get("pod_ms", {})
+    title = (
+        f"{s.get('pods', 0)} pods ({status.get('ok', 0)} ok, {status.get('failed', 0)} failed, "
+        f"{status.get('incomplete', 0)} incomplete) on {', '.join(rec.hosts) or '-'}; "
+        f"pod start median {pod_ms.get('median_ms')} ms, p95 {pod_ms.get('p95_ms')} ms; "
+        f"drops {rec.drops}"
+    )
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for col, justify in (
+        ("phase", "left"),
+        ("n", "right"),
+        ("median ms", "right"),
+        ("p95 ms", "right"),
+        ("critical share", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    phases = s.get("phases", {})
+    for name, st in sorted(phases.items(), key=lambda kv: -kv[1].get("critical_share", 0)):
+        if name == "pod" or st.get("n", 0) == 0:
+            continue
+        table.add_row(
+            name,
+            str(st["n"]),
+            f"{st['median_ms']:.2f}",
+            f"{st['p95_ms']:.2f}",
+            f"{100 * st.get('critical_share', 0):.1f}%",
+        )
+    return table
+
+
+def render(analysis: Analysis, pods: Sequence[Pod], console: Console) -> None:
+    for pod in pods:
+        console.print(pod_block(pod))
+    console.print(summary_table(analysis))
+    failures = analysis.summary.get("failures", [])
+    for f in failures:
+        console.print(Text(f"failed: {f['pod']} in {f['failed_phase']}", style="red"))
+    if analysis.recording.drops:
+        console.print(
+            Text(
+                f"warning: {analysis.recording.drops} events were dropped while recording; "
+                "pods around them may be incomplete",
+                style="yellow",
+            )
+        )
+    if not analysis.recording.complete:
+        console.print(
+            Text(
+                "note: a recording was cut short (no clean end); its last second may be missing",
+                style="yellow",
+            )
+        )

@@ -7,7 +7,9 @@ import sys
 import click
 
 from startprof import __version__
+from startprof.cli.analyze import analyze_command
 from startprof.cli.doctor import doctor_command
+from startprof.cli.export import export_command
 from startprof.cli.lab import lab_group
 from startprof.cli.record import record_command
 from startprof.errors import StartprofError
@@ -29,12 +31,16 @@ def cli() -> None:
       sudo startprof doctor                 check this machine
       sudo startprof lab up                 start the lab's own containerd (lab run, lab down)
       sudo startprof record -o pods.arrows  record pod starts until Ctrl-C
+      startprof analyze pods.arrows         critical chains of the slowest pods
+      startprof export pods.arrows --otlp   one trace per pod start to Jaeger
     """
 
 
 cli.add_command(doctor_command)
 cli.add_command(lab_group)
 cli.add_command(record_command)
+cli.add_command(analyze_command)
+cli.add_command(export_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,39 @@
+"""Exporters: one module per output format, all fed by the same span mapping (``spans``).
+
+- ``otlp``: OpenTelemetry traces over OTLP gRPC or HTTP/protobuf, through opentelemetry-sdk;
+- ``jaeger_json``: the JSON document Jaeger UI opens from a file;
+- ``perfetto``: Chrome/Perfetto trace-event JSON.
+
+Modules are imported by whoever needs them: the OTLP one pulls in the SDK and grpcio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from startprof.errors import ExportError
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export produced, for the one line the CLI prints."""
+
+    traces: int
+    """Pod starts exported (one trace, or one Perfetto process, each)."""
+    spans: int
+    target: str
+    """Where they went: an endpoint and protocol, or a file."""
+
+
+def write_json(document: Mapping[str, Any], path: Path) -> None:
+    """Write ``document`` compactly to ``path``; a failure is one line, not a traceback."""
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            json.dump(document, out, separators=(",", ":"))
+            out.write("\n")
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc

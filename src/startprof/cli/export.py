@@ -1,0 +1,166 @@
+"""``startprof export``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from startprof.errors import InputError
+
+if TYPE_CHECKING:
+    from startprof.analysis.model import Analysis
+    from startprof.exporters import ExportSummary
+
+PROTOCOLS = ("grpc", "http/protobuf")
+_DEFAULT_ENDPOINT = ""
+"""``--otlp`` given without a URL: the endpoint comes from the environment or the default."""
+
+
+@click.command("export")
+@click.argument(
+    "files", nargs=-1, metavar="FILE...", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--otlp",
+    "otlp_url",
+    is_flag=False,
+    flag_value=_DEFAULT_ENDPOINT,
+    default=None,
+    metavar="[URL]",
+    help=(
+        "Send one trace per pod start over OTLP to URL [default: $OTEL_EXPORTER_OTLP_TRACES_"
+        "ENDPOINT, $OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 (gRPC) or "
+        "localhost:4318/v1/traces (HTTP)]. Without URL, put --otlp after the files."
+    ),
+)
+@click.option(
+    "--otlp-protocol",
+    type=click.Choice(PROTOCOLS),
+    help="OTLP transport [default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "
+    "$OTEL_EXPORTER_OTLP_PROTOCOL, else grpc].",
+)
+@click.option(
+    "--jaeger-json",
+    "jaeger_out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="OUT",
+    help="Write the JSON file Jaeger UI opens (Search → JSON File).",
+)
+@click.option(
+    "--perfetto",
+    "perfetto_out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="OUT",
+    help="Write Chrome/Perfetto trace-event JSON (open it at https://ui.perfetto.dev).",
+)
+@click.option(
+    "--pod",
+    "pod_name",
+    metavar="NAME",
+    help="Export only this pod: NAME, NAMESPACE/NAME or a sandbox id prefix.",
+)
+def export_command(
+    files: tuple[Path, ...],
+    otlp_url: str | None,
+    otlp_protocol: str | None,
+    jaeger_out: Path | None,
+    perfetto_out: Path | None,
+    pod_name: str | None,
+) -> int:
+    """Export pod starts as traces: OTLP (Jaeger, a Collector), Jaeger JSON or Perfetto.
+
+    One trace per pod start, one span per phase, with the critical path flagged
+    (startprof.critical_path) and failed phases in ERROR status. Trace and span ids
+    derive from (host, sandbox id, phase): exporting a recording twice gives the same
+    ids. OTLP honours the standard OTEL_EXPORTER_OTLP_* variables (endpoint, headers,
+    protocol, insecure, certificate); an explicit URL wins. Choose exactly one output.
+
+    \b
+    Examples:
+      startprof export pods.arrows --otlp
+      startprof export pods.arrows --otlp http://jaeger:4317
+      startprof export pods.arrows --otlp http://jaeger:4318 --otlp-protocol http/protobuf
+      OTEL_EXPORTER_OTLP_HEADERS='authorization=Bearer T' \\
+        startprof export node-*.arrows --otlp https://otlp.example.com:4317
+      startprof export pods.arrows --jaeger-json pods.jaeger.json --pod web-0
+      startprof export pods.arrows --perfetto pods.perfetto.json
+    """
+    files, otlp_url = _file_taken_as_url(files, otlp_url)
+    chosen = [o for o in (otlp_url, jaeger_out, perfetto_out) if o is not None]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "choose exactly one of --otlp [URL], --jaeger-json OUT, --perfetto OUT"
+        )
+    if otlp_protocol is not None and otlp_url is None:
+        raise click.UsageError("--otlp-protocol applies to --otlp only")
+    if not files:
+        raise click.UsageError("give at least one recording FILE")
+
+    analysis = _select_pod(_analyze(list(files)), pod_name)
+    if not analysis.pods:
+        raise InputError(
+            "no pod starts in " + ", ".join(str(f) for f in files) + ": nothing to export",
+            fix="record while pods start, e.g. with `startprof lab run`",
+        )
+    summary: ExportSummary
+    if otlp_url is not None:
+        from startprof.exporters.otlp import export_otlp
+
+        summary = export_otlp(analysis, url=otlp_url or None, protocol=otlp_protocol)
+        click.echo(f"sent {_traces(summary)} to {summary.target}")
+    elif jaeger_out is not None:
+        from startprof.exporters.jaeger_json import write_jaeger_json
+
+        summary = write_jaeger_json(analysis, jaeger_out)
+        click.echo(f"wrote {_traces(summary)} to {summary.target} (Jaeger UI: Search → JSON File)")
+    elif perfetto_out is not None:
+        from startprof.exporters.perfetto import write_perfetto
+
+        summary = write_perfetto(analysis, perfetto_out)
+        click.echo(
+            f"wrote {_traces(summary)} to {summary.target} (open in https://ui.perfetto.dev)"
+        )
+    return 0
+
+
+def _traces(summary: ExportSummary) -> str:
+    traces = f"{summary.traces} trace{'s' if summary.traces != 1 else ''}"
+    return f"{traces} ({summary.spans} span{'s' if summary.spans != 1 else ''})"
+
+
+def _file_taken_as_url(
+    files: tuple[Path, ...], otlp_url: str | None
+) -> tuple[tuple[Path, ...], str | None]:
+    """``export --otlp pods.arrows``: click hands the file to --otlp as its URL. A value that
+    is an existing file and no URL (no scheme, no port) is a FILE, and --otlp has no URL."""
+    if otlp_url and "://" not in otlp_url and ":" not in otlp_url and Path(otlp_url).is_file():
+        return (Path(otlp_url), *files), _DEFAULT_ENDPOINT
+    return files, otlp_url
+
+
+def _analyze(paths: list[Path]) -> Analysis:
+    # imported here: the analysis pulls in pandas and pyarrow, which --help should not pay for
+    from startprof.pipeline import analyze_files
+
+    return analyze_files(paths)
+
+
+def _select_pod(analysis: Analysis, name: str | None) -> Analysis:
+    if name is None:
+        return analysis
+    pods = tuple(
+        p
+        for p in analysis.pods
+        if name in (p.name, f"{p.namespace}/{p.name}")
+        or (len(name) >= 4 and p.sandbox_id.startswith(name))
+    )
+    if not pods:
+        known = sorted(
+            f"{p.namespace}/{p.name}" if p.name else p.sandbox_id[:12] for p in analysis.pods
+        )
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise InputError(f"no pod {name!r} in the recording", fix=f"pods: {listed or 'none'}")
+    return replace(analysis, pods=pods)

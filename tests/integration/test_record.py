@@ -87,6 +87,7 @@ def test_recording_holds_every_step_of_every_pod(
     execs = rows(df, "exec")
     done = rows(df, "exec_done")
     calls = rows(df, "cri_call")
+    gaps: list[int] = []
     for pod, rps in sandboxes.items():
         sid = rps["sandbox_id"]
         window = (rps["start_monotonic_ns"], rps["end_monotonic_ns"])
@@ -132,10 +133,19 @@ def test_recording_holds_every_step_of_every_pod(
                 assert len(match) == 1, (pod, method, match)
                 c = match[0]
                 assert c["grpc_status"] == "OK"
-                assert abs(c["start_ns"] - t["start_monotonic_ns"]) <= MS, (pod, method)
-                assert abs(c["end_ns"] - t["end_monotonic_ns"]) <= MS, (pod, method)
+                # containerd reads the request after the client began the call and answers
+                # before the client sees the reply (50 us: the clocks are read a little apart)
+                assert t["start_monotonic_ns"] - 50_000 <= c["start_ns"], (pod, method)
+                assert c["end_ns"] <= t["end_monotonic_ns"] + 50_000, (pod, method)
+                gaps.append(c["start_ns"] - t["start_monotonic_ns"])
+                gaps.append(t["end_monotonic_ns"] - c["end_ns"])
     app_execs = [r for r in done if r["filename"] == "/app"]
     assert len(app_execs) == 3
+    # Within 1 ms of the client's own timestamps, but for the lab client's latency spikes (a
+    # Python gRPC client on 2 busy cores: ~1 call in 40 hears its reply 1-4 ms late, with or
+    # without probes loaded; see docs/probes.md).
+    assert sorted(gaps)[len(gaps) // 2] <= MS / 2
+    assert sum(g <= MS for g in gaps) >= 0.9 * len(gaps), sorted(gaps)
 
 
 def test_all_lifts_the_filter(lab: RunningLab, tmp_path: Path) -> None:

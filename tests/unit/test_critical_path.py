@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +36,7 @@ def test_segments_tile_the_pod_latest_first() -> None:
     segments = critical_segments(pod_tree())
     assert segments[0][2] == 100 * MS
     assert segments[-1][1] == 0
-    for (_, lo, _), (_, _, hi) in zip(segments, segments[1:], strict=False):
+    for (_, lo, _), (_, _, hi) in itertools.pairwise(segments):
         assert hi == lo  # contiguous, no overlap
     assert sum(hi - lo for _, lo, hi in segments) == 100 * MS
 

@@ -8,6 +8,7 @@ PACKAGES=(
 	bpfcc-tools python3-bpfcc linux-headers-amd64
 	containerd runc crun containernetworking-plugins
 	iptables iproute2 busybox-static gcc libc6-dev make python3-venv
+	chromium
 )
 
 if [ "$(id -u)" -ne 0 ]; then

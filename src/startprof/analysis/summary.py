@@ -51,7 +51,7 @@ def phase_table(pods: Sequence[Pod]) -> pd.DataFrame:
 RUNTIME_KINDS = ("runtime.shim", "runtime.create", "runtime.start")
 
 
-def _phase_key(phase_id: str, name: str) -> str:
+def phase_key(phase_id: str, name: str) -> str:
     """Group per-subject phases (``container app-0``) by kind; keep plugin and op names; tell
     the sandbox's runtime work from the containers'."""
     kind = name.split(" ", 1)[0]
@@ -85,7 +85,7 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
     done = table[table["pod_status"] == "ok"].copy()
     if done.empty:
         return summary
-    done["key"] = [_phase_key(i, n) for i, n in zip(done["phase_id"], done["phase"], strict=True)]
+    done["key"] = [phase_key(i, n) for i, n in zip(done["phase_id"], done["phase"], strict=True)]
     total_ms = float(durations.sum()) or 1.0
     # per pod and key first: a pod with 9 iptables execs counts once, with their sum
     per_pod = done.groupby(["host", "sandbox_id", "key"], sort=False).agg(

@@ -12,6 +12,7 @@ from startprof.cli.doctor import doctor_command
 from startprof.cli.export import export_command
 from startprof.cli.lab import lab_group
 from startprof.cli.record import record_command
+from startprof.cli.report import report_command
 from startprof.errors import StartprofError
 
 EXIT_USAGE = 2
@@ -32,6 +33,7 @@ def cli() -> None:
       sudo startprof lab up                 start the lab's own containerd (lab run, lab down)
       sudo startprof record -o pods.arrows  record pod starts until Ctrl-C
       startprof analyze pods.arrows         critical chains of the slowest pods
+      startprof report pods.arrows          a self-contained HTML report
       startprof export pods.arrows --otlp   one trace per pod start to Jaeger
     """
 
@@ -41,6 +43,7 @@ cli.add_command(lab_group)
 cli.add_command(record_command)
 cli.add_command(analyze_command)
 cli.add_command(export_command)
+cli.add_command(report_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,72 @@
+"""``startprof report``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from startprof.errors import InputError
+
+DEFAULT_FOLDER = Path("reports")
+DEFAULT_TOP = 20
+
+
+def default_output(now: datetime) -> Path:
+    return DEFAULT_FOLDER / f"startprof-{now:%Y%m%d-%H%M%S}.html"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+@click.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write.  [default: reports/startprof-DATE-TIME.html]")  # fmt: skip
+@click.option("--top", default=DEFAULT_TOP, show_default=True, type=click.IntRange(min=0),
+              help="Draw a waterfall for the N slowest pods (failed ones first).")  # fmt: skip
+@click.option("--pod", "pod_name", metavar="NAME",
+              help="Draw the waterfall of this pod only (name or sandbox id prefix).")  # fmt: skip
+def report_command(
+    files: tuple[Path, ...], output: Path | None, top: int, pod_name: str | None
+) -> int:
+    """Write a self-contained HTML report of pod starts.
+
+    One file with everything inlined (plotly.js too): it opens offline and can be
+    attached to a ticket. Summary charts and the slowest-pods table cover every pod;
+    waterfalls with the critical path highlighted are drawn for the --top slowest
+    pods, or for the one --pod names. Several recordings (e.g. one per node) merge.
+
+    \b
+    Examples:
+      startprof report pods.arrows
+      startprof report -o reports/runc-bridge.html pods.arrows
+      startprof report --top 5 node-a.arrows node-b.arrows
+      startprof report pods.arrows --pod web-0 -o web-0.html
+    """
+    from startprof.pipeline import analyze_files
+    from startprof.reporters import html
+    from startprof.reporters.terminal import select_pods
+
+    analysis = analyze_files(list(files))
+    if pod_name is not None:
+        pods = select_pods(analysis, None, pod_name)
+        if not pods:
+            known = ", ".join(sorted({p.name or p.sandbox_id[:12] for p in analysis.pods})[:10])
+            raise InputError(
+                f"no pod {pod_name!r} in the recording", fix=f"pods: {known or 'none'}"
+            )
+    else:
+        pods = select_pods(analysis, top, None)
+    path = output if output is not None else default_output(datetime.now())
+    try:
+        size = html.write(analysis, pods, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    click.echo(
+        f"{path} ({_size(size)}): {len(analysis.pods)} pods, {len(pods)} waterfall"
+        f"{'' if len(pods) == 1 else 's'}"
+    )
+    return 0

@@ -8,6 +8,7 @@ import click
 
 from startprof import __version__
 from startprof.cli.analyze import analyze_command
+from startprof.cli.bench import bench_command
 from startprof.cli.doctor import doctor_command
 from startprof.cli.export import export_command
 from startprof.cli.lab import lab_group
@@ -35,6 +36,7 @@ def cli() -> None:
       startprof analyze pods.arrows         critical chains of the slowest pods
       startprof report pods.arrows          a self-contained HTML report
       startprof export pods.arrows --otlp   one trace per pod start to Jaeger
+      sudo startprof bench --pods 20        compare runc/crun x bridge/ptp on the lab
     """
 
 
@@ -44,6 +46,7 @@ cli.add_command(record_command)
 cli.add_command(analyze_command)
 cli.add_command(export_command)
 cli.add_command(report_command)
+cli.add_command(bench_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,733 @@
+"""The runtime x CNI matrix: run interleaved rounds of pods on the lab while recording, then
+tell every recorded pod's phases to its combination and summarise them.
+
+One recording spans the whole bench and the lab's CRI ground truth says which sandbox belongs
+to which combination (docs/bench.md measures why: a recorder start costs ~5 s of BPF
+compilation, a long recording costs nothing per round). The bench prints nothing: progress
+goes to a :class:`BenchProgress`, the CLI renders it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import pandas as pd
+
+from startprof import __version__
+from startprof.analysis import analyze
+from startprof.analysis.model import Analysis, Pod
+from startprof.analysis.summary import phase_key, phase_table
+from startprof.bench import stats
+from startprof.errors import EnvironmentProblem, InputError, LabError, StartprofError
+from startprof.lab import cri as m
+from startprof.lab.config import NETWORKS, RUNTIMES
+from startprof.lab.paths import LabPaths, lab_dir
+from startprof.pipeline import source_of
+from startprof.recording import read_recording
+
+RECORDING = "recording.arrows"
+TRUTH = "truth.jsonl"
+RESULTS = "results.parquet"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+PODS = "pods.csv"
+RECORD_LOG = "record.log"
+OUTPUTS = (RECORDING, TRUTH, RESULTS, SUMMARY, REPORT, PODS, RECORD_LOG)
+
+RECORDER_READY_TIMEOUT = 120.0
+RECORDER_STOP_TIMEOUT = 120.0
+
+RESULT_COLUMNS = (
+    "runtime",
+    "cni",
+    "handler",
+    "round",
+    "pod",
+    "sandbox_id",
+    "phase",
+    "duration_ms",
+    "self_ms",
+    "on_critical_path",
+    "status",
+    "pod_status",
+)
+"""results.parquet: one row per measured pod x phase (docs/bench.md)."""
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One OCI runtime with one CNI network: the lab's runtime handler ``<runtime>-<cni>``."""
+
+    runtime: str
+    cni: str
+
+    @property
+    def handler(self) -> str:
+        return f"{self.runtime}-{self.cni}"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    output: Path
+    runtimes: tuple[str, ...] = ("runc", "crun")
+    cnis: tuple[str, ...] = ("bridge", "ptp")
+    pods: int = 20
+    concurrency: int = 1
+    warmup: int = 2
+    containers: int = 1
+    round_size: int = 5
+    lab_dir: Path | None = None
+    seed: int = 0
+    baseline: Mapping[str, Any] | None = None
+    baseline_dir: Path | None = None
+    threshold_pct: float | None = None
+
+    @property
+    def pods_per_round(self) -> int:
+        """``round_size``, but at least ``concurrency`` (a batch must be able to fill it)."""
+        return max(self.round_size, self.concurrency)
+
+    @property
+    def combinations(self) -> list[Combination]:
+        return [Combination(r, c) for r in self.runtimes for c in self.cnis]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``pods`` pods of one combination, started by one ``run_pods`` call."""
+
+    round: int  # measured rounds count from 0; warm-up rounds separately
+    combination: Combination
+    pods: int
+    warmup: bool
+
+
+@dataclass(frozen=True)
+class StartedPod:
+    """A pod the bench started, as the lab driver reported it."""
+
+    combination: Combination
+    round: int
+    warmup: bool
+    name: str
+    sandbox_id: str
+    cri_start_ms: float | None  # driver-measured: first CRI call to all containers running
+    error: str | None
+
+
+class BenchProgress(Protocol):
+    def step(self, message: str) -> None:
+        """A stage begins (lab up, recorder, analysis, ...)."""
+
+    def pods_planned(self, total: int) -> None:
+        """The number of pods the bench will start, warm-up included."""
+
+    def pods_done(self, count: int, what: str) -> None:
+        """``count`` more pods were started and torn down; ``what`` says which."""
+
+
+class _Quiet:
+    def step(self, message: str) -> None:
+        return
+
+    def pods_planned(self, total: int) -> None:
+        return
+
+    def pods_done(self, count: int, what: str) -> None:
+        return
+
+
+@dataclass
+class BenchResult:
+    output: Path
+    summary: dict[str, Any]
+    results: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    changes: list[stats.PhaseChange] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[stats.PhaseChange]:
+        return [c for c in self.changes if c.regressed]
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def parse_choices(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
+    """``runc,crun`` -> ("runc", "crun"), checked against ``valid``; duplicates dropped."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise InputError(f"--{what} is empty; valid: {', '.join(valid)}")
+    for item in items:
+        if item not in valid:
+            raise InputError(f"unknown {what} {item!r}; valid: {', '.join(valid)}")
+    return tuple(dict.fromkeys(items))
+
+
+def valid_runtimes() -> tuple[str, ...]:
+    return tuple(r.name for r in RUNTIMES)
+
+
+def valid_cnis() -> tuple[str, ...]:
+    return tuple(n.name for n in NETWORKS)
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """The summary.json of an earlier bench: ``path`` is its -o DIR or the file itself."""
+    file = path / SUMMARY if path.is_dir() else path
+    if not file.exists():
+        raise InputError(
+            f"--baseline {path}: no {SUMMARY} there",
+            fix="give the -o DIR of an earlier startprof bench",
+        )
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--baseline {file}: not a readable JSON document ({exc})") from exc
+    combos = doc.get("combinations") if isinstance(doc, dict) else None
+    if not isinstance(combos, list) or not all(
+        isinstance(c, dict) and {"runtime", "cni", "pod", "phases"} <= set(c) for c in combos
+    ):
+        raise InputError(f"--baseline {file}: not a startprof bench summary (no combinations)")
+    assert isinstance(doc, dict)
+    return doc
+
+
+def prepare_output(directory: Path) -> Path:
+    """Create the output DIR; refuse one that holds an earlier bench (never overwrite it)."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"-o {directory} exists and is not a directory")
+    taken = [name for name in OUTPUTS if (directory / name).exists()]
+    if taken:
+        raise InputError(
+            f"-o {directory} already holds a bench ({', '.join(taken)})",
+            fix="choose another -o DIR",
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create -o {directory}: {exc.strerror or exc}") from exc
+    return directory
+
+
+def check_counts(options: BenchOptions) -> None:
+    for flag, value, low in (
+        ("--pods", options.pods, 1),
+        ("--concurrency", options.concurrency, 1),
+        ("--warmup", options.warmup, 0),
+        ("--containers", options.containers, 1),
+        ("--round-size", options.round_size, 1),
+    ):
+        if value < low:
+            raise InputError(f"{flag} must be at least {low}, got {value}")
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+def plan_batches(
+    combinations: Sequence[Combination], pods: int, warmup: int, round_size: int
+) -> list[Batch]:
+    """Warm-up rounds, then measured rounds; each round runs up to ``round_size`` pods of every
+    combination, and the combinations' order rotates by one each round, so slow drift of the
+    machine (and whatever the previous combination's tear-down leaves running) hits all alike."""
+    batches: list[Batch] = []
+    turn = 0
+    for total, warm in ((warmup, True), (pods, False)):
+        left, number = total, 0
+        while left > 0:
+            k = min(round_size, left)
+            shift = turn % len(combinations)
+            for combo in [*combinations[shift:], *combinations[:shift]]:
+                batches.append(Batch(number, combo, k, warm))
+            left -= k
+            number += 1
+            turn += 1
+    return batches
+
+
+# --- the recorder ----------------------------------------------------------------------------
+
+
+class RecorderProcess:
+    """``startprof record`` in its own session, recording until its COMMAND exits.
+
+    COMMAND is a tiny waiter that prints one line when it starts (record starts COMMAND only
+    once every probe is attached) and exits when its stdin closes. Closing that pipe stops the
+    recording cleanly; so does the death of the bench, however it dies, so no recorder outlives
+    it. Its own session keeps a Ctrl-C meant for the bench from cutting the recording short
+    before the pods in flight have been torn down and drained.
+    """
+
+    WAITER = "import sys; print('ready', flush=True); sys.stdin.read()"
+
+    def __init__(self, output: Path, cri_socket: str, log: Path) -> None:
+        self.output = output
+        self.cri_socket = cri_socket
+        self.log = log
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    def start(self, timeout: float = RECORDER_READY_TIMEOUT) -> None:
+        self._log_file = self.log.open("ab")
+        command = [
+            sys.executable, "-m", "startprof", "record",
+            "-o", str(self.output), "--cri-socket", self.cri_socket,
+            "--", sys.executable, "-c", self.WAITER,
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            start_new_session=True,
+        )
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        line = self._proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            self.stop()
+            raise StartprofError(
+                f"the recorder did not start: {self.log_tail()}", fix=f"see {self.log}"
+            )
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped yet (it may have exited on its own)."""
+        return self._proc is not None
+
+    def stop(self, timeout: float = RECORDER_STOP_TIMEOUT) -> int | None:
+        """Stop the recording (it drains what the kernel still holds); its exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if self._log_file is not None:
+            self._log_file.close()
+        self._proc = None
+        return code
+
+    def log_tail(self, lines: int = 2) -> str:
+        try:
+            rows = [r for r in self.log.read_text(errors="replace").splitlines() if r.strip()]
+        except OSError:
+            return "(no log)"
+        return " | ".join(r.strip().lstrip("\r") for r in rows[-lines:]) or "(empty log)"
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> BenchResult:
+    """Run the whole bench and write every output into ``options.output``."""
+    from startprof.lab.containerd import Lab, require_root
+
+    say = progress or _Quiet()
+    check_counts(options)
+    require_root("bench")
+    out = prepare_output(options.output)
+    paths = LabPaths(lab_dir(options.lab_dir).absolute())
+    lab = Lab(paths)
+    combos = options.combinations
+    _check_installed(combos, lab.handlers())
+    started_wall = datetime.now(UTC)
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    pods: list[StartedPod] = []
+    truth: list[dict[str, Any]] = []
+    brought_up = False
+    failed: BaseException | None = None
+    recorder = RecorderProcess(out / RECORDING, str(paths.socket), out / RECORD_LOG)
+    code: int | None = None
+    try:
+        if lab.status() is None:
+            say.step("bringing the lab up")
+            lab.up(progress=say.step)
+            brought_up = True
+            timings["lab_up_s"] = time.monotonic() - t0
+        # The lab may be an older one, up before crun was installed.
+        _check_installed(combos, lab.handlers())
+        say.step("starting the recorder (compiling the BPF probes)")
+        t = time.monotonic()
+        recorder.start()
+        timings["recorder_ready_s"] = time.monotonic() - t
+        t = time.monotonic()
+        pods, truth = _run_batches(options, str(paths.socket), out / TRUTH, say)
+        timings["pods_s"] = time.monotonic() - t
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        # Whatever happened (Ctrl-C included), in this order: the recording drains and
+        # closes while containerd still runs, then the lab goes if bench brought it up.
+        if recorder.running:
+            say.step("stopping the recorder")
+            t = time.monotonic()
+            code = recorder.stop()
+            timings["recorder_stop_s"] = time.monotonic() - t
+        if brought_up:
+            say.step("taking the lab down (bench brought it up)")
+            t = time.monotonic()
+            try:
+                lab.down(progress=say.step)
+            except StartprofError:
+                if failed is None:
+                    raise
+            timings["lab_down_s"] = time.monotonic() - t
+    if code != 0:
+        raise StartprofError(
+            f"the recorder failed (exit {code}): {recorder.log_tail()}",
+            fix=f"see {out / RECORD_LOG}",
+        )
+    say.step("analysing the recording")
+    t = time.monotonic()
+    rec = read_recording(out / RECORDING)
+    source = source_of(rec)
+    analysis = analyze([source])
+    by_sandbox = {p.sandbox_id: p for p in pods if p.sandbox_id}
+    results = results_table(analysis.pods, by_sandbox)
+    agreement = truth_agreement(analysis.pods, by_sandbox, truth, source.clock_offset_ns)
+    combinations = summarize_combinations(combos, results, by_sandbox, agreement, options.seed)
+    timings["analysis_s"] = time.monotonic() - t
+    timings["wall_s"] = time.monotonic() - t0
+    summary: dict[str, Any] = {
+        "combinations": combinations,
+        "bench": _bench_info(options, analysis, pods, started_wall, timings, brought_up),
+    }
+    changes: list[stats.PhaseChange] = []
+    if options.baseline is not None:
+        changes = stats.compare(options.baseline, summary, options.threshold_pct or 0.0)
+        summary["baseline"] = _baseline_info(options, changes)
+    say.step("writing results")
+    results.to_parquet(out / RESULTS, index=False)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    _pods_frame(pods, analysis).to_csv(out / PODS, index=False)
+    from startprof.bench.report import write_report
+
+    write_report(summary, results, out / REPORT, changes)
+    failures = [f"{p.combination.handler} {p.name}: {p.error}" for p in pods if p.error]
+    return BenchResult(out, summary, results, failures, changes)
+
+
+def _check_installed(combos: Iterable[Combination], handlers: Sequence[str]) -> None:
+    for combo in combos:
+        if combo.handler not in handlers:
+            raise EnvironmentProblem(
+                f"the lab has no runtime handler {combo.handler} (it has: "
+                f"{', '.join(handlers) or 'none'})",
+                fix=f"install {combo.runtime} (apt-get install {combo.runtime}); if the lab is "
+                "up, take it down and up again",
+            )
+
+
+def _run_batches(
+    options: BenchOptions, cri_socket: str, truth_path: Path, say: BenchProgress
+) -> tuple[list[StartedPod], list[dict[str, Any]]]:
+    from startprof.lab.driver import run_pods
+
+    batches = plan_batches(
+        options.combinations, options.pods, options.warmup, options.pods_per_round
+    )
+    say.pods_planned(sum(b.pods for b in batches))
+    started: list[StartedPod] = []
+    truth: list[dict[str, Any]] = []
+    for b in batches:
+        result = run_pods(
+            cri_socket,
+            b.combination.handler,
+            pods=b.pods,
+            concurrency=options.concurrency,
+            containers=options.containers,
+            truth_path=truth_path,
+        )
+        truth += result.records
+        started += [
+            StartedPod(b.combination, b.round, b.warmup, p.name, p.sandbox_id, p.start_ms, p.error)
+            for p in result.pods
+        ]
+        what = "warm-up" if b.warmup else f"round {b.round + 1}"
+        say.pods_done(b.pods, f"{b.combination.handler} ({what})")
+    return started, truth
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def results_table(pods: Sequence[Pod], started: Mapping[str, StartedPod]) -> pd.DataFrame:
+    """One row per measured pod x phase. Phases are grouped as ``startprof analyze`` groups them
+    (``runtime.create (sandbox)`` vs ``(container)``; a pod's 9 ``exec iptables`` are one row
+    with their summed duration and self time); warm-up pods are left out."""
+    measured = [p for p in pods if p.sandbox_id in started and not started[p.sandbox_id].warmup]
+    table = phase_table(measured)
+    if table.empty:
+        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RESULT_COLUMNS})
+    table["key"] = [
+        phase_key(i, n) for i, n in zip(table["phase_id"], table["phase"], strict=True)
+    ]
+    table["error"] = table["status"] == "error"
+    grouped = (
+        table.groupby(["sandbox_id", "key"], sort=False)
+        .agg(
+            duration_ms=("duration_ms", "sum"),
+            self_ms=("self_ms", "sum"),
+            on_critical_path=("on_critical_path", "any"),
+            error=("error", "any"),
+            pod_status=("pod_status", "first"),
+        )
+        .reset_index()
+    )
+    info = [started[s] for s in grouped["sandbox_id"]]
+    out = pd.DataFrame(
+        {
+            "runtime": [p.combination.runtime for p in info],
+            "cni": [p.combination.cni for p in info],
+            "handler": [p.combination.handler for p in info],
+            "round": [p.round for p in info],
+            "pod": [p.name for p in info],
+            "sandbox_id": grouped["sandbox_id"],
+            "phase": grouped["key"],
+            "duration_ms": grouped["duration_ms"].astype(float),
+            "self_ms": grouped["self_ms"].astype(float),
+            "on_critical_path": grouped["on_critical_path"].astype(bool),
+            "status": ["error" if e else "ok" for e in grouped["error"]],
+            "pod_status": grouped["pod_status"],
+        }
+    )
+    return out.loc[:, list(RESULT_COLUMNS)]
+
+
+def _dtype(column: str) -> str:
+    if column in ("duration_ms", "self_ms"):
+        return "float64"
+    if column == "round":
+        return "int64"
+    if column == "on_critical_path":
+        return "bool"
+    return "object"
+
+
+def truth_agreement(
+    pods: Sequence[Pod],
+    started: Mapping[str, StartedPod],
+    truth: Sequence[Mapping[str, Any]],
+    clock_offset_ns: int,
+) -> dict[str, list[float]]:
+    """Per handler, the absolute differences (ms) between probe-derived and ground-truth times:
+    the start and the end of every measured pod's ``sandbox`` phase against the lab client's
+    RunPodSandbox, and of every ``container.start`` against its StartContainer.
+
+    The probe sees the call inside containerd (request read .. reply written); the client
+    times it around its gRPC call. Both clocks are CLOCK_MONOTONIC, so the phases (wall clock)
+    go back by the recording's clock offset. A few tenths of a ms is the gRPC client's own
+    latency; more means the probes mistimed or misattributed a call.
+    """
+    calls: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for r in truth:
+        if r["status"] == "ok" and r["method"] in (m.RUN_POD_SANDBOX, m.START_CONTAINER):
+            calls[(r["sandbox_id"], r["method"], r["container"])] = r
+    out: dict[str, list[float]] = {}
+    for pod in pods:
+        sp = started.get(pod.sandbox_id)
+        if sp is None or sp.warmup or pod.status != "ok":
+            continue
+        diffs = out.setdefault(sp.combination.handler, [])
+        for phase in pod.phases:
+            if phase.name == "sandbox":
+                key = (pod.sandbox_id, m.RUN_POD_SANDBOX, "")
+            elif phase.name == "container.start" and phase.parent_id is not None:
+                container = pod.phase(phase.parent_id).name.split(" ", 1)[-1]
+                key = (pod.sandbox_id, m.START_CONTAINER, container)
+            else:
+                continue
+            call = calls.get(key)
+            if call is None:
+                continue
+            start = phase.start_ns - clock_offset_ns
+            end = phase.end_ns - clock_offset_ns
+            diffs.append(abs(start - call["start_monotonic_ns"]) / 1e6)
+            diffs.append(abs(end - call["end_monotonic_ns"]) / 1e6)
+    return out
+
+
+def summarize_combinations(
+    combos: Sequence[Combination],
+    results: pd.DataFrame,
+    started: Mapping[str, StartedPod],
+    agreement: Mapping[str, Sequence[float]],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """summary.json's ``combinations``: per combination the pod start and every phase (n,
+    median, p95, bootstrap CI of the median, share of the critical path) over the pods whose
+    start completed, and the truth agreement."""
+    out = []
+    for combo in combos:
+        mine = results[results["handler"] == combo.handler]
+        ok = mine[mine["pod_status"] == "ok"]
+        pod_rows = ok[ok["phase"] == "pod"]
+        measured = [p for p in started.values() if p.combination == combo and not p.warmup]
+        analysed = set(mine["sandbox_id"])
+        not_ok = analysed - set(ok["sandbox_id"])
+        entry: dict[str, Any] = {
+            "runtime": combo.runtime,
+            "cni": combo.cni,
+            "handler": combo.handler,
+            "n": len(pod_rows),
+            # started but failed (by the driver's or the probes' account), and started but
+            # never found in the recording: neither counts in n
+            "pods_failed": sum(p.error is not None or p.sandbox_id in not_ok for p in measured),
+            "pods_unattributed": sum(
+                p.error is None and p.sandbox_id not in analysed for p in measured
+            ),
+        }
+        if pod_rows.empty:
+            entry["pod"] = {"n": 0, "median_ms": None, "p95_ms": None, "ci95_ms": None}
+            entry["phases"] = {}
+        else:
+            entry["pod"] = stats.describe(
+                pod_rows["duration_ms"], seed=stats.seed_for(seed, combo.handler, "pod")
+            ).to_dict()
+            total = float(pod_rows["duration_ms"].sum())
+            phases: dict[str, Any] = {}
+            rest = ok[ok["phase"] != "pod"]
+            for name, group in rest.groupby("phase", sort=False):
+                key = str(name)
+                stat = stats.describe(
+                    group["duration_ms"], seed=stats.seed_for(seed, combo.handler, key)
+                ).to_dict()
+                stat["critical_share"] = round(float(group["self_ms"].sum()) / total, 4)
+                phases[key] = stat
+            entry["phases"] = phases
+        diffs = agreement.get(combo.handler, [])
+        entry["truth_agreement_ms"] = (
+            {
+                "n": len(diffs),
+                "median": round(stats.median(diffs), 3),
+                "p95": round(stats.p95(diffs), 3),
+                "max": round(max(diffs), 3),
+            }
+            if diffs
+            else None
+        )
+        out.append(entry)
+    return out
+
+
+def _bench_info(
+    options: BenchOptions,
+    analysis: Analysis,
+    pods: Sequence[StartedPod],
+    started_wall: datetime,
+    timings: Mapping[str, float],
+    brought_up: bool,
+) -> dict[str, Any]:
+    measured = [p for p in pods if not p.warmup]
+    return {
+        "startprof": __version__,
+        "host": socket.gethostname(),
+        "kernel": platform.release(),
+        "started": started_wall.isoformat(timespec="seconds"),
+        "settings": {
+            "runtimes": list(options.runtimes),
+            "cnis": list(options.cnis),
+            "pods": options.pods,
+            "warmup": options.warmup,
+            "concurrency": options.concurrency,
+            "containers": options.containers,
+            "round_size": options.pods_per_round,
+            "rounds": -(-options.pods // options.pods_per_round),
+            "seed": options.seed,
+            "bootstrap_resamples": stats.RESAMPLES,
+        },
+        "pods_started": len(pods),
+        "pods_measured": len(measured),
+        "pods_failed": sum(p.error is not None for p in pods),
+        "recording": {
+            "file": RECORDING,
+            "truth": TRUTH,
+            "drops": analysis.recording.drops,
+            "complete": analysis.recording.complete,
+            "pods_seen": len(analysis.pods),
+        },
+        "lab_brought_up": brought_up,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _baseline_info(options: BenchOptions, changes: Sequence[stats.PhaseChange]) -> dict[str, Any]:
+    return {
+        "dir": str(options.baseline_dir) if options.baseline_dir else None,
+        # without --fail-on-regression every significant slowdown is listed, and none fails
+        "threshold_pct": options.threshold_pct or 0.0,
+        "fail_on_regression": options.threshold_pct is not None,
+        "compared": len(changes),
+        "regressions": [
+            {
+                "runtime": c.runtime,
+                "cni": c.cni,
+                "phase": c.phase,
+                "baseline_median_ms": c.baseline_ms,
+                "median_ms": c.current_ms,
+                "change_pct": round(c.change_pct, 2),
+                "baseline_ci95_ms": list(c.baseline_ci),
+                "ci95_ms": list(c.current_ci),
+            }
+            for c in changes
+            if c.regressed
+        ],
+    }
+
+
+def _pods_frame(pods: Sequence[StartedPod], analysis: Analysis) -> pd.DataFrame:
+    """pods.csv: every pod the bench started, warm-up included, and what became of it."""
+    status = {p.sandbox_id: p.status for p in analysis.pods}
+    rows = [
+        {
+            **{k: v for k, v in asdict(p).items() if k != "combination"},
+            "runtime": p.combination.runtime,
+            "cni": p.combination.cni,
+            "handler": p.combination.handler,
+            "analysis_status": status.get(p.sandbox_id, "missing"),
+        }
+        for p in pods
+    ]
+    columns = [
+        "runtime", "cni", "handler", "round", "warmup", "name", "sandbox_id",
+        "cri_start_ms", "error", "analysis_status",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def failed_error(result: BenchResult) -> LabError | None:
+    """The error to end a bench with when pods failed to start (the outputs are written)."""
+    if not result.failures:
+        return None
+    return LabError(
+        f"{len(result.failures)} pod(s) failed to start; first: {result.failures[0]}",
+        fix=f"the results in {result.output} leave them out; see the lab's containerd.log",
+    )

@@ -1,0 +1,218 @@
+"""Statistics of a bench: median, p95, bootstrap 95% CI of the median, and regressions.
+
+Pure numpy (and plain Python over ``summary.json`` documents for the comparison), so every
+number can be checked on synthetic data with known answers (tests/unit/test_bench_stats.py).
+
+- p95 is numpy's default (linear interpolation between order statistics), the definition
+  ``startprof analyze`` uses, so both commands print the same p95 for the same pods.
+- The CI is the percentile bootstrap of the median: resample the pods with replacement, take
+  each resample's median, keep the 2.5th and 97.5th percentiles of those medians. It makes no
+  assumption about the shape of the distribution (pod starts have long right tails). The RNG is
+  seeded, so the same data always gives the same interval.
+- A regression is a phase whose median got slower by more than a threshold **and** whose CIs do
+  not overlap: a large relative change of a noisy phase is not enough on its own.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+RESAMPLES = 4000
+"""Bootstrap resamples: the CI's ends move by well under 1% of its width between seeds."""
+CI_LEVEL = 0.95
+MAX_CELLS = 4_000_000
+"""Resampled values held in memory at once (32 MB of int64 indices); larger jobs go in chunks."""
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def as_array(values: Iterable[float]) -> FloatArray:
+    """A 1-D float array of finite values; raises ValueError on NaN or infinities."""
+    arr = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=float)
+    arr = arr.reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values must be finite")
+    return arr
+
+
+def median(values: Iterable[float]) -> float:
+    arr = _non_empty(values)
+    return float(np.median(arr))
+
+
+def p95(values: Iterable[float]) -> float:
+    arr = _non_empty(values)
+    return float(np.percentile(arr, 95))
+
+
+def bootstrap_median_ci(
+    values: Iterable[float],
+    *,
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the median at ``level``; ``seed`` makes it reproducible.
+
+    Resampling is vectorised: one ``(resamples, n)`` matrix of indices and one ``np.median``
+    along its rows, in chunks of at most :data:`MAX_CELLS` values. The chunks draw from one
+    generator in order, so the result does not depend on the chunk size.
+    """
+    arr = _non_empty(values)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    n = len(arr)
+    if n == 1 or np.all(arr == arr[0]):
+        return float(arr[0]), float(arr[0])
+    rng = np.random.default_rng(seed)
+    medians = np.empty(resamples)
+    rows = max(1, MAX_CELLS // n)
+    for start in range(0, resamples, rows):
+        stop = min(start + rows, resamples)
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int64)
+        medians[start:stop] = np.median(arr[idx], axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(medians, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def seed_for(base: int, *names: str) -> int:
+    """A seed per (base seed, names): stable across runs and Python versions (no ``hash()``),
+    different per phase so that the CIs of different phases use independent resamples."""
+    return (base * 1_000_003 + zlib.crc32("\0".join(names).encode())) % 2**63
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What summary.json holds for one sample: n, median, p95 and the CI of the median (ms)."""
+
+    n: int
+    median_ms: float
+    p95_ms: float
+    ci95_ms: tuple[float, float]
+
+    def to_dict(self, digits: int = 3) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "median_ms": round(self.median_ms, digits),
+            "p95_ms": round(self.p95_ms, digits),
+            "ci95_ms": [round(self.ci95_ms[0], digits), round(self.ci95_ms[1], digits)],
+        }
+
+
+def describe(values: Iterable[float], *, seed: int = 0) -> Stat:
+    arr = _non_empty(values)
+    return Stat(len(arr), median(arr), p95(arr), bootstrap_median_ci(arr, seed=seed))
+
+
+def cis_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two closed intervals [lo, hi] share at least one point."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def change_pct(baseline: float, current: float) -> float:
+    """Relative change of ``current`` against ``baseline`` in percent (positive: slower)."""
+    if baseline == 0:
+        return 0.0 if current == 0 else float("inf")
+    return (current - baseline) / baseline * 100
+
+
+def is_regression(
+    baseline_median: float,
+    baseline_ci: Sequence[float],
+    current_median: float,
+    current_ci: Sequence[float],
+    threshold_pct: float,
+) -> bool:
+    """Slower by more than ``threshold_pct`` percent, with the current CI entirely above the
+    baseline's."""
+    slower = change_pct(baseline_median, current_median) > threshold_pct
+    return slower and current_ci[0] > baseline_ci[1]
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """One phase of one combination, compared between a baseline run and this one."""
+
+    runtime: str
+    cni: str
+    phase: str
+    baseline_ms: float
+    current_ms: float
+    baseline_ci: tuple[float, float]
+    current_ci: tuple[float, float]
+    change_pct: float
+    overlap: bool
+    regressed: bool
+
+    @property
+    def combination(self) -> str:
+        return f"{self.runtime}-{self.cni}"
+
+    @property
+    def improved(self) -> bool:
+        return not self.overlap and self.current_ms < self.baseline_ms
+
+
+def compare(
+    baseline: Mapping[str, Any], current: Mapping[str, Any], threshold_pct: float
+) -> list[PhaseChange]:
+    """Every phase (and the whole ``pod``) of every combination present in both summary.json
+    documents, in the current run's order."""
+    base = {(c["runtime"], c["cni"]): c for c in baseline.get("combinations", ())}
+    out: list[PhaseChange] = []
+    for combo in current.get("combinations", ()):
+        old = base.get((combo["runtime"], combo["cni"]))
+        if old is None:
+            continue
+        pairs = [("pod", old.get("pod"), combo.get("pod"))]
+        pairs += [
+            (name, old.get("phases", {}).get(name), stat)
+            for name, stat in combo.get("phases", {}).items()
+        ]
+        for name, was, now in pairs:
+            if not _usable(was) or not _usable(now):
+                continue
+            assert was is not None and now is not None
+            b_ci = (float(was["ci95_ms"][0]), float(was["ci95_ms"][1]))
+            c_ci = (float(now["ci95_ms"][0]), float(now["ci95_ms"][1]))
+            b_med, c_med = float(was["median_ms"]), float(now["median_ms"])
+            out.append(
+                PhaseChange(
+                    runtime=combo["runtime"],
+                    cni=combo["cni"],
+                    phase=name,
+                    baseline_ms=b_med,
+                    current_ms=c_med,
+                    baseline_ci=b_ci,
+                    current_ci=c_ci,
+                    change_pct=change_pct(b_med, c_med),
+                    overlap=cis_overlap(b_ci, c_ci),
+                    regressed=is_regression(b_med, b_ci, c_med, c_ci, threshold_pct),
+                )
+            )
+    return out
+
+
+def _usable(stat: object) -> bool:
+    return (
+        isinstance(stat, Mapping)
+        and stat.get("median_ms") is not None
+        and isinstance(stat.get("ci95_ms"), Sequence)
+        and len(stat["ci95_ms"]) == 2
+    )
+
+
+def _non_empty(values: Iterable[float]) -> FloatArray:
+    arr = as_array(values)
+    if len(arr) == 0:
+        raise ValueError("no values")
+    return arr

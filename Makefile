@@ -39,7 +39,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 demo: setup
-	$(VENV)/bin/startprof doctor
+	scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

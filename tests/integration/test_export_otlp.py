@@ -334,3 +334,48 @@ def test_cli_sends_and_reports(
     assert out == f"sent 3 traces ({spans} spans) to {grpc_receiver.url} over OTLP/gRPC\n"
     assert err.startswith(f"startprof: OTLP export to {dead}/v1/traces over OTLP/HTTP failed: ")
     assert err.count("\n") == 1
+
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
+
+
+def test_stored_recordings_export_as_their_analysis(
+    receiver: tuple[str, Receiver], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real recordings through the CLI: one trace per pod, every parent present, and names,
+    times and statuses equal to what `analyze --json` says."""
+    import json
+
+    from startprof.cli import main
+
+    protocol, rcv = receiver
+    files = [str(p) for p in sorted(RECORDINGS.glob("*.arrows"))]
+    assert main(["analyze", "--json", *files]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rcv.received.clear()
+    assert main(["export", *files, "--otlp", rcv.url, "--otlp-protocol", protocol]) == 0
+    spans = [g.span for g in _spans(rcv.received)]
+    by_trace: dict[bytes, dict[bytes, Span]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, {})[span.span_id] = span
+    assert len(by_trace) == len(doc["pods"]) >= 12
+    for pod in doc["pods"]:
+        trace = by_trace[trace_id_for(pod["host"], pod["sandbox_id"]).to_bytes(16, "big")]
+        assert len(trace) == len(pod["phases"])
+        for phase in pod["phases"]:
+            span = trace[
+                span_id_for(pod["host"], pod["sandbox_id"], phase["id"]).to_bytes(8, "big")
+            ]
+            assert span.name == phase["name"]
+            assert (span.start_time_unix_nano, span.end_time_unix_nano) == (
+                phase["start_wall_ns"],
+                phase["end_wall_ns"],
+            )
+            if phase["parent_id"] is None:
+                assert not span.parent_span_id
+            else:
+                assert span.parent_span_id in trace
+            expected = (
+                Status.STATUS_CODE_ERROR if phase["status"] == "error" else Status.STATUS_CODE_UNSET
+            )
+            assert span.status.code == expected

@@ -232,6 +232,8 @@ class Recorder:
         self._listeners: set[tuple[int, int]] = set()
         self._counts_at_last_status: dict[str, int] = {}
         self._last_status = time.monotonic()
+        self._drops_read_ns = time.monotonic_ns()
+        """When the drop counters were last read: a growth seen now happened after it."""
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
         opts = self.options
@@ -265,6 +267,7 @@ class Recorder:
         writer: RecordingWriter | None = None
         try:
             with _signals(stop):
+                self._drops_read_ns = time.monotonic_ns()  # the counters start at zero here
                 session.start()
                 offset = sample_offset()
                 start_mono = time.monotonic_ns()
@@ -375,21 +378,32 @@ class Recorder:
             session.add_cri_listener(pid, fd)
             self.stats.followed_containerd.append(pid)
             events.append(_note(f"following new CRI listener pid {pid} fd {fd}", pid=pid))
+            # its exec was not seen (it was not followed then): name it, as at the start
+            events.extend(e for p in seed_processes([pid]) if (e := _read_proc(p)) is not None)
         self._listeners |= current
-        drops = sum(session.drops())
-        if drops != self.stats.drops:
-            events.append(self._drops_event(session))
+        previous = self.stats.drops
+        drops = self._drops_event(session)
+        if drops["ret"] != previous:
+            events.append(drops)
         self._update_status(session)
         return events
 
     def _drops_event(self, session: ProbeSession) -> Event:
+        """Read the drop counters. ``since_ns`` (the previous read) and ``ts_ns`` (this one)
+        bound when a growth happened: the analysis marks pods overlapping it incomplete."""
+        before = time.monotonic_ns()
         per_cpu = session.drops()
+        kernel_errors = session.kernel_errors()
+        after = time.monotonic_ns()
+        since, self._drops_read_ns = self._drops_read_ns, before
         self.stats.drops = sum(per_cpu)
         return {
             "kind": "drops",
-            "ts_ns": time.monotonic_ns(),
+            "ts_ns": after,
             "ret": self.stats.drops,
-            "attrs": json.dumps({"per_cpu": per_cpu}),
+            "attrs": json.dumps(
+                {"per_cpu": per_cpu, "since_ns": since, "kernel_errors": kernel_errors}
+            ),
         }
 
     def _update_status(self, session: ProbeSession) -> None:
@@ -413,6 +427,7 @@ class Recorder:
             "stop_reason": reason,
             "drops": self.stats.drops,
             "drops_per_cpu": session.drops(),
+            "kernel_errors": session.kernel_errors(),
             "events_per_probe": self.stats.per_probe,
             "cri_calls": self.stats.cri_calls,
             "followed_containerd": self.stats.followed_containerd,

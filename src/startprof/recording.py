@@ -132,6 +132,15 @@ class RecordingWriter:
         self._sync()
         self._last_flush = time.monotonic()
 
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Append events that are already columns (tools that rewrite recordings); flushes."""
+        self.flush()
+        self._writer.write_batch(
+            batch.cast(EVENT_SCHEMA) if batch.schema != EVENT_SCHEMA else batch
+        )
+        self.events_written += batch.num_rows
+        self._sync()
+
     def close(self, end: Mapping[str, Any] | None = None) -> None:
         """Flush, append the ``end`` event (a clean end) and close. Idempotent."""
         if self._file.closed:
@@ -203,12 +212,16 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     truncated = False
     while True:
         try:
-            batches.append(reader.read_next_batch())
+            batch = reader.read_next_batch()
+            # A damaged batch can be well-framed yet point outside its buffers; reading its
+            # columns would then crash the process, not raise. Keep what precedes it.
+            batch.validate(full=True)
         except StopIteration:
             break
         except (pa.ArrowInvalid, pa.ArrowException, OSError):
             truncated = True
             break
+        batches.append(batch)
     table = pa.Table.from_batches(batches, schema=reader.schema)
     end = _end_attrs(table)
     return Recording(p, header, table, end is not None, truncated, end or {})

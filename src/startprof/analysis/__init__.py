@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from startprof.analysis.losses import drop_windows, mark_lossy
 from startprof.analysis.model import Analysis, Pod, RecordingInfo
 from startprof.analysis.phases import build_pods
 from startprof.analysis.summary import summarize
@@ -47,9 +48,15 @@ def analyze(sources: Sequence[Source]) -> Analysis:
     """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
     pods: dict[tuple[str, str], Pod] = {}
     starts, ends = [], []
+    lossy: list[tuple[int, int]] = []
     for src in sources:
         events = to_wall_clock(src.events, src.clock_offset_ns)
-        for pod in build_pods(events, src.host):
+        windows = [
+            (lo + src.clock_offset_ns, hi + src.clock_offset_ns)
+            for lo, hi in drop_windows(src.events, src.start_monotonic_ns)
+        ]
+        lossy += windows
+        for pod in mark_lossy(build_pods(events, src.host, windows), windows):
             pods[pod.key] = pod
         starts.append(src.start_monotonic_ns + src.clock_offset_ns)
         last = src.end_monotonic_ns
@@ -65,5 +72,6 @@ def analyze(sources: Sequence[Source]) -> Analysis:
         end_ns=max(ends, default=0),
         drops=sum(s.drops for s in sources),
         complete=all(s.complete for s in sources),
+        drop_windows=tuple(sorted(lossy)),
     )
     return Analysis(recording=info, pods=ordered, summary=summarize(ordered, info))

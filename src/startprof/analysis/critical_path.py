@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
 
 from startprof.analysis.model import CriticalStep, Phase
 
@@ -76,15 +75,25 @@ def apply_critical_path(
         while parent is not None and parent not in on_path:
             on_path.add(parent)
             parent = by_id[parent].parent_id
-    updated = tuple(
-        replace(p, on_critical_path=p.id in on_path, self_ns=self_ns.get(p.id, 0)) for p in phases
-    )
+    updated = tuple(p.on_path(p.id in on_path, self_ns.get(p.id, 0)) for p in phases)
     steps = tuple(
         CriticalStep(pid, by_id[pid].name, self_ns[pid])
         for pid in sorted(self_ns, key=lambda k: (first_seen[k], k))
         if self_ns[pid] > 0
     )
     return updated, steps
+
+
+def subtree_path_ns(phases: Sequence[Phase]) -> dict[str, int]:
+    """Critical time held by each phase's whole subtree (its own self time and its descendants').
+
+    Phases come parents first, so one pass from the end sums children into parents.
+    """
+    total = {p.id: p.self_ns for p in phases}
+    for p in reversed(phases):
+        if p.parent_id is not None and p.parent_id in total:
+            total[p.parent_id] += total[p.id]
+    return total
 
 
 def _subtree_ids(phases: Sequence[Phase], root_id: str) -> list[str]:
@@ -119,8 +128,10 @@ def bottleneck(phases: Sequence[Phase]) -> str:
     if not top_children:
         return f"100% of {_ms(total)} in {root.name}"
 
+    subtree = subtree_path_ns(phases)
+
     def path_ns(phase_id: str) -> int:
-        return sum(by_id[i].self_ns for i in _subtree_ids(phases, phase_id))
+        return subtree[phase_id]
 
     top = max(top_children, key=lambda p: (path_ns(p.id), -p.start_ns))
     top_ns = path_ns(top.id)

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from startprof.analysis.critical_path import apply_critical_path, bottleneck
+from startprof.analysis.losses import LOST_EVENTS
 from startprof.analysis.model import Phase, Pod, PodStatus
 from startprof.analysis.processes import RUNTIMES, SHIM_PREFIX, attribute, missing, processes
 from startprof.probes.netlink import type_name
@@ -91,10 +93,19 @@ class PodInputs:
     netns: tuple[int, int] | None = None
 
 
+def _values(series: pd.Series) -> list[Any]:
+    """A column as Python objects with None for every kind of null (NA, NaN, None)."""
+    try:
+        # through Arrow: fast for Arrow-backed columns, and NaN becomes null for numpy ones
+        return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
+    except (pa.ArrowException, TypeError, ValueError):
+        return [None if missing(v) else v for v in series.tolist()]
+
+
 def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
-    sub = frame[list(columns)].astype(object)
-    sub = sub.where(sub.notna(), None)
-    return sub.to_dict("records")  # type: ignore[return-value]
+    """Rows as dicts; column-wise conversion is several times faster than ``to_dict``."""
+    values = [_values(frame[c]) for c in columns]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def _env_map(env: Any) -> dict[str, str]:
@@ -123,21 +134,24 @@ def _attrs(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+CALL_COLUMNS = [
+    "method",
+    "start_ns",
+    "end_ns",
+    "grpc_status",
+    "sandbox_id",
+    "container",
+    "container_id",
+    "pod",
+    "namespace",
+    "uid",
+    "attrs",
+]
+
+
 def cri_calls(ev: pd.DataFrame) -> list[Call]:
-    calls = ev[ev["kind"] == "cri_call"]
-    cols = [
-        "method",
-        "start_ns",
-        "end_ns",
-        "grpc_status",
-        "sandbox_id",
-        "container",
-        "container_id",
-        "pod",
-        "namespace",
-        "uid",
-        "attrs",
-    ]
+    calls = ev.loc[ev["kind"] == "cri_call", CALL_COLUMNS]
+    cols = CALL_COLUMNS
     return [
         Call(
             method=r["method"] or "?",
@@ -160,7 +174,8 @@ def cri_calls(ev: pd.DataFrame) -> list[Call]:
 def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, str]:
     """container id -> sandbox id, from CreateContainer replies and bundle annotations."""
     mapping: dict[str, str] = {}
-    notes = ev[(ev["kind"] == "annotation") & ev["container_id"].notna() & ev["sandbox_id"].notna()]
+    has_ids = ev["container_id"].notna() & ev["sandbox_id"].notna()
+    notes = ev.loc[(ev["kind"] == "annotation") & has_ids, ["container_id", "sandbox_id"]]
     for cid, sid in zip(notes["container_id"], notes["sandbox_id"], strict=True):
         mapping[str(cid)] = str(sid)
     for call in calls:
@@ -169,65 +184,121 @@ def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, st
     return mapping
 
 
+PROC_COLUMNS = [
+    "proc_id",
+    "pid",
+    "parent_proc",
+    "start_ns",
+    "exec_ns",
+    "exec_done_ns",
+    "end_ns",
+    "exit_code",
+    "argv",
+    "filename",
+    "env",
+    "image",
+    "sandbox_id",
+    "container_id",
+]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _procs(table: pd.DataFrame) -> list[Proc]:
-    cols = [
-        "proc_id",
-        "pid",
-        "parent_proc",
-        "start_ns",
-        "exec_ns",
-        "exec_done_ns",
-        "end_ns",
-        "exit_code",
-        "argv",
-        "filename",
-        "env",
-        "image",
-        "sandbox_id",
-        "container_id",
-    ]
-    out = []
-    for r in _records(table, cols):
-        out.append(
-            Proc(
-                proc_id=int(r["proc_id"]),
-                pid=int(r["pid"]),
-                parent_proc=None if r["parent_proc"] is None else int(r["parent_proc"]),
-                start_ns=int(r["start_ns"]),
-                exec_ns=None if r["exec_ns"] is None else int(r["exec_ns"]),
-                exec_done_ns=None if r["exec_done_ns"] is None else int(r["exec_done_ns"]),
-                end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
-                exit_code=None if r["exit_code"] is None else int(r["exit_code"]),
-                argv=tuple(r["argv"]) if r["argv"] is not None else (),
-                filename=r["filename"],
-                env=_env_map(r["env"]),
-                image=r["image"],
-                sandbox_id=r["sandbox_id"],
-                container_id=r["container_id"],
-            )
+    columns = [_values(table[c]) for c in PROC_COLUMNS]
+    return [
+        Proc(
+            int(proc_id),
+            int(pid),
+            _int_or_none(parent),
+            int(start),
+            _int_or_none(exec_ns),
+            _int_or_none(done),
+            _int_or_none(end),
+            _int_or_none(code),
+            tuple(argv) if argv is not None else (),
+            filename,
+            _env_map(env),
+            image,
+            sandbox,
+            container,
         )
+        for (
+            proc_id,
+            pid,
+            parent,
+            start,
+            exec_ns,
+            done,
+            end,
+            code,
+            argv,
+            filename,
+            env,
+            image,
+            sandbox,
+            container,
+        ) in zip(*columns, strict=True)
+    ]
+
+
+def _op_names(sends: pd.DataFrame) -> pd.Series:
+    """``RTM_NEWLINK``-style names, computed once per distinct (protocol, type) pair."""
+    pairs = sends[["nl_proto", "nl_type"]].astype("int64")
+    keys = pairs["nl_proto"] * 65536 + pairs["nl_type"]
+    names = {k: type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys.unique()}
+    return keys.map(names)
+
+
+def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
+    """Netlink requests per process and op (iptables' NFT_* traffic is kept as counts only)."""
+    sends = ev.loc[
+        (ev["kind"] == "nl_send") & ev["proc_id"].notna(), ["proc_id", "nl_proto", "nl_type"]
+    ]
+    if sends.empty:
+        return {}
+    counts = sends.assign(op=_op_names(sends)).groupby(["proc_id", "op"]).size().reset_index()
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for proc_id, op, n in zip(counts["proc_id"], counts["op"], counts[0], strict=True):
+        out[int(proc_id)][str(op)] = int(n)
     return out
 
 
-def netlink_groups(ev: pd.DataFrame) -> pd.DataFrame:
+def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> pd.DataFrame:
     """Runs of consecutive netlink requests of one op by one process, with their ack time.
 
-    Columns: proc_id, op, start_ns, end_ns, count, ifnames, kinds.
+    ``proc_ids`` limits the work to the processes that get netlink spans (the CNI plugins).
+    Columns: proc_id, op, start_ns, end_ns, count, errors, ifnames, kinds.
     """
-    sends = ev[(ev["kind"] == "nl_send") & ev["proc_id"].notna()].copy()
+    columns = [
+        "proc_id",
+        "nl_proto",
+        "nl_type",
+        "nl_seq",
+        "start_ns",
+        "end_ns",
+        "ifname",
+        "link_kind",
+    ]
+    wanted = (ev["kind"] == "nl_send") & ev["proc_id"].notna()
+    if proc_ids is not None:
+        wanted &= ev["proc_id"].isin(list(proc_ids))
+    sends = ev.loc[wanted, columns].copy()
     if sends.empty:
         return pd.DataFrame(
             columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
         )
-    acks = ev[(ev["kind"] == "nl_ack") & ev["proc_id"].notna()]
+    acks = ev.loc[
+        (ev["kind"] == "nl_ack") & ev["proc_id"].notna(), ["proc_id", "nl_seq", "ts_ns", "ret"]
+    ]
     ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
         columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
     )
     ack_key = ack_key.drop_duplicates(["proc_id", "nl_seq"], keep="first")
     sends = sends.merge(ack_key, on=["proc_id", "nl_seq"], how="left")
-    sends["op"] = [
-        type_name(int(p), int(t)) for p, t in zip(sends["nl_proto"], sends["nl_type"], strict=True)
-    ]
+    sends["op"] = _op_names(sends)
     sends = sends.sort_values(["proc_id", "start_ns"], kind="stable")
     new_run = (sends["proc_id"] != sends["proc_id"].shift()) | (sends["op"] != sends["op"].shift())
     sends["run"] = new_run.cumsum()
@@ -242,16 +313,21 @@ def netlink_groups(ev: pd.DataFrame) -> pd.DataFrame:
             "end_ns": grouped["done_ns"].max(),
             "count": grouped.size(),
             "errors": grouped["failed"].sum(),
-            "ifnames": grouped["ifname"].agg(lambda s: sorted({x for x in s.dropna()})),
-            "kinds": grouped["link_kind"].agg(lambda s: sorted({x for x in s.dropna()})),
         }
     )
+    # distinct interface names and link kinds per run: few runs carry any, so work on those only
+    for column, target in (("ifname", "ifnames"), ("link_kind", "kinds")):
+        named = sends.loc[sends[column].notna(), ["run", column]].drop_duplicates()
+        lists = named.sort_values(column).groupby("run")[column].agg(list)
+        out[target] = lists.reindex(out.index)
+        out[target] = [v if isinstance(v, list) else [] for v in out[target]]
     return out.reset_index(drop=True)
 
 
 def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
     """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
-    ns = ev[ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)]
+    mask = ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)
+    ns = ev.loc[mask, ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]]
     spans = []
     pending: dict[int, int] = {}
     for kind, tid, flags, nstype, start, end in zip(
@@ -300,6 +376,7 @@ class PhaseBuilder:
     def __init__(self) -> None:
         self.phases: list[Phase] = []
         self._ids: Counter[str] = Counter()
+        self._position: dict[str, int] = {}
 
     def add(
         self,
@@ -327,13 +404,14 @@ class PhaseBuilder:
             error=error,
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
+        self._position[pid] = len(self.phases)
         self.phases.append(phase)
         return phase
 
     def replace(self, phase: Phase, **attributes: Any) -> Phase:
         """The phase with more attributes, swapped in place."""
         updated = replace(phase, attributes={**phase.attributes, **attributes})
-        self.phases[self.phases.index(phase)] = updated
+        self.phases[self._position[phase.id]] = updated
         return updated
 
 
@@ -344,6 +422,7 @@ class Context:
     children: dict[int, list[Proc]]
     netlink: dict[int, list[dict[str, Any]]]
     recording_end_ns: int
+    ops: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
 def _subtree(ctx: Context, proc: Proc) -> list[Proc]:
@@ -371,10 +450,7 @@ def _proc_span(proc: Proc, ctx: Context) -> tuple[int, int]:
 
 
 def _netlink_ops(ctx: Context, proc: Proc) -> Counter[str]:
-    ops: Counter[str] = Counter()
-    for group in ctx.netlink.get(proc.proc_id, ()):
-        ops[group["op"]] += int(group["count"])
-    return ops
+    return Counter(ctx.ops.get(proc.proc_id, {}))
 
 
 def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
@@ -699,12 +775,16 @@ def build_pod(
     phases = _add_waits(phases)
 
     errors = [p for p in phases if p.status == "error"]
+    incomplete_reason: str | None = None
     if errors:
         status = "failed"
         deepest = max(errors, key=lambda p: p.id.count("/"))
         failed_phase = deepest.name
     elif incomplete or not container_ids:
         status = "incomplete"
+        incomplete_reason = (
+            "still starting when the recording ended" if container_ids else "no container seen"
+        )
     phases_t, steps = apply_critical_path(phases)
     return Pod(
         host=host,
@@ -722,6 +802,7 @@ def build_pod(
         runtime=runtime,
         failed_phase=failed_phase,
         containers=tuple(container_names),
+        incomplete_reason=incomplete_reason,
     )
 
 
@@ -781,6 +862,21 @@ def _add_waits(phases: list[Phase]) -> list[Phase]:
     return phases + extra
 
 
+def _sandbox_of_failed_call(procs: Sequence[Proc], call: Call) -> str | None:
+    """A failed RunPodSandbox replies no sandbox id: it is the sandbox whose CNI plugins ran
+    for the same pod uid (CNI_ARGS K8S_POD_UID) during the call."""
+    end = call.end_ns if call.end_ns is not None else float("inf")
+    for p in procs:
+        if (
+            p.sandbox_id
+            and call.start_ns <= p.start_ns <= end
+            and _is_cni_plugin(p)
+            and _cni_args(p.env).get("K8S_POD_UID") == call.uid
+        ):
+            return p.sandbox_id
+    return None
+
+
 def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
     """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
     calls = cri_calls(ev)
@@ -791,12 +887,12 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for p in procs:
         if p.parent_proc is not None:
             children[p.parent_proc].append(p)
-    groups = netlink_groups(ev)
+    groups = netlink_groups(ev, (p.proc_id for p in procs if _is_cni_plugin(p)))
     netlink: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for group in _records(groups, list(groups.columns)):
         netlink[int(group["proc_id"])].append(group)
     end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
-    ctx = Context(children=children, netlink=netlink, recording_end_ns=end_ns)
+    ctx = Context(children=children, netlink=netlink, recording_end_ns=end_ns, ops=netlink_ops(ev))
 
     pods: dict[str, PodInputs] = {}
 
@@ -811,6 +907,10 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for c in calls:
         if c.method == RUN_POD_SANDBOX and c.sandbox_id:
             get(c.sandbox_id).calls.append(c)
+        elif c.method == RUN_POD_SANDBOX and c.uid:
+            failed_sandbox = _sandbox_of_failed_call(procs, c)
+            if failed_sandbox:
+                get(failed_sandbox).calls.append(c)
     by_container = container_sandboxes(ev, calls)
     for c in calls:
         if c.method in (CREATE_CONTAINER, START_CONTAINER):
@@ -847,11 +947,42 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     return pods, ctx, image_calls
 
 
-def build_pods(ev: pd.DataFrame, host: str) -> list[Pod]:
+def build_pods(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> list[Pod]:
+    """Every pod start in the events. ``lossy`` are the drop windows (same clock as ``ev``):
+    a sandbox with too little left to build is still reported, as ``incomplete``, when its
+    events touch one (its start may be among what was lost)."""
     pods, ctx, image_calls = pod_inputs(ev)
     out = []
     for inputs in pods.values():
         pod = build_pod(host, inputs, ctx, image_calls)
+        if pod is None and lossy:
+            pod = _partial_pod(host, inputs, lossy)
         if pod is not None:
             out.append(pod)
     return out
+
+
+def _partial_pod(host: str, inputs: PodInputs, lossy: Sequence[tuple[int, int]]) -> Pod | None:
+    """What is left of a pod whose start events may have been lost (a drop window began before
+    its last event): its span and names, no phases."""
+    times = [t for p in inputs.procs for t in (p.start_ns, p.end_ns) if t is not None]
+    times += [t for c in inputs.calls for t in (c.start_ns, c.end_ns) if t is not None]
+    if not times:
+        return None
+    start, end = min(times), max(times)
+    if not any(lo <= end for lo, _ in lossy):
+        return None  # tear-down of a pod that started before the recording, nothing lost
+    cni = [p for p in inputs.procs if _is_cni_plugin(p)]
+    names = _names(inputs, None, cni)
+    return Pod(
+        host=host,
+        sandbox_id=inputs.sandbox_id,
+        name=names.get("name"),
+        namespace=names.get("namespace"),
+        uid=names.get("uid"),
+        status="incomplete",
+        start_ns=start,
+        end_ns=end,
+        phases=(Phase("pod", None, "pod", start, end),),
+        incomplete_reason=LOST_EVENTS,
+    )

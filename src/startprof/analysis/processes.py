@@ -141,7 +141,9 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     """
     table = lifetimes(ev)
     ev["proc_id"] = attach_proc_ids(ev, table)
-    with_proc = ev[ev["proc_id"].notna()]
+    kinds = ("exit", "exit_group", "exec", "exec_done", "proc")
+    columns = ["kind", "ts_ns", "proc_id", "ret", "argv", "filename", "env", "comm"]
+    with_proc = ev.loc[ev["proc_id"].notna() & ev["kind"].isin(kinds), columns]
 
     exits = with_proc[with_proc["kind"] == "exit"].groupby("proc_id")["ts_ns"].min()
     codes = with_proc[with_proc["kind"] == "exit_group"].groupby("proc_id")["ret"].last()

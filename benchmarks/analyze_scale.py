@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""How `startprof analyze --json` scales: replicate real pods with fresh ids and time it.
+
+Takes a real recording (default: tests/data/recordings/concurrent.arrows), copies its events N
+times with every pid, connection, sandbox and container id made unique and the times shifted,
+writes that as one recording, and times `startprof analyze --json` on it in a subprocess
+(reading the file included).
+
+    .venv/bin/python benchmarks/analyze_scale.py --pods 1000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from startprof.recording import EVENT_SCHEMA, RecordingWriter, read_recording
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "tests" / "data" / "recordings" / "concurrent.arrows"
+ID = re.compile(r"[0-9a-f]{64}")
+PID_COLUMNS = ("pid", "tid", "ppid", "child_pid")
+STRING_COLUMNS = ("sandbox_id", "container_id", "filename", "attrs", "pod", "uid")
+LIST_COLUMNS = ("argv", "env")
+
+
+def replicate(events: pd.DataFrame, copies: int, period_ns: int) -> pa.Table:
+    """``copies`` copies of the events, each with fresh ids, pids and a later time."""
+    tables = []
+    base = events.copy()
+    for copy in range(copies):
+        df = base.copy()
+        tag = f"{copy:08x}"
+        shift = copy * period_ns
+        for column in ("ts_ns", "start_ns", "end_ns"):
+            df[column] = df[column] + shift
+        for column in PID_COLUMNS:
+            df[column] = df[column] + copy * 40_000  # int32 holds 50k copies of pid_max 32768
+        df["conn_id"] = df["conn_id"] + copy * 1_000
+
+        # every 64-hex id gets the copy's tag in its first 8 characters: unique and same length
+        def retag(m: re.Match[str], tag: str = tag) -> str:
+            return tag + m.group(0)[8:]
+
+        for column in STRING_COLUMNS:
+            df[column] = df[column].str.replace(ID, retag, regex=True)
+            if column in ("pod", "uid"):
+                df[column] = df[column] + f"-{tag}"
+        for column in LIST_COLUMNS:
+            df[column] = [
+                None if v is None else [ID.sub(retag, s) for s in v]
+                for v in df[column].astype(object).where(df[column].notna(), None)
+            ]
+        tables.append(pa.Table.from_pandas(df, schema=EVENT_SCHEMA, preserve_index=False))
+    return pa.concat_tables(tables)
+
+
+def build(source: Path, pods: int, out: Path) -> int:
+    rec = read_recording(source)
+    events = rec.frame()
+    events = events[~events["kind"].isin(["end", "drops"])].reset_index(drop=True)
+    base_pods = len(json.loads(_analyze_json(source))["pods"])
+    copies = max(1, pods // base_pods)
+    span = int(events["ts_ns"].max() - events["ts_ns"].min())
+    table = replicate(events, copies, span + 10_000_000)
+    writer = RecordingWriter(out, rec.header, flush_interval=3600)
+    for batch in table.to_batches(max_chunksize=50_000):
+        writer.write_batch(batch)
+    writer.close({"drops": 0, "end_monotonic_ns": int(table.column("ts_ns").to_numpy().max())})
+    return copies * base_pods
+
+
+def _analyze_json(path: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "startprof", "analyze", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--source", type=Path, default=DEFAULT)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="startprof-scale-") as tmp:
+        for pods in args.pods:
+            path = Path(tmp) / f"{pods}.arrows"
+            made = build(args.source, pods, path)
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                doc = json.loads(_analyze_json(path))
+                times.append(time.perf_counter() - t0)
+            assert len(doc["pods"]) == made, (len(doc["pods"]), made)
+            events = read_recording(path).table.num_rows
+            best = min(times)
+            results.append(
+                {
+                    "pods": made,
+                    "events": events,
+                    "file_mb": round(path.stat().st_size / 1e6, 1),
+                    "seconds_best": round(best, 2),
+                    "seconds_all": [round(t, 2) for t in times],
+                    "ms_per_pod": round(1000 * best / made, 3),
+                }
+            )
+            print(json.dumps(results[-1]), file=sys.stderr)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

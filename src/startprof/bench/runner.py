@@ -487,9 +487,7 @@ def results_table(pods: Sequence[Pod], started: Mapping[str, StartedPod]) -> pd.
     table = phase_table(measured)
     if table.empty:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in RESULT_COLUMNS})
-    table["key"] = [
-        phase_key(i, n) for i, n in zip(table["phase_id"], table["phase"], strict=True)
-    ]
+    table["key"] = [phase_key(i, n) for i, n in zip(table["phase_id"], table["phase"], strict=True)]
     table["error"] = table["status"] == "error"
     grouped = (
         table.groupby(["sandbox_id", "key"], sort=False)

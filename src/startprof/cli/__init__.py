@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        # An output that cannot be written (a full disk, /dev/full, a closed stdout): the
+        # commands turn the files they open into StartprofErrors; this is what is left.
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"startprof: cannot write output{where}: {exc.strerror or exc}", err=True)
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -20,9 +20,7 @@ _DEFAULT_ENDPOINT = ""
 
 
 @click.command("export")
-@click.argument(
-    "files", nargs=-1, metavar="FILE...", type=click.Path(dir_okay=False, path_type=Path)
-)
+@click.argument("files", nargs=-1, metavar="FILE...", type=click.Path(path_type=Path))
 @click.option(
     "--otlp",
     "otlp_url",

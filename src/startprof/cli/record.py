@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,14 @@ def record_command(
         probes=probes or ALL_PROBES,
         ringbuf_pages=ringbuf_pages,
     )
+    parent = options.output.parent
+    if not dump_bpf and not (parent.is_dir() and os.access(parent, os.W_OK)):
+        # before the probes are compiled and loaded, which takes seconds
+        raise InputError(
+            f"cannot write {options.output}: "
+            f"{'no directory' if not parent.is_dir() else 'no write permission in'} {parent}",
+            fix="pass -o with a path in a writable directory",
+        )
     if dump_bpf:
         from startprof.probes.session import ProbeSession
 

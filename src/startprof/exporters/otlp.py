@@ -27,7 +27,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, Literal, cast, get_args
+from typing import Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
@@ -60,6 +60,10 @@ ENV_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 ENV_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+ENV_INSECURE: Final = "OTEL_EXPORTER_OTLP_INSECURE"
+ENV_CERTIFICATE: Final = "OTEL_EXPORTER_OTLP_CERTIFICATE"
+ENV_TRACES_CERTIFICATE: Final = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"
+ENV_TRACES_INSECURE: Final = "OTEL_EXPORTER_OTLP_TRACES_INSECURE"
 
 _SDK_EXPORTER_LOGGER: Final = "opentelemetry.exporter"
 _PROBE_TIMEOUT_S: Final = 1.0
@@ -241,22 +245,51 @@ def resolve_protocol(protocol: str | None = None) -> OtlpProtocol:
 def resolve_endpoint(protocol: OtlpProtocol, url: str | None = None) -> str:
     """The endpoint the SDK exporter is given, by the OTLP exporter rules.
 
-    ``url`` wins; a bare ``host:port`` means plain ``http://``. For HTTP a URL without a path
+    ``url`` wins; a bare ``host:port`` means plain ``http://`` (``https://`` for gRPC when
+    ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE=false``). For HTTP a URL without a path
     gets ``/v1/traces``. Without ``url``: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as is, else
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` (plus ``/v1/traces`` for HTTP), else localhost:4317 (gRPC)
     or localhost:4318/v1/traces (HTTP).
     """
     if url:
-        full = url if "://" in url else f"http://{url}"
+        full = _checked(url if "://" in url else f"{_bare_scheme(protocol)}://{url}", "--otlp")
         if protocol == "http/protobuf" and urlsplit(full).path in ("", "/"):
             full = full.rstrip("/") + TRACES_PATH
         return full
     if signal := os.environ.get(ENV_TRACES_ENDPOINT):
-        return signal
+        return _checked(signal, ENV_TRACES_ENDPOINT)
     base = os.environ.get(ENV_ENDPOINT)
+    if base:
+        _checked(base, ENV_ENDPOINT)
     if protocol == "grpc":
         return base or DEFAULT_GRPC_ENDPOINT
     return (base or DEFAULT_HTTP_ENDPOINT).rstrip("/") + TRACES_PATH
+
+
+def _bare_scheme(protocol: OtlpProtocol) -> str:
+    """The scheme of a ``host:port`` URL: plain HTTP, unless gRPC is asked to be secure with
+    ``OTEL_EXPORTER_OTLP_[TRACES_]INSECURE=false`` (the variable's meaning for such URLs)."""
+    insecure = os.environ.get(ENV_TRACES_INSECURE) or os.environ.get(ENV_INSECURE)
+    if protocol == "grpc" and insecure is not None and insecure.strip().lower() == "false":
+        return "https"
+    return "http"
+
+
+def _checked(endpoint: str, source: str) -> str:
+    """The endpoint, if the SDK exporters can parse it; else one clear InputError (they would
+    raise a bare ValueError from deep inside urllib)."""
+    fix = "give a URL like http://localhost:4317 or https://collector.example.com:4317"
+    try:
+        parts = urlsplit(endpoint)
+        _ = parts.port  # parses the port: "host:notaport" raises here
+    except ValueError as exc:
+        raise InputError(f"bad OTLP endpoint {endpoint!r} from {source}: {exc}", fix=fix) from None
+    if "://" in endpoint and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise InputError(
+            f"bad OTLP endpoint {endpoint!r} from {source}: need http:// or https:// and a host",
+            fix=fix,
+        )
+    return endpoint
 
 
 def _address(endpoint: str) -> tuple[str, int] | None:
@@ -283,7 +316,27 @@ def make_span_exporter(
         OTLPSpanExporter as HttpSpanExporter,
     )
 
+    if os.environ.get(ENV_TRACES_CERTIFICATE) or os.environ.get(ENV_CERTIFICATE):
+        return HttpSpanExporter(endpoint=endpoint, timeout=timeout_s, session=_ca_pinned_session())
     return HttpSpanExporter(endpoint=endpoint, timeout=timeout_s)
+
+
+def _ca_pinned_session() -> Any:
+    """A requests session that keeps the CA bundle the SDK gives it.
+
+    requests replaces a session's ``verify`` with ``$REQUESTS_CA_BUNDLE``/``$CURL_CA_BUNDLE``
+    on every request when those are set (as on many hosts), so the certificate named by
+    ``OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`` would silently not be used.
+    """
+    import requests
+
+    class CaPinnedSession(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            merged: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+            merged["verify"] = self.verify
+            return merged
+
+    return CaPinnedSession()
 
 
 def export_otlp(

@@ -6,9 +6,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -289,10 +290,33 @@ class Lab:
             done.append(str(target))
         return done
 
-    def _start_containerd(self) -> int:
+    def restart_containerd(self, extra_env: Mapping[str, str] | None = None) -> int:
+        """Kill the lab's containerd with SIGKILL, as a crash would, and start a new one with
+        the same config; returns the new pid.
+
+        Pods, shims and containers live on, as on a node whose containerd restarts. The new
+        containerd's environment gets ``extra_env``; the CNI plugins it runs inherit it (the
+        reliability tests put a fake cloud secret there and check it is never recorded).
+        """
+        require_root("restarting the lab's containerd")
+        pid = self.pid()
+        if pid is None:
+            raise LabError("the lab is not up", fix="sudo startprof lab up")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if self._proc is not None and self._proc.pid == pid:
+            self._proc.wait()  # our child: reap it, or its pid stays a zombie
+        deadline = time.monotonic() + START_TIMEOUT
+        while host.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"containerd (pid {pid}) survived SIGKILL")
+            time.sleep(0.02)
+        return self._start_containerd(extra_env)
+
+    def _start_containerd(self, extra_env: Mapping[str, str] | None = None) -> int:
         log = self.paths.log
         offset = log.stat().st_size if log.exists() else 0
-        env = dict(os.environ, PATH=host.HOST_PATH)
+        env = {**os.environ, **(extra_env or {}), "PATH": host.HOST_PATH}
         with log.open("ab") as out:
             self._proc = subprocess.Popen(
                 [_which("containerd") or "containerd", "--config", str(self.paths.config)],

@@ -286,9 +286,7 @@ def _done_table(pods: Sequence[Pod]) -> pd.DataFrame:
     table = phase_table(done)
     if table.empty:
         return table
-    table["key"] = [
-        phase_key(i, n) for i, n in zip(table["phase_id"], table["phase"], strict=True)
-    ]
+    table["key"] = [phase_key(i, n) for i, n in zip(table["phase_id"], table["phase"], strict=True)]
     groups = {(p.host, p.sandbox_id): group_of(p) for p in done}
     table["group"] = [groups[k] for k in zip(table["host"], table["sandbox_id"], strict=True)]
     table = table[table["key"] != "pod"]

@@ -31,6 +31,7 @@ from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import find_cri_listeners
 from startprof.probes.grpc_decode import CriStreamDecoder
 from startprof.probes.session import ProbeSession
+from startprof.procfs import descendants
 from startprof.recording import RecordingHeader, RecordingWriter
 
 POLL_MS = 100
@@ -115,22 +116,6 @@ def _yield_cpu_to_workload() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, RECORDER_NICE)
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the comm field may contain spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children
-
-
 def _read_proc(pid: int) -> Event | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -183,16 +168,8 @@ def _shims_of(socket_path: str) -> list[int]:
 
 def seed_processes(roots: Iterable[int]) -> list[int]:
     """The roots and all their descendants alive now."""
-    children = _children_map()
-    seen: list[int] = []
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.append(pid)
-        stack.extend(children.get(pid, ()))
-    return seen
+    roots = list(dict.fromkeys(roots))
+    return roots + [pid for pid in descendants(roots) if pid not in roots]
 
 
 class _Stop:

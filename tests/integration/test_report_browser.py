@@ -29,8 +29,8 @@ import pytest
 import websocket
 
 from startprof.analysis.model import Analysis, Phase
+from startprof.analysis.selection import select_pods
 from startprof.reporters import html
-from startprof.reporters.terminal import select_pods
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from factories import XSS_NAME, failed_pod, make_analysis, web_pod, xss_pod

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from factories import XSS_NAME, failed_pod, make_analysis, web_pod, xss_pod
 
 from startprof.analysis.model import Analysis, Phase, Pod
+from startprof.analysis.selection import select_pods
 from startprof.cli.report import DEFAULT_TOP, report_command
 from startprof.errors import InputError
 from startprof.reporters import html
-from startprof.reporters.terminal import select_pods
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 IMG_ARGV = '"><img src=x onerror=alert(1)>'

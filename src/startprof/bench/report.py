@@ -26,7 +26,7 @@ from rich.text import Text
 from startprof import __version__
 from startprof.bench.stats import PhaseChange, cis_overlap
 from startprof.errors import EnvironmentProblem
-from startprof.reporters.html import esc, ptext, script_json
+from startprof.reporters.html import axis, esc, layout, ptext, script_json
 
 MIN_CRITICAL_SHARE = 0.01
 """Phases below this share of the critical path in every combination stay out of the terminal
@@ -241,21 +241,9 @@ def baseline_table(changes: Sequence[PhaseChange]) -> RenderableType:
 
 
 def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
-    layout: dict[str, Any] = {
-        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
-        "height": height,
-        "margin": {"l": 20, "r": 30, "t": 50, "b": 50},
-        "font": {"family": FONT, "size": 12},
-        "paper_bgcolor": "#ffffff",
-        "plot_bgcolor": "#ffffff",
-        "hoverlabel": {"align": "left"},
-    }
-    layout.update(extra)
-    return layout
-
-
-def _axis(title: str, **extra: Any) -> dict[str, Any]:
-    return {"title": {"text": title}, "gridcolor": "#e9ecef", "zeroline": False, **extra}
+    """The report's figure style with a narrower left margin and plotly's own legend."""
+    base = {"margin": {"l": 20, "r": 30, "t": 50, "b": 50}, "legend": {}}
+    return layout(title, height, **{**base, **extra})
 
 
 def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -316,7 +304,7 @@ def composition_figure(summary: Mapping[str, Any], results: pd.DataFrame) -> dic
             barmode="stack",
             bargap=0.35,
             uniformtext={"mode": "hide", "minsize": 10},
-            xaxis=_axis("ms of the pod start each phase held the critical path (mean per pod)"),
+            xaxis=axis("ms of the pod start each phase held the critical path (mean per pod)"),
             yaxis={"automargin": True, "autorange": "reversed"},
             legend={"orientation": "v", "x": 1.01, "y": 1, "traceorder": "normal"},
         ),
@@ -374,7 +362,7 @@ def medians_figure(summary: Mapping[str, Any]) -> dict[str, Any] | None:
             height=140 + len(phases) * (10 + 9 * len(combos)),
             barmode="group",
             bargap=0.25,
-            xaxis=_axis("median duration per pod (ms)", rangemode="tozero"),
+            xaxis=axis("median duration per pod (ms)", rangemode="tozero"),
             yaxis={"automargin": True, "autorange": "reversed"},
             legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
             margin={"l": 20, "r": 30, "t": 80, "b": 50},
@@ -415,8 +403,8 @@ def cdf_figure(summary: Mapping[str, Any], results: pd.DataFrame) -> dict[str, A
         "layout": _layout(
             "Pod start time, cumulative, per combination",
             height=440,
-            xaxis=_axis("pod start time (ms)"),
-            yaxis=_axis("share of pods", tickformat=".0%", range=[0, 1.05]),
+            xaxis=axis("pod start time (ms)"),
+            yaxis=axis("share of pods", tickformat=".0%", range=[0, 1.05]),
             legend={"x": 0.99, "xanchor": "right", "y": 0.02, "yanchor": "bottom"},
             margin={"l": 60, "r": 30, "t": 50, "b": 50},
         ),

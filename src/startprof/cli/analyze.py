@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from startprof.errors import InputError
-
 
 @click.command("analyze")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -37,20 +35,13 @@ def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None
     """
     from rich.console import Console
 
+    from startprof.analysis.selection import select_pods
     from startprof.pipeline import analyze_files
     from startprof.reporters import json as json_reporter
-    from startprof.reporters.terminal import render, select_pods
+    from startprof.reporters.terminal import render
 
     analysis = analyze_files(list(files))
-    if pod_name is not None:
-        pods = select_pods(analysis, None, pod_name)
-        if not pods:
-            known = ", ".join(sorted({p.name or p.sandbox_id[:12] for p in analysis.pods})[:10])
-            raise InputError(
-                f"no pod {pod_name!r} in the recording", fix=f"pods: {known or 'none'}"
-            )
-    else:
-        pods = select_pods(analysis, None if as_json else top, None)
+    pods = select_pods(analysis, None if as_json else top, pod_name)
     if as_json:
         click.echo(json_reporter.dumps(analysis, pods))
     else:

@@ -97,7 +97,11 @@ def export_command(
     if not files:
         raise click.UsageError("give at least one recording FILE")
 
-    analysis = _select_pod(_analyze(list(files)), pod_name)
+    analysis = _analyze(list(files))
+    if pod_name is not None:
+        from startprof.analysis.selection import find_pods
+
+        analysis = replace(analysis, pods=tuple(find_pods(analysis, pod_name)))
     if not analysis.pods:
         raise InputError(
             "no pod starts in " + ", ".join(str(f) for f in files) + ": nothing to export",
@@ -144,21 +148,3 @@ def _analyze(paths: list[Path]) -> Analysis:
     from startprof.pipeline import analyze_files
 
     return analyze_files(paths)
-
-
-def _select_pod(analysis: Analysis, name: str | None) -> Analysis:
-    if name is None:
-        return analysis
-    pods = tuple(
-        p
-        for p in analysis.pods
-        if name in (p.name, f"{p.namespace}/{p.name}")
-        or (len(name) >= 4 and p.sandbox_id.startswith(name))
-    )
-    if not pods:
-        known = sorted(
-            f"{p.namespace}/{p.name}" if p.name else p.sandbox_id[:12] for p in analysis.pods
-        )
-        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-        raise InputError(f"no pod {name!r} in the recording", fix=f"pods: {listed or 'none'}")
-    return replace(analysis, pods=pods)

@@ -46,20 +46,12 @@ def report_command(
       startprof report --top 5 node-a.arrows node-b.arrows
       startprof report pods.arrows --pod web-0 -o web-0.html
     """
+    from startprof.analysis.selection import select_pods
     from startprof.pipeline import analyze_files
     from startprof.reporters import html
-    from startprof.reporters.terminal import select_pods
 
     analysis = analyze_files(list(files))
-    if pod_name is not None:
-        pods = select_pods(analysis, None, pod_name)
-        if not pods:
-            known = ", ".join(sorted({p.name or p.sandbox_id[:12] for p in analysis.pods})[:10])
-            raise InputError(
-                f"no pod {pod_name!r} in the recording", fix=f"pods: {known or 'none'}"
-            )
-    else:
-        pods = select_pods(analysis, top, None)
+    pods = select_pods(analysis, top, pod_name)
     path = output if output is not None else default_output(datetime.now())
     try:
         size = html.write(analysis, pods, path)

@@ -31,6 +31,7 @@ from startprof.probes.abi import (
     Header,
     RecordType,
 )
+from startprof.procfs import descendants
 from startprof.resources import bpf_dir
 
 ALL_PROBES: Final[tuple[str, ...]] = (exec_probe.NAME, namespaces.NAME, netlink.NAME, cri.NAME)
@@ -254,7 +255,7 @@ class ProbeSession:
         table = self._require()[b"followed"]
         for pid in pids:
             table[ct.c_uint32(pid)] = ct.c_uint8(1)
-        for child in _descendants(pids):
+        for child in descendants(pids):
             table[ct.c_uint32(child)] = ct.c_uint8(1)
 
     def add_cri_listener(self, pid: int, fd: int) -> None:
@@ -322,29 +323,6 @@ class ProbeSession:
 
 def _fd_key(pid: int, fd: int) -> int:
     return (pid << 32) | (fd & 0xFFFFFFFF)
-
-
-def _descendants(pids: Sequence[int]) -> list[int]:
-    """Current descendants of these pids from /proc (processes only)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = list(pids)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _json(obj: dict[str, object]) -> str:

@@ -114,7 +114,8 @@ def group_of(pod: Pod) -> str:
 # --- figures: plain plotly JSON, so tests can read exactly what the page will draw ---------
 
 
-def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
+def layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
+    """The house style of a plotly figure's layout; ``extra`` keys replace the defaults."""
     layout: dict[str, Any] = {
         "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
         "height": height,
@@ -129,7 +130,7 @@ def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
     return layout
 
 
-def _axis(title: str, **extra: Any) -> dict[str, Any]:
+def axis(title: str, **extra: Any) -> dict[str, Any]:
     return {"title": {"text": title}, "gridcolor": "#e9ecef", "zeroline": False, **extra}
 
 
@@ -256,14 +257,14 @@ def waterfall_figure(pod: Pod, div_id: str) -> dict[str, Any]:
     return {
         "id": div_id,
         "data": data,
-        "layout": _layout(
+        "layout": layout(
             title,
             height=110 + 22 * len(rows),
             barmode="overlay",
             bargap=0.25,
             margin={"l": 20, "r": 40, "t": 96, "b": 40},
             # on top: a waterfall is read from its first row down, and may be 60 rows tall
-            xaxis=_axis(
+            xaxis=axis(
                 "ms since the pod's first event", range=[0, duration * 1.12 or 1], side="top"
             ),
             yaxis={
@@ -344,14 +345,14 @@ def composition_figure(pods: Sequence[Pod], per_pod: pd.DataFrame) -> dict[str, 
     return {
         "id": "fig-composition",
         "data": data,
-        "layout": _layout(
+        "layout": layout(
             "Where the critical path goes: median critical time per phase (ms)",
             height=max(150 + 46 * len(groups), 120 + 22 * len(data)),
             barmode="stack",
             bargap=0.35,
             uniformtext={"mode": "hide", "minsize": 10},
             margin={"l": 20, "r": 20, "t": 50, "b": 50},
-            xaxis=_axis("ms of the pod start spent in each phase (median over completed pods)"),
+            xaxis=axis("ms of the pod start spent in each phase (median over completed pods)"),
             yaxis={"automargin": True, "autorange": "reversed"},
             legend={"orientation": "v", "x": 1.01, "y": 1, "traceorder": "normal"},
         ),
@@ -390,12 +391,12 @@ def distribution_figure(pods: Sequence[Pod], per_pod: pd.DataFrame) -> dict[str,
     return {
         "id": "fig-distribution",
         "data": data,
-        "layout": _layout(
+        "layout": layout(
             "Phase durations across completed pods (ms, log scale)",
             height=120 + 30 * len(keys),
             showlegend=False,
             margin={"l": 20, "r": 30, "t": 50, "b": 50},
-            xaxis=_axis("duration (ms)", type="log"),
+            xaxis=axis("duration (ms)", type="log"),
             yaxis={
                 "automargin": True,
                 "autorange": "reversed",
@@ -445,11 +446,11 @@ def cdf_figure(pods: Sequence[Pod]) -> dict[str, Any] | None:
     return {
         "id": "fig-cdf",
         "data": data,
-        "layout": _layout(
+        "layout": layout(
             "Pod start time, cumulative (completed pods)",
             height=420,
-            xaxis=_axis("pod start time (ms)", rangemode="tozero"),
-            yaxis=_axis("share of pods", tickformat=".0%", range=[0, 1.05]),
+            xaxis=axis("pod start time (ms)", rangemode="tozero"),
+            yaxis=axis("share of pods", tickformat=".0%", range=[0, 1.05]),
             legend={
                 "x": 0.99,
                 "xanchor": "right",
@@ -499,11 +500,11 @@ def timeline_figure(analysis: Analysis) -> dict[str, Any] | None:
     return {
         "id": "fig-timeline",
         "data": data,
-        "layout": _layout(
+        "layout": layout(
             "Pod start time by when the pod started",
             height=420,
-            xaxis=_axis(f"seconds since the first pod started ({_wall(origin)})"),
-            yaxis=_axis("pod start time (ms)", rangemode="tozero"),
+            xaxis=axis(f"seconds since the first pod started ({_wall(origin)})"),
+            yaxis=axis("pod start time (ms)", rangemode="tozero"),
             margin={"l": 60, "r": 30, "t": 60, "b": 90},
         ),
     }

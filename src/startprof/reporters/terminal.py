@@ -25,19 +25,6 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:.1f}ms"
 
 
-def select_pods(analysis: Analysis, top: int | None, pod_name: str | None) -> list[Pod]:
-    """The pods to show: one by name, else the ``top`` slowest (failed ones first)."""
-    pods = list(analysis.pods)
-    if pod_name is not None:
-        return [
-            p
-            for p in pods
-            if pod_name in (p.name, p.sandbox_id) or p.sandbox_id.startswith(pod_name)
-        ]
-    pods.sort(key=lambda p: (p.status != "failed", -p.duration_ns))
-    return pods if top is None else pods[:top]
-
-
 def chain_lines(pod: Pod) -> list[Text]:
     path = subtree_path_ns(pod.phases)
     limit = pod.duration_ns * MIN_SHARE

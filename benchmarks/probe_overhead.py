@@ -43,17 +43,44 @@ def image_to_running_ms(truth: list[dict[str, object]]) -> list[float]:
     return out
 
 
-def run_arm(recording: bool, pods: int, handler: str, workdir: Path, index: int) -> list[float]:
-    truth = workdir / f"truth-{'rec' if recording else 'base'}-{index}.jsonl"
-    lab_run = [*STARTPROF, "lab", "run", "--pods", str(pods), "--runtime-handler", handler,
-               "--truth", str(truth)]  # fmt: skip
-    if recording:
-        out = workdir / f"rec-{index}.arrows"
-        cmd = [*STARTPROF, "record", "-o", str(out), "--", *lab_run]
-    else:
+def run_arm(
+    record_args: list[str] | None, pods: int, handler: str, workdir: Path, tag: str
+) -> list[float]:
+    """One round of ``pods`` pods; recorded with ``record_args`` unless it is None."""
+    truth = workdir / f"truth-{tag}.jsonl"
+    lab_run = [
+        *STARTPROF,
+        "lab",
+        "run",
+        "--pods",
+        str(pods),
+        "--runtime-handler",
+        handler,
+        "--truth",
+        str(truth),
+    ]
+    if record_args is None:
         cmd = lab_run
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    else:
+        cmd = [
+            *STARTPROF,
+            "record",
+            "-o",
+            str(workdir / f"{tag}.arrows"),
+            *record_args,
+            "--",
+            *lab_run,
+        ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return image_to_running_ms(read_truth(truth))
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median_ms": round(statistics.median(values), 2),
+        "p95_ms": round(statistics.quantiles(values, n=20)[-1], 2),
+    }
 
 
 def main() -> int:
@@ -62,30 +89,43 @@ def main() -> int:
     parser.add_argument("--round-size", type=int, default=5, help="pods per round (default 5)")
     parser.add_argument("--handler", default="runc-bridge")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="another recorded arm: a name and `startprof record` arguments, e.g. "
+        "'no-cri=--probe exec --probe namespaces --probe netlink' (repeatable; "
+        "'all=' records with every probe, the default)",
+    )
     args = parser.parse_args()
+    arms: dict[str, list[str] | None] = {"without": None}
+    for spec in args.arm or ["all="]:
+        name, _, rest = spec.partition("=")
+        arms[name] = rest.split()
 
     subprocess.run([*STARTPROF, "lab", "up"], check=True, stdout=subprocess.DEVNULL)
-    base: list[float] = []
-    rec: list[float] = []
+    samples: dict[str, list[float]] = {name: [] for name in arms}
     rounds = max(1, args.pods // args.round_size)
+    names = list(arms)
     with tempfile.TemporaryDirectory(prefix="startprof-overhead-") as tmp:
         workdir = Path(tmp)
-        run_arm(False, 2, args.handler, workdir, -1)  # warm-up: images, page cache
+        run_arm(None, 2, args.handler, workdir, "warmup")  # images, page cache
         for i in range(rounds):
-            for recording in (i % 2 == 0, i % 2 == 1):
-                target = rec if recording else base
-                target += run_arm(recording, args.round_size, args.handler, workdir, i)
-            print(f"round {i + 1}/{rounds}: base n={len(base)} rec n={len(rec)}", file=sys.stderr)
-    med_base, med_rec = statistics.median(base), statistics.median(rec)
-    result = {
-        "handler": args.handler,
-        "pods_per_arm": [len(base), len(rec)],
-        "median_ms_without": round(med_base, 2),
-        "median_ms_with": round(med_rec, 2),
-        "overhead_pct": round(100 * (med_rec - med_base) / med_base, 2),
-        "p95_ms_without": round(statistics.quantiles(base, n=20)[-1], 2),
-        "p95_ms_with": round(statistics.quantiles(rec, n=20)[-1], 2),
-    }
+            # rotate the order every round so drift and warm caches hit every arm alike
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                samples[name] += run_arm(
+                    arms[name], args.round_size, args.handler, workdir, f"{name}-{i}"
+                )
+            counts = " ".join(f"{n}={len(v)}" for n, v in samples.items())
+            print(f"round {i + 1}/{rounds}: {counts}", file=sys.stderr)
+    base = statistics.median(samples["without"])
+    result: dict[str, object] = {"handler": args.handler, "arms": {}}
+    for name, values in samples.items():
+        entry: dict[str, object] = {**_stats(values), "record_args": arms[name]}
+        if name != "without":
+            entry["overhead_pct"] = round(100 * (statistics.median(values) - base) / base, 2)
+        result["arms"][name] = entry  # type: ignore[index]
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

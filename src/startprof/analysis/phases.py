@@ -12,10 +12,13 @@ socket data the sandbox and container phases are bounded by process events, and 
 
 from __future__ import annotations
 
+import heapq
 import os
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -71,15 +74,34 @@ class Proc:
     sandbox_id: str | None
     container_id: str | None
 
-    @property
+    # cached: the pod builder asks these of every process many times
+    @cached_property
     def name(self) -> str:
         path = self.image or self.filename or (self.argv[0] if self.argv else "")
         return os.path.basename(path) or "?"
 
-    @property
+    @cached_property
     def program(self) -> str:
         """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
         return os.path.basename(self.filename or (self.argv[0] if self.argv else "")) or "?"
+
+    @cached_property
+    def is_cni_plugin(self) -> bool:
+        """Exec'ed from a CNI_PATH directory with CNI_COMMAND set (iptables inherits the
+        variables but lives elsewhere)."""
+        if "CNI_COMMAND" not in self.env or not self.filename:
+            return False
+        dirs = [d for d in self.env.get("CNI_PATH", "").split(":") if d]
+        return os.path.dirname(self.filename) in dirs
+
+    @cached_property
+    def runtime_verb(self) -> str | None:
+        if self.program not in RUNTIMES:
+            return None
+        for arg in self.argv[1:]:
+            if arg in ("create", "start", "delete", "kill", "state", "run"):
+                return arg
+        return None
 
 
 @dataclass
@@ -350,22 +372,6 @@ def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple
     return spans
 
 
-def _is_cni_plugin(proc: Proc) -> bool:
-    if "CNI_COMMAND" not in proc.env or not proc.filename:
-        return False
-    dirs = [d for d in proc.env.get("CNI_PATH", "").split(":") if d]
-    return os.path.dirname(proc.filename) in dirs
-
-
-def _runtime_verb(proc: Proc) -> str | None:
-    if proc.program not in RUNTIMES:
-        return None
-    for arg in proc.argv[1:]:
-        if arg in ("create", "start", "delete", "kill", "state", "run"):
-            return arg
-    return None
-
-
 def _is_shim_start(proc: Proc) -> bool:
     return proc.program.startswith(SHIM_PREFIX) and bool(proc.argv) and proc.argv[-1] == "start"
 
@@ -423,6 +429,8 @@ class Context:
     netlink: dict[int, list[dict[str, Any]]]
     recording_end_ns: int
     ops: dict[int, dict[str, int]] = field(default_factory=dict)
+    image_starts: list[int] = field(default_factory=list)
+    """Start times of the recording's image calls, in the order build_pod gets them."""
 
 
 def _subtree(ctx: Context, proc: Proc) -> list[Proc]:
@@ -488,7 +496,7 @@ def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) ->
     )
     ops = _add_netlink(b, phase, proc, ctx)
     for child in ctx.children.get(proc.proc_id, ()):
-        if _is_cni_plugin(child):
+        if child.is_cni_plugin:
             _add_cni_plugin(b, phase, child, ctx)
         elif child.exec_ns is not None:
             c_start, c_end = _proc_span(child, ctx)
@@ -547,7 +555,7 @@ def _add_runtime(
         b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
     entry = None
     for proc in sorted(mine, key=lambda p: p.start_ns):
-        verb = _runtime_verb(proc)
+        verb = proc.runtime_verb
         if verb not in ("create", "start", "run"):
             continue
         runtime = proc.program
@@ -597,12 +605,12 @@ def build_pod(
     cni_top = [
         p
         for p in procs
-        if _is_cni_plugin(p)
+        if p.is_cni_plugin
         and p.env.get("CNI_COMMAND") == "ADD"
-        and not any(_is_cni_plugin(q) for q in procs if q.proc_id == p.parent_proc)
+        and not any(q.is_cni_plugin for q in procs if q.proc_id == p.parent_proc)
     ]
     sandbox_procs = [p for p in procs if p.container_id in (None, inputs.sandbox_id)]
-    sandbox_rt = [p for p in sandbox_procs if _runtime_verb(p) in ("create", "start", "run")]
+    sandbox_rt = [p for p in sandbox_procs if p.runtime_verb in ("create", "start", "run")]
     if rps is None and not cni_top and not sandbox_rt:
         return None  # only tear-down work of a pod that started before the recording
 
@@ -630,7 +638,7 @@ def build_pod(
     container_ids = [c.container_id for c in creates if c.container_id]
     for p in procs:
         if (
-            _runtime_verb(p) == "create"
+            p.runtime_verb == "create"
             and p.container_id
             and p.container_id != inputs.sandbox_id
             and p.container_id not in container_ids
@@ -666,12 +674,11 @@ def build_pod(
     # image: the image calls of this pod's kubelet between its sandbox and first container
     first_create = creates[0].start_ns if creates else None
     if rps is not None and rps.end_ns is not None and first_create is not None:
-        for call in image_calls:
-            if (
-                rps.end_ns <= call.start_ns
-                and call.end_ns is not None
-                and call.end_ns <= first_create
-            ):
+        # image calls are sorted by start: bisect, not a scan of every pod's calls
+        lo = bisect_left(ctx.image_starts, rps.end_ns)
+        hi = bisect_left(ctx.image_starts, first_create)
+        for call in image_calls[lo:hi]:
+            if call.end_ns is not None and call.end_ns <= first_create:
                 b.add(
                     pod,
                     "image",
@@ -693,9 +700,7 @@ def build_pod(
         container_names.append(name)
         c_procs = [p for p in procs if p.container_id == cid]
         rt = [
-            p
-            for p in c_procs
-            if _runtime_verb(p) in ("create", "start", "run") or _is_shim_start(p)
+            p for p in c_procs if p.runtime_verb in ("create", "start", "run") or _is_shim_start(p)
         ]
         k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
         c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
@@ -870,11 +875,31 @@ def _sandbox_of_failed_call(procs: Sequence[Proc], call: Call) -> str | None:
         if (
             p.sandbox_id
             and call.start_ns <= p.start_ns <= end
-            and _is_cni_plugin(p)
+            and p.is_cni_plugin
             and _cni_args(p.env).get("K8S_POD_UID") == call.uid
         ):
             return p.sandbox_id
     return None
+
+
+def _assign_windows(
+    points: Sequence[tuple[int, int]], windows: Sequence[tuple[int, int, str | None]]
+) -> list[str | None]:
+    """For each point (sorted), the earliest-starting window holding it that no earlier point
+    took; None when there is none. A sweep with a heap: O(n log n), not points x windows."""
+    out: list[str | None] = []
+    heap: list[tuple[int, int, str]] = []
+    i = 0
+    for start, _ in points:
+        while i < len(windows) and windows[i][0] <= start:
+            w_start, w_end, sid = windows[i]
+            if sid is not None:
+                heapq.heappush(heap, (w_start, w_end, sid))
+            i += 1
+        while heap and heap[0][1] < start:  # over before this point, so before all later ones
+            heapq.heappop(heap)
+        out.append(heapq.heappop(heap)[2] if heap else None)
+    return out
 
 
 def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
@@ -887,7 +912,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for p in procs:
         if p.parent_proc is not None:
             children[p.parent_proc].append(p)
-    groups = netlink_groups(ev, (p.proc_id for p in procs if _is_cni_plugin(p)))
+    groups = netlink_groups(ev, (p.proc_id for p in procs if p.is_cni_plugin))
     netlink: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for group in _records(groups, list(groups.columns)):
         netlink[int(group["proc_id"])].append(group)
@@ -936,14 +961,11 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         for c in calls
         if c.method == RUN_POD_SANDBOX and c.sandbox_id
     )
-    taken: set[str] = set()
-    for start, end in creations:
-        for w_start, w_end, sid in windows:
-            if sid not in taken and w_start <= start <= w_end and sid is not None:
-                get(sid).netns = (start, end)
-                taken.add(sid)
-                break
+    for (start, end), sid in zip(creations, _assign_windows(creations, windows), strict=True):
+        if sid is not None:
+            get(sid).netns = (start, end)
     image_calls = sorted((c for c in calls if c.method in IMAGE_METHODS), key=lambda c: c.start_ns)
+    ctx.image_starts = [c.start_ns for c in image_calls]
     return pods, ctx, image_calls
 
 
@@ -972,7 +994,7 @@ def _partial_pod(host: str, inputs: PodInputs, lossy: Sequence[tuple[int, int]])
     start, end = min(times), max(times)
     if not any(lo <= end for lo, _ in lossy):
         return None  # tear-down of a pod that started before the recording, nothing lost
-    cni = [p for p in inputs.procs if _is_cni_plugin(p)]
+    cni = [p for p in inputs.procs if p.is_cni_plugin]
     names = _names(inputs, None, cni)
     return Pod(
         host=host,

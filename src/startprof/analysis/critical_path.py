@@ -75,7 +75,13 @@ def apply_critical_path(
         while parent is not None and parent not in on_path:
             on_path.add(parent)
             parent = by_id[parent].parent_id
-    updated = tuple(p.on_path(p.id in on_path, self_ns.get(p.id, 0)) for p in phases)
+    # most phases are off the path and already say so: keep those objects as they are
+    updated = tuple(
+        p.on_path(p.id in on_path, self_ns.get(p.id, 0))
+        if p.id in on_path or p.on_critical_path or p.self_ns
+        else p
+        for p in phases
+    )
     steps = tuple(
         CriticalStep(pid, by_id[pid].name, self_ns[pid])
         for pid in sorted(self_ns, key=lambda k: (first_seen[k], k))

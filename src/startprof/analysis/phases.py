@@ -18,7 +18,6 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -57,8 +56,11 @@ class Call:
         return self.status in (None, "OK")
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Proc:
+    """One process lifetime as the pod builder sees it. The derived facts below are computed
+    once at construction: the builder asks them of every process many times."""
+
     proc_id: int
     pid: int
     parent_proc: int | None
@@ -73,35 +75,34 @@ class Proc:
     image: str | None
     sandbox_id: str | None
     container_id: str | None
+    name: str = field(init=False)
+    program: str = field(init=False)
+    """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
+    is_cni_plugin: bool = field(init=False)
+    """Exec'ed from a CNI_PATH directory with CNI_COMMAND set (iptables inherits the
+    variables but lives elsewhere)."""
+    runtime_verb: str | None = field(init=False)
 
-    # cached: the pod builder asks these of every process many times
-    @cached_property
-    def name(self) -> str:
-        path = self.image or self.filename or (self.argv[0] if self.argv else "")
-        return os.path.basename(path) or "?"
-
-    @cached_property
-    def program(self) -> str:
-        """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
-        return os.path.basename(self.filename or (self.argv[0] if self.argv else "")) or "?"
-
-    @cached_property
-    def is_cni_plugin(self) -> bool:
-        """Exec'ed from a CNI_PATH directory with CNI_COMMAND set (iptables inherits the
-        variables but lives elsewhere)."""
-        if "CNI_COMMAND" not in self.env or not self.filename:
-            return False
-        dirs = [d for d in self.env.get("CNI_PATH", "").split(":") if d]
-        return os.path.dirname(self.filename) in dirs
-
-    @cached_property
-    def runtime_verb(self) -> str | None:
-        if self.program not in RUNTIMES:
-            return None
-        for arg in self.argv[1:]:
-            if arg in ("create", "start", "delete", "kill", "state", "run"):
-                return arg
-        return None
+    def __post_init__(self) -> None:
+        first = self.argv[0] if self.argv else ""
+        self.name = os.path.basename(self.image or self.filename or first) or "?"
+        self.program = os.path.basename(self.filename or first) or "?"
+        cni_dirs = [d for d in self.env.get("CNI_PATH", "").split(":") if d]
+        self.is_cni_plugin = bool(
+            "CNI_COMMAND" in self.env
+            and self.filename
+            and os.path.dirname(self.filename) in cni_dirs
+        )
+        self.runtime_verb = None
+        if self.program in RUNTIMES:
+            self.runtime_verb = next(
+                (
+                    a
+                    for a in self.argv[1:]
+                    if a in ("create", "start", "delete", "kill", "state", "run")
+                ),
+                None,
+            )
 
 
 @dataclass

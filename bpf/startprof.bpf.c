@@ -233,6 +233,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
 {
 	u64 flags = 0;
 
+	/* the filter first: every thread on the machine comes through here */
+	if (!sp_followed(bpf_get_current_pid_tgid() >> 32))
+		return 0;
 	if (bpf_probe_read_user(&flags, sizeof(flags), (void *)args->uargs) < 0) {
 		sp_error(SP_ERR_READ);
 		return 0; /* unknown flags: the fork hook treats the child as a process */

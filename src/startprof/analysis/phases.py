@@ -906,8 +906,9 @@ def _assign_windows(
 def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
     """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
     calls = cri_calls(ev)
+    by_container = container_sandboxes(ev, calls)
     table = processes(ev)
-    table = attribute(table, container_sandboxes(ev, calls))
+    table = attribute(table, by_container)
     procs = _procs(table)
     children: dict[int, list[Proc]] = defaultdict(list)
     for p in procs:
@@ -937,7 +938,6 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
             failed_sandbox = _sandbox_of_failed_call(procs, c)
             if failed_sandbox:
                 get(failed_sandbox).calls.append(c)
-    by_container = container_sandboxes(ev, calls)
     for c in calls:
         if c.method in (CREATE_CONTAINER, START_CONTAINER):
             sid = c.sandbox_id or by_container.get(c.container_id or "")

@@ -80,3 +80,27 @@ def lab() -> Iterator[RunningLab]:
         if not mounts_under(root):  # never rm -r through a mount that down could not undo
             shutil.rmtree(root, ignore_errors=True)
         assert leaks == [], f"the lab left things behind: {leaks}"
+
+
+# Every OTLP variable the SDK reads: exports in the tests must not pick up the machine's.
+OTLP_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+)
+
+
+@pytest.fixture
+def clean_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OTEL_EXPORTER_OTLP_* variable of the machine leaks into an export test."""
+    for name in OTLP_ENV:
+        monkeypatch.delenv(name, raising=False)

@@ -29,21 +29,9 @@ from startprof.exporters.spans import describe, span_id_for, trace_id_for
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from factories import make_analysis
 
+pytestmark = pytest.mark.usefixtures("clean_otlp_env")
+
 HEADER = ("x-startprof-test", "pods on node-a")
-OTLP_ENV = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_INSECURE",
-    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-    "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-)
 
 
 @dataclass
@@ -82,12 +70,6 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self.received.add(request, {k: v for k, v in context.invocation_metadata()})
         return trace_service_pb2.ExportTraceServiceResponse()
-
-
-@pytest.fixture(autouse=True)
-def clean_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in OTLP_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -32,20 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from factories import make_analysis
 
 TOKEN = "Bearer sp9-tenant-token"
-OTLP_ENV = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_INSECURE",
-    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-    "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-)
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is missing"),
+    pytest.mark.usefixtures("clean_otlp_env"),
+]
 
 
 @dataclass
@@ -71,12 +62,6 @@ class Got:
         with self.lock:
             self.spans = 0
             self.authorization.clear()
-
-
-@pytest.fixture(autouse=True)
-def clean_otlp_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in OTLP_ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -327,7 +327,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 /* Why: a closed fd number is reused; forget it as a netlink socket or CRI connection. */
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
-	u64 key = sp_fd_key(bpf_get_current_pid_tgid() >> 32, (s32)args->fd);
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 key = sp_fd_key(tgid, (s32)args->fd);
+
+	/* both maps only hold fds of followed processes (CRI listeners are followed) */
+	if (!sp_followed(tgid))
+		return 0;
 
 #if SP_PROBE_NETLINK
 	nl_on_close(key);

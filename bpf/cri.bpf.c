@@ -6,7 +6,9 @@
  * User space finds the listening (pid, fd) from the socket path (/proc/net/unix, then /proc/PID/fd)
  * and seeds cri_listeners; connections accepted before recording are seeded into cri_conns
  * with SP_CRI_PREEXISTING. Go's net package uses read/write on sockets (not readv/writev or
- * recvmsg/sendmsg), which is what containerd's gRPC server does.
+ * recvmsg/sendmsg), which is what containerd's gRPC server does. The bytes are taken at the
+ * sock:sock_recv_length/sock_send_length tracepoints where user space sets SP_CRI_SOCK_TP (one
+ * hit per socket message), else at every read/write syscall's entry and exit.
  *
  * #included by startprof.bpf.c.
  */
@@ -27,6 +29,11 @@ BPF_ARRAY(cri_next_id, u64, 1);
 /* Why: accept's listening fd is known at entry, the new fd at exit. */
 BPF_TABLE("lru_hash", u32, s32, cri_accept_stash, 1024);
 
+#ifndef SP_CRI_SOCK_TP
+#define SP_CRI_SOCK_TP 0 /* 1: read/write via the sock tracepoints (x86_64, kernel >= 6.3) */
+#endif
+
+#if !SP_CRI_SOCK_TP
 struct sp_cri_stash {
 	u64 key; /* cri_conns key */
 	u64 buf;
@@ -35,10 +42,12 @@ struct sp_cri_stash {
 };
 /* Why: the bytes of a read exist only at exit; a write's count is its return value. */
 BPF_HASH(cri_stash, u32, struct sp_cri_stash, 4096);
+#endif
 
 static __always_inline void cri_on_close(u64 key)
 {
-	cri_conns.delete(&key);
+	if (cri_conns.lookup(&key)) /* see nl_on_close */
+		cri_conns.delete(&key);
 }
 
 static __always_inline int cri_accept_enter(s32 fd)
@@ -105,6 +114,111 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 	return cri_accept_exit(args->ret);
 }
 
+/*
+ * Send the ret bytes at user address buf, read or written on the CRI connection key, as chunks
+ * of SP_CRI_CHUNK bytes.
+ */
+static __always_inline int cri_emit(u64 key, u64 buf, long ret, u32 dir)
+{
+	struct sp_conn *conn;
+	struct sp_cri_data *d;
+	union sp_scratch *s;
+	u32 gap_bit, off = 0;
+	int i;
+
+	conn = cri_conns.lookup(&key);
+	s = sp_scratch();
+	if (!conn || !s)
+		return 0;
+	gap_bit = dir ? 2 : 1;
+	d = &s->cri_data;
+	sp_fill_header(&d->h, SP_CRI_DATA, 0);
+	d->conn_id = conn->conn_id;
+	d->fd = (s32)key;
+	d->ret = ret;
+	for (i = 0; i < SP_CRI_MAX_CHUNKS; i++) {
+		u32 n, flags;
+
+		if (off >= ret)
+			return 0;
+		n = sp_bound(ret - off, SP_CRI_CHUNK);
+		flags = dir | (conn->flags & SP_CRI_PREEXISTING);
+		if (conn->gap_pending & gap_bit)
+			flags |= SP_CRI_GAP;
+		if (i == SP_CRI_MAX_CHUNKS - 1 && off + n < ret)
+			flags |= SP_CRI_TRUNCATED;
+		if (bpf_probe_read_user(d->data, n, (void *)(buf + off)) < 0) {
+			/* never send stale scratch bytes: count the chunk as lost */
+			sp_error(SP_ERR_READ);
+			conn->gap_pending |= gap_bit;
+			off += n;
+			continue;
+		}
+		d->flags = flags;
+		d->offset = off;
+		d->len = n;
+		d->h.size = offsetof(struct sp_cri_data, data) + n;
+		if (sp_submit(d, sp_bound(offsetof(struct sp_cri_data, data) + n, sizeof(*d))) < 0)
+			conn->gap_pending |= gap_bit;
+		else
+			conn->gap_pending &= ~gap_bit;
+		off += n;
+	}
+	if (off < ret)
+		conn->gap_pending |= gap_bit; /* beyond SP_CRI_MAX_CHUNKS: lost, flagged */
+	return 0;
+}
+
+#if SP_CRI_SOCK_TP
+/*
+ * The socket tracepoints fire once per sendmsg/recvmsg of any socket, after the bytes moved, and
+ * not for file, pipe or eventfd I/O: a small fraction of the machine's reads and writes, and
+ * one hit per syscall instead of an enter/exit pair. They carry the byte count but not the
+ * fd or buffer, which are the syscall's arguments in the task's saved user registers. x86_64
+ * only (user space sets SP_CRI_SOCK_TP; other machines use the syscall tracepoints below).
+ */
+#define SP_AF_UNIX 1
+#define SP_NR_READ 0
+#define SP_NR_WRITE 1
+#define SP_NR_SENDTO 44
+#define SP_NR_RECVFROM 45
+
+static __always_inline int cri_sock_io(u16 family, int ret, u32 dir)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct pt_regs *regs;
+	u64 nr = 0, fd = 0, buf = 0;
+
+	if (family != SP_AF_UNIX || ret <= 0 || !sp_followed(id >> 32))
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax) < 0)
+		return 0;
+	/* readv/writev/recvmsg/sendmsg carry an iovec, not a buffer: Go's net uses read/write */
+	if (dir ? nr != SP_NR_WRITE && nr != SP_NR_SENDTO : nr != SP_NR_READ && nr != SP_NR_RECVFROM)
+		return 0;
+	if (bpf_probe_read_kernel(&fd, sizeof(fd), &regs->di) < 0 ||
+	    bpf_probe_read_kernel(&buf, sizeof(buf), &regs->si) < 0) {
+		sp_error(SP_ERR_READ);
+		return 0;
+	}
+	return cri_emit(sp_fd_key(id >> 32, (s32)fd), buf, ret, dir);
+}
+
+/* Why: requests arrive with read on an accepted connection (Go's net.Conn.Read). */
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+	return cri_sock_io(args->family, args->ret, 0);
+}
+
+/* Why: replies leave with write (Go's net.Conn.Write). */
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+	return cri_sock_io(args->family, args->ret, SP_CRI_OUT);
+}
+
+#else /* !SP_CRI_SOCK_TP: every read and write on the machine, as an enter/exit pair */
+
 static __always_inline int cri_rw_enter(s32 fd, u64 buf, u32 dir)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -125,57 +239,11 @@ static __always_inline int cri_rw_exit(long ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct sp_cri_stash *st = cri_stash.lookup(&tid);
-	struct sp_conn *conn;
-	struct sp_cri_data *d;
-	union sp_scratch *s;
-	u32 gap_bit, off = 0;
-	int i;
 
 	if (!st)
 		return 0;
-	if (ret <= 0)
-		goto out;
-	conn = cri_conns.lookup(&st->key);
-	s = sp_scratch();
-	if (!conn || !s)
-		goto out;
-	gap_bit = st->dir ? 2 : 1;
-	d = &s->cri_data;
-	sp_fill_header(&d->h, SP_CRI_DATA, 0);
-	d->conn_id = conn->conn_id;
-	d->fd = (s32)st->key;
-	d->ret = ret;
-	for (i = 0; i < SP_CRI_MAX_CHUNKS; i++) {
-		u32 n, flags;
-
-		if (off >= ret)
-			goto out;
-		n = sp_bound(ret - off, SP_CRI_CHUNK);
-		flags = st->dir | (conn->flags & SP_CRI_PREEXISTING);
-		if (conn->gap_pending & gap_bit)
-			flags |= SP_CRI_GAP;
-		if (i == SP_CRI_MAX_CHUNKS - 1 && off + n < ret)
-			flags |= SP_CRI_TRUNCATED;
-		if (bpf_probe_read_user(d->data, n, (void *)(st->buf + off)) < 0) {
-			/* never send stale scratch bytes: count the chunk as lost */
-			sp_error(SP_ERR_READ);
-			conn->gap_pending |= gap_bit;
-			off += n;
-			continue;
-		}
-		d->flags = flags;
-		d->offset = off;
-		d->len = n;
-		d->h.size = offsetof(struct sp_cri_data, data) + n;
-		if (sp_submit(d, sp_bound(offsetof(struct sp_cri_data, data) + n, sizeof(*d))) < 0)
-			conn->gap_pending |= gap_bit;
-		else
-			conn->gap_pending &= ~gap_bit;
-		off += n;
-	}
-	if (off < ret)
-		conn->gap_pending |= gap_bit; /* beyond SP_CRI_MAX_CHUNKS: lost, flagged */
-out:
+	if (ret > 0)
+		cri_emit(st->key, st->buf, ret, st->dir);
 	cri_stash.delete(&tid);
 	return 0;
 }
@@ -201,3 +269,4 @@ TRACEPOINT_PROBE(syscalls, sys_exit_write)
 {
 	return cri_rw_exit(args->ret);
 }
+#endif /* SP_CRI_SOCK_TP */

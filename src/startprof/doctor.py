@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from startprof.errors import StartprofError
-from startprof.probes import required_tracepoints
+from startprof.probes import cri, preferred_tracepoints, required_tracepoints
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -57,6 +57,10 @@ class Host(Protocol):
     def euid(self) -> int: ...
     def effective_caps(self) -> int: ...
     def kernel_release(self) -> str: ...
+    def machine(self) -> str:
+        """The CPU architecture, as ``uname -m`` prints it."""
+        ...
+
     def bpf_map_create_errno(self) -> int:
         """0 when a BPF array map could be created, else the errno."""
         ...
@@ -172,6 +176,28 @@ def check_tracepoints(host: Host, tracepoints: Sequence[str]) -> Check:
     return Check("tracepoints", "ok", True, f"all {len(tracepoints)} the probes use exist")
 
 
+def check_cri_hooks(host: Host) -> Check:
+    """Which hooks the cri probe reads CRI bytes with: the socket tracepoints, or (a fallback
+    that works everywhere but costs every read and write on the machine) the syscalls."""
+    path = tracefs_path(host.mounts())
+    roots = [f"{path}/events"] if path else []
+    usable = cri.sock_tracepoints_usable(
+        host.machine(), roots, exists=lambda d: host.exists(f"{d}/format")
+    )
+    if usable:
+        return Check(
+            "cri hooks", "ok", False, f"socket tracepoints ({', '.join(preferred_tracepoints())})"
+        )
+    return Check(
+        "cri hooks",
+        "warn",
+        False,
+        "read/write syscall tracepoints: while recording, every read and write on the machine "
+        "pays about +260 ns",
+        "Linux >= 6.3 on x86_64 has the cheaper sock:sock_recv_length/sock_send_length",
+    )
+
+
 def check_btf(host: Host) -> Check:
     if host.exists("/sys/kernel/btf/vmlinux"):
         return Check("btf", "ok", True, "/sys/kernel/btf/vmlinux")
@@ -278,6 +304,7 @@ def run_checks(host: Host, cri_socket: str) -> Report:
         check_bpf_syscall(host),
         check_tracefs(host),
         check_tracepoints(host, required_tracepoints()),
+        check_cri_hooks(host),
         check_btf(host),
         check_kernel_headers(host),
         check_bcc(host),
@@ -301,6 +328,9 @@ class RealHost:
 
     def kernel_release(self) -> str:
         return platform.release()
+
+    def machine(self) -> str:
+        return platform.machine()
 
     def bpf_map_create_errno(self) -> int:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from startprof.events import COLUMN_NAMES, KINDS, Event
-from startprof.probes import abi
+from startprof.probes import abi, cri
 from startprof.probes.namespaces import namespace_names
 from startprof.probes.session import ProbeSession
 
@@ -159,6 +159,55 @@ def test_followed_shell(netns_name: str, outside_loop: str) -> None:
     assert abs(events[-1]["ts_ns"] - time.monotonic_ns()) < 60_000_000_000
 
 
+# Calls execve with an envp array whose NULL is the last word of a page followed by an
+# unreadable page, so the probe's 8-pointer chunk read of that array fails and it must fall
+# back to reading pointers one by one; also argv and envp longer than one chunk.
+_EXEC_AT_PAGE_END = r"""
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+page = mmap.PAGESIZE
+env = [b"FILLER_%d=x" % i for i in range(int(sys.argv[1]))] + [b"CNI_COMMAND=ADD"]
+env += [b"FILLER_TAIL=%d" % i for i in range(5)] + [b"CNI_IFNAME=eth0"]
+area = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert libc.mprotect(base + page, page, 0) == 0
+n = len(env) + 1
+envp = (ctypes.c_char_p * n).from_address(base + page - 8 * n)
+keep = [ctypes.create_string_buffer(v) for v in env]
+for i, b in enumerate(keep):
+    envp[i] = ctypes.addressof(b)
+envp[n - 1] = None
+args = [b"/bin/sh", b"-c", b"exit 0"] + [b"arg%d" % i for i in range(10)]
+argv = (ctypes.c_char_p * (len(args) + 1))(*args, None)
+libc.execve(b"/bin/sh", argv, envp)
+sys.exit("execve failed")
+"""
+
+
+@pytest.mark.parametrize("fillers", [2, 8, 21])
+def test_exec_env_scan_reads_pointer_chunks_and_page_ends(fillers: int) -> None:
+    import sys
+
+    shell = spawn_gated(f"{sys.executable} -c '{_EXEC_AT_PAGE_END}' {fillers}")
+    session = ProbeSession(seed_pids=[shell.pid], probes=("exec",))
+    try:
+        session.start()
+        release(shell)
+        assert shell.wait(timeout=30) == 0
+        events = collect(
+            session,
+            lambda evs: any(e["kind"] == "exit" and e["pid"] == shell.pid for e in evs),
+        )
+    finally:
+        session.close()
+    (ours,) = [
+        e for e in events if e["kind"] == "exec" and e["argv"][:3] == ["/bin/sh", "-c", "exit 0"]
+    ]
+    assert ours["argv"][3:] == [f"arg{i}" for i in range(10)]
+    assert ours["env"] == ["CNI_COMMAND=ADD", "CNI_IFNAME=eth0"]
+
+
 def test_follow_all_sees_processes_outside_the_tree(outside_loop: str) -> None:
     session = ProbeSession(follow_all=True, probes=("exec",))
     try:
@@ -209,7 +258,20 @@ def _serve(server: socket.socket, reply: bytes, got: list[bytes], want: int) -> 
     conn.close()
 
 
-def test_cri_connections_and_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sock_tracepoints",
+    [
+        pytest.param(
+            True,
+            id="sock-tracepoints",
+            marks=pytest.mark.skipif(
+                not cri.sock_tracepoints_usable(), reason="no sock tracepoints or not x86_64"
+            ),
+        ),
+        pytest.param(False, id="read-write-syscalls"),
+    ],
+)
+def test_cri_connections_and_bytes(tmp_path: Path, sock_tracepoints: bool) -> None:
     path = str(tmp_path / "cri.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -222,7 +284,7 @@ def test_cri_connections_and_bytes(tmp_path: Path) -> None:
     request = bytes(range(256)) * 40  # 10240 bytes: three chunks
     reply = b"reply:" + os.urandom(5000)
     got: list[bytes] = []
-    session = ProbeSession(cri_socket=path, probes=("cri",))
+    session = ProbeSession(cri_socket=path, probes=("cri",), cri_sock_tracepoints=sock_tracepoints)
     try:
         session.start()
         notes = [e for e in session.poll(0) if e["kind"] == "note"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from startprof.probes import abi, required_tracepoints
+from startprof.probes import abi, preferred_tracepoints, required_tracepoints
 from startprof.probes.session import ProbeSession, expand_source
 from startprof.resources import bpf_dir
 
@@ -111,7 +111,9 @@ def test_abi_version_is_the_headers() -> None:
 
 
 def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
-    session = ProbeSession(follow_all=True, ringbuf_pages=64, probes=("exec", "cri"))
+    session = ProbeSession(
+        follow_all=True, ringbuf_pages=64, probes=("exec", "cri"), cri_sock_tracepoints=True
+    )
     assert session.cflags() == [
         "-DSP_RINGBUF_PAGES=64",
         "-DSP_FOLLOW_ALL=1",
@@ -119,7 +121,9 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
         "-DSP_PROBE_NAMESPACES=0",
         "-DSP_PROBE_NETLINK=0",
         "-DSP_PROBE_CRI=1",
+        "-DSP_CRI_SOCK_TP=1",
     ]
+    assert "-DSP_CRI_SOCK_TP=0" in ProbeSession(cri_sock_tracepoints=False).cflags()
     text = session.c_source()
     head = text[: text.index("*/")]
     assert all(flag in head for flag in session.cflags())
@@ -142,4 +146,4 @@ def test_probe_table_lists_every_tracepoint_the_c_attaches() -> None:
     attached = {
         f"{cat}:{event}" for cat, event in re.findall(r"TRACEPOINT_PROBE\((\w+), (\w+)\)", text)
     }
-    assert attached == set(required_tracepoints())
+    assert attached == set(required_tracepoints()) | set(preferred_tracepoints())

@@ -29,6 +29,17 @@ def test_unix_socket_inodes(tmp_path: Path) -> None:
     assert cri.unix_socket_inodes("/nope", listening=True, proc_net_unix=str(table)) == set()
 
 
+def test_sock_tracepoints_need_both_events_and_x86_64(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    roots = [str(tmp_path / "absent"), str(events)]
+    (events / "sock" / "sock_recv_length").mkdir(parents=True)
+    assert not cri.sock_tracepoints_usable("x86_64", roots)  # only one of the two
+    (events / "sock" / "sock_send_length").mkdir()
+    assert cri.sock_tracepoints_usable("x86_64", roots)
+    assert not cri.sock_tracepoints_usable("aarch64", roots)  # registers read are x86_64's
+    assert not cri.sock_tracepoints_usable("x86_64", [str(tmp_path / "absent")])
+
+
 def test_find_listener_and_connection_of_a_real_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "cri.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -15,7 +15,7 @@ from startprof.doctor import (
     tracefs_path,
 )
 from startprof.errors import CriError
-from startprof.probes import required_tracepoints
+from startprof.probes import preferred_tracepoints, required_tracepoints
 
 TRACEFS_MOUNTS = "tracefs /sys/kernel/tracing tracefs rw,nosuid 0 0\n"
 ALL_CAPS = 1 << CAP_BPF | 1 << CAP_PERFMON | 1 << CAP_SYS_ADMIN
@@ -32,6 +32,7 @@ class FakeHost:
     binaries: dict[str, str] = field(default_factory=dict)
     bcc_error: str | None = None
     cri: str | None = "containerd 1.6.20 (CRI v1)"
+    arch: str = "x86_64"
 
     def euid(self) -> int:
         return self.uid
@@ -41,6 +42,9 @@ class FakeHost:
 
     def kernel_release(self) -> str:
         return self.release
+
+    def machine(self) -> str:
+        return self.arch
 
     def bpf_map_create_errno(self) -> int:
         return self.bpf_errno
@@ -65,7 +69,8 @@ class FakeHost:
 
 def healthy() -> FakeHost:
     paths = {
-        f"/sys/kernel/tracing/events/{tp.replace(':', '/')}/format" for tp in required_tracepoints()
+        f"/sys/kernel/tracing/events/{tp.replace(':', '/')}/format"
+        for tp in (*required_tracepoints(), *preferred_tracepoints())
     }
     paths |= {"/sys/kernel/btf/vmlinux", "/lib/modules/6.18.44-fc/build/Makefile"}
     paths |= {f"/usr/lib/cni/{p}" for p in ("bridge", "ptp", "host-local", "loopback", "portmap")}
@@ -154,6 +159,26 @@ def test_missing_tracepoint_is_named() -> None:
     check = next(c for c in run_checks(host, "/x").checks if c.name == "tracepoints")
     assert check.status == "fail"
     assert "syscalls:sys_enter_setns" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("arch", "drop", "status"),
+    [
+        ("x86_64", None, "ok"),
+        ("aarch64", None, "warn"),  # the program reads x86_64's saved registers
+        ("x86_64", "sock/sock_send_length", "warn"),  # a kernel before 6.3
+    ],
+)
+def test_cri_hooks_prefer_the_socket_tracepoints(arch: str, drop: str | None, status: str) -> None:
+    host = healthy()
+    host.arch = arch
+    if drop:
+        host.paths.discard(f"/sys/kernel/tracing/events/{drop}/format")
+    report = run_checks(host, "/x")
+    check = next(c for c in report.checks if c.name == "cri hooks")
+    assert (check.status, check.required) == (status, False)
+    assert report.ok  # the syscall fallback works, only dearer
+    assert ("read/write syscall" in check.detail) == (status == "warn")
 
 
 def test_btf_headers_and_bcc_failures_are_required() -> None:

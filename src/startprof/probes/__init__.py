@@ -17,6 +17,9 @@ class ProbeSpec:
     source: str
     tracepoints: tuple[str, ...]
     """``category:event`` names, e.g. ``sched:sched_process_exec``."""
+    preferred: tuple[str, ...] = ()
+    """Tracepoints used instead of some of ``tracepoints`` where the kernel has them (cheaper);
+    the probe works without them."""
 
 
 def _sys(*names: str) -> tuple[str, ...]:
@@ -62,6 +65,8 @@ PROBES: tuple[ProbeSpec, ...] = (
         "cri",
         "cri.bpf.c",
         (*_sys("accept4", "accept", "read", "write"), "syscalls:sys_enter_close"),
+        # instead of read/write on x86_64 with Linux >= 6.3: see cri.sock_tracepoints_usable
+        ("sock:sock_recv_length", "sock:sock_send_length"),
     ),
 )
 
@@ -72,3 +77,7 @@ def required_tracepoints() -> tuple[str, ...]:
         for tp in probe.tracepoints:
             seen.setdefault(tp, None)
     return tuple(seen)
+
+
+def preferred_tracepoints() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(tp for probe in (CORE, *PROBES) for tp in probe.preferred))

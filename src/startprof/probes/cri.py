@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes as ct
 import json
 import os
-from collections.abc import Iterable
+import platform
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from startprof.events import Event
@@ -36,6 +37,23 @@ SS_UNCONNECTED: Final = 1
 SS_CONNECTED: Final = 3
 
 PROC_NET_UNIX: Final = "/proc/net/unix"
+SOCK_TRACEPOINTS: Final = ("sock/sock_recv_length", "sock/sock_send_length")
+TRACEFS_EVENTS: Final = ("/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events")
+
+
+def sock_tracepoints_usable(
+    machine: str | None = None,
+    roots: Iterable[str] = TRACEFS_EVENTS,
+    exists: Callable[[str], bool] = os.path.isdir,
+) -> bool:
+    """Can the probe read CRI bytes at the socket tracepoints (one hit per socket message)
+    instead of every read/write syscall on the machine (an enter/exit pair each)?
+
+    Needs the tracepoints (Linux 6.3) and x86_64, whose saved user registers the program reads
+    the syscall's fd and buffer from. ``exists`` is asked about each tracepoint's directory."""
+    if (machine or platform.machine()) != "x86_64":
+        return False
+    return any(all(exists(f"{root}/{tp}") for tp in SOCK_TRACEPOINTS) for root in roots)
 
 
 def unix_socket_inodes(

@@ -85,6 +85,7 @@ class ProbeSession:
         ringbuf_pages: int = 256,
         probes: Sequence[str] = ALL_PROBES,
         extra_cflags: Sequence[str] = (),
+        cri_sock_tracepoints: bool | None = None,
     ) -> None:
         unknown = [p for p in probes if p not in ALL_PROBES]
         if unknown:
@@ -97,6 +98,10 @@ class ProbeSession:
         self.ringbuf_pages = ringbuf_pages
         self.probes = tuple(p for p in ALL_PROBES if p in probes)
         self.extra_cflags = tuple(extra_cflags)
+        self.cri_sock_tracepoints = (
+            cri.sock_tracepoints_usable() if cri_sock_tracepoints is None else cri_sock_tracepoints
+        )
+        """cri reads CRI bytes at the socket tracepoints (else at every read/write syscall)."""
         self.load_seconds: float | None = None
         self._bpf: Any = None
         self._raw: list[bytes] = []
@@ -115,6 +120,7 @@ class ProbeSession:
             f"-DSP_FOLLOW_ALL={int(self.follow_all)}",
         ]
         flags += [f"-DSP_PROBE_{p.upper()}={int(p in self.probes)}" for p in ALL_PROBES]
+        flags.append(f"-DSP_CRI_SOCK_TP={int(self.cri_sock_tracepoints)}")
         return flags + list(self.extra_cflags)
 
     def c_source(self) -> str:

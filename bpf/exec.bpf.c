@@ -19,7 +19,15 @@
 #define SP_MAX_CNI_ENV 16 /* CNI_* variables copied */
 #endif
 
+/*
+ * argv/envp pointers are read SP_PTR_CHUNK at a time: one user read instead of one per string
+ * (each read costs the same user-access setup, and envp holds dozens of strings).
+ */
+#define SP_PTR_CHUNK 8
+
 _Static_assert(SP_ARG_SIZE <= SP_STR_CAP, "SP_ARG_SIZE must be <= SP_STR_CAP");
+_Static_assert(SP_MAX_ARGS % SP_PTR_CHUNK == 0, "SP_MAX_ARGS: a multiple of SP_PTR_CHUNK");
+_Static_assert(SP_MAX_ENV_SCAN % SP_PTR_CHUNK == 0, "SP_MAX_ENV_SCAN: a multiple of SP_PTR_CHUNK");
 _Static_assert((SP_EXEC_STRINGS & (SP_EXEC_STRINGS - 1)) == 0, "power of two");
 
 /* "CNI_" read as a little-endian u32: the only environment prefix that may leave the kernel. */
@@ -37,6 +45,29 @@ struct sp_exec_stash {
 BPF_TABLE("lru_hash", u32, struct sp_exec_stash, exec_stash, 16384);
 
 /*
+ * Read the chunk of pointers starting at arr[base] into chunk. A chunk can reach past the
+ * array's NULL into unmapped memory and fail as a whole: then returns false and the caller
+ * reads that chunk one pointer at a time (sp_user_ptr).
+ */
+static __always_inline bool sp_read_ptr_chunk(const char **chunk, const char *const *arr, u32 base)
+{
+	return bpf_probe_read_user(chunk, SP_PTR_CHUNK * sizeof(*chunk), &arr[base]) == 0;
+}
+
+/* arr[base + j]: from the chunk when it was read whole, else on its own; NULL ends the array. */
+static __always_inline const char *sp_user_ptr(const char **chunk, bool whole,
+					       const char *const *arr, u32 base, u32 j)
+{
+	const char *p = NULL;
+
+	if (whole)
+		return chunk[j];
+	if (bpf_probe_read_user(&p, sizeof(p), &arr[base + j]) < 0)
+		return NULL;
+	return p;
+}
+
+/*
  * Loop-carried state (offset into strings[], counts, truncation bits) lives in the record (see
  * SP_RD); the running offset is kept in h.size until the record is finished.
  */
@@ -48,11 +79,12 @@ static __always_inline int exec_enter(s32 dirfd, u32 at_flags, const char *filen
 	struct sp_exec_stash st = {};
 	union sp_scratch *s;
 	struct sp_exec *e;
+	const char *chunk[SP_PTR_CHUNK];
 	const char *p;
+	bool whole;
 	u64 size;
-	u32 off;
+	u32 off, c, j;
 	long n;
-	int i;
 
 	if (!sp_followed(id >> 32))
 		return 0;
@@ -82,24 +114,28 @@ static __always_inline int exec_enter(s32 dirfd, u32 at_flags, const char *filen
 	e->filename_len = n;
 	SP_RD(e->h.size) = n;
 
-	for (i = 0; i < SP_MAX_ARGS; i++) {
-		p = NULL;
-		if (bpf_probe_read_user(&p, sizeof(p), &argv[i]) < 0 || !p)
-			goto argv_done;
-		off = SP_RD(e->h.size);
-		if (off >= SP_EXEC_STRINGS) {
-			SP_RD(e->trunc) |= SP_TRUNC_ARGV;
-			goto argv_done;
+	for (c = 0; c < SP_MAX_ARGS; c += SP_PTR_CHUNK) {
+		whole = sp_read_ptr_chunk(chunk, argv, c);
+		for (j = 0; j < SP_PTR_CHUNK; j++) {
+			p = sp_user_ptr(chunk, whole, argv, c, j);
+			if (!p)
+				goto argv_done;
+			off = SP_RD(e->h.size);
+			if (off >= SP_EXEC_STRINGS) {
+				SP_RD(e->trunc) |= SP_TRUNC_ARGV;
+				goto argv_done;
+			}
+			n = bpf_probe_read_user_str(&e->strings[off & (SP_EXEC_STRINGS - 1)],
+						    SP_ARG_SIZE, p);
+			if (n <= 0) {
+				SP_RD(e->trunc) |= SP_TRUNC_ARGV;
+				goto argv_done;
+			}
+			if (n == SP_ARG_SIZE)
+				SP_RD(e->trunc) |= SP_TRUNC_ARGV;
+			SP_RD(e->h.size) = off + n;
+			SP_RD(e->argc) += 1;
 		}
-		n = bpf_probe_read_user_str(&e->strings[off & (SP_EXEC_STRINGS - 1)], SP_ARG_SIZE, p);
-		if (n <= 0) {
-			SP_RD(e->trunc) |= SP_TRUNC_ARGV;
-			goto argv_done;
-		}
-		if (n == SP_ARG_SIZE)
-			SP_RD(e->trunc) |= SP_TRUNC_ARGV;
-		SP_RD(e->h.size) = off + n;
-		SP_RD(e->argc) += 1;
 	}
 	/* All SP_MAX_ARGS copied: is there one more? */
 	p = NULL;
@@ -113,29 +149,33 @@ argv_done:
 	 * copy); a string that fails leaves the offset where it was, so its bytes lie beyond the
 	 * size sent and the next candidate overwrites them.
 	 */
-	for (i = 0; i < SP_MAX_ENV_SCAN; i++) {
-		u32 prefix = 0;
+	for (c = 0; c < SP_MAX_ENV_SCAN; c += SP_PTR_CHUNK) {
+		whole = sp_read_ptr_chunk(chunk, envp, c);
+		for (j = 0; j < SP_PTR_CHUNK; j++) {
+			u32 prefix = 0;
 
-		p = NULL;
-		if (bpf_probe_read_user(&p, sizeof(p), &envp[i]) < 0 || !p)
-			goto env_done;
-		if (bpf_probe_read_user(&prefix, sizeof(prefix), p) < 0 || prefix != SP_CNI_PREFIX)
-			continue;
-		off = SP_RD(e->h.size);
-		if (SP_RD(e->envc) >= SP_MAX_CNI_ENV || off >= SP_EXEC_STRINGS) {
-			SP_RD(e->trunc) |= SP_TRUNC_ENV;
-			goto env_done;
+			p = sp_user_ptr(chunk, whole, envp, c, j);
+			if (!p)
+				goto env_done;
+			if (bpf_probe_read_user(&prefix, sizeof(prefix), p) < 0 ||
+			    prefix != SP_CNI_PREFIX)
+				continue;
+			off = SP_RD(e->h.size);
+			if (SP_RD(e->envc) >= SP_MAX_CNI_ENV || off >= SP_EXEC_STRINGS) {
+				SP_RD(e->trunc) |= SP_TRUNC_ENV;
+				goto env_done;
+			}
+			off &= SP_EXEC_STRINGS - 1;
+			n = bpf_probe_read_user_str(&e->strings[off], SP_ARG_SIZE, p);
+			if (n < 5)
+				continue;
+			if (*(u32 *)&e->strings[off] != SP_CNI_PREFIX)
+				continue;
+			if (n == SP_ARG_SIZE)
+				SP_RD(e->trunc) |= SP_TRUNC_ENV;
+			SP_RD(e->h.size) = off + n;
+			SP_RD(e->envc) += 1;
 		}
-		off &= SP_EXEC_STRINGS - 1;
-		n = bpf_probe_read_user_str(&e->strings[off], SP_ARG_SIZE, p);
-		if (n < 5)
-			continue;
-		if (*(u32 *)&e->strings[off] != SP_CNI_PREFIX)
-			continue;
-		if (n == SP_ARG_SIZE)
-			SP_RD(e->trunc) |= SP_TRUNC_ENV;
-		SP_RD(e->h.size) = off + n;
-		SP_RD(e->envc) += 1;
 	}
 	p = NULL;
 	if (bpf_probe_read_user(&p, sizeof(p), &envp[SP_MAX_ENV_SCAN]) == 0 && p)

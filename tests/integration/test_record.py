@@ -120,7 +120,10 @@ def test_recording_holds_every_step_of_every_pod(
             r["nl_type"] == 16 and r["link_kind"] == "veth" and within(r["ts_ns"], window)
             for r in rows(df, "nl_send")
         ), pod
-        assert any(r["filename"] == "/pause" and within(r["ts_ns"], window) for r in done), pod
+        # `runc start` returns once init has read the exec fifo, so the exec of /pause can land
+        # just after RunPodSandbox replied (seen once on a loaded machine): allow 1 s of slack
+        late = (window[0], window[1] + 1_000_000_000)
+        assert any(r["filename"] == "/pause" and within(r["ts_ns"], late) for r in done), pod
 
         # CRI calls decoded from the socket agree with what the client measured
         pod_truth = [t for t in truth if t["pod"] == pod]

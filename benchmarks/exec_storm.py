@@ -16,7 +16,8 @@ stopped after its storm, and the storm starts once the tracer is attached. Bring
 
     sudo flock /tmp/startprof-lab.lock .venv/bin/python benchmarks/exec_storm.py --execs 2000
 
-Reported: median µs per exec per arm and each arm's overhead against ``base``.
+Reported: median µs per exec per arm and each arm's overhead against ``base``, with a 95%
+bootstrap confidence interval over the storms (an interval that holds 0 resolved nothing).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from startprof.bench.stats import bootstrap_change_ci
 from startprof.lab.paths import LabPaths, lab_dir
 
 STARTPROF = [sys.executable, "-m", "startprof"]
@@ -163,6 +165,9 @@ def main() -> int:
         result[arm] = {
             "median_us_per_exec": round(med, 1),
             "overhead_pct": round(100 * (med - base) / base, 2),
+            "overhead_ci95_pct": [
+                round(v, 2) for v in bootstrap_change_ci(per_exec["base"], per_exec[arm], seed=1)
+            ],
             "all_us_per_exec": [round(v, 1) for v in per_exec[arm]],
         }
     print(json.dumps(result, indent=2))

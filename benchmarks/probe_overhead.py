@@ -8,6 +8,9 @@ which starts the command only once the probes are attached.
 
     sudo .venv/bin/python benchmarks/probe_overhead.py --pods 30 --handler runc-bridge
 
+Each recorded arm's overhead comes with a 95% bootstrap confidence interval (the arms' pods are
+resampled independently): an interval that contains 0 means no overhead was resolved.
+
 "ImageStatus→running" is measured from the CRI ground truth: from the start of a pod's
 ImageStatus call to the end of its last StartContainer (the container runs once it returns).
 """
@@ -23,6 +26,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from startprof.bench.stats import bootstrap_change_ci
 from startprof.lab.truth import read_truth
 
 STARTPROF = [sys.executable, "-m", "startprof"]
@@ -125,6 +129,8 @@ def main() -> int:
         entry: dict[str, object] = {**_stats(values), "record_args": arms[name]}
         if name != "without":
             entry["overhead_pct"] = round(100 * (statistics.median(values) - base) / base, 2)
+            lo, hi = bootstrap_change_ci(samples["without"], values, seed=1)
+            entry["overhead_ci95_pct"] = [round(lo, 2), round(hi, 2)]
         result["arms"][name] = entry  # type: ignore[index]
     print(json.dumps(result, indent=2))
     if args.json:

@@ -294,3 +294,17 @@ def test_report_escapes_hostile_phase_names() -> None:
     assert "<img src=x" not in page
     assert page.count("</script>") == 3  # plotly.js, the figures' JSON, the loader: no more
     assert "&lt;img src=x onerror=alert(1)&gt;" in page  # the HTML table shows it as text
+
+
+def test_bootstrap_change_ci_brackets_the_change_and_shrinks_with_n() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(100.0, 10.0, 400)
+    slower = rng.normal(110.0, 10.0, 400)
+    lo, hi = stats.bootstrap_change_ci(base, slower, seed=3)
+    assert lo < 100 * (np.median(slower) - np.median(base)) / np.median(base) < hi
+    assert lo > 0 and hi < 20
+    wide_lo, wide_hi = stats.bootstrap_change_ci(base[:20], slower[:20], seed=3)
+    assert wide_hi - wide_lo > hi - lo
+    assert stats.bootstrap_change_ci(base, slower, seed=3) == (lo, hi)  # reproducible
+    same_lo, same_hi = stats.bootstrap_change_ci([5.0] * 10, [5.0] * 10)
+    assert same_lo == same_hi == 0.0

@@ -84,6 +84,29 @@ def bootstrap_median_ci(
     return float(lo), float(hi)
 
 
+def bootstrap_change_ci(
+    baseline: Iterable[float],
+    current: Iterable[float],
+    *,
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the change of the median from ``baseline`` to ``current``, in
+    percent of the baseline's median: both samples are resampled independently (unpaired), so
+    it suits arms measured on different pods."""
+    base, cur = _non_empty(baseline), _non_empty(current)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    b = np.median(base[rng.integers(0, len(base), size=(resamples, len(base)))], axis=1)
+    c = np.median(cur[rng.integers(0, len(cur), size=(resamples, len(cur)))], axis=1)
+    change = 100.0 * (c - b) / b
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(change, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def seed_for(base: int, *names: str) -> int:
     """A seed per (base seed, names): stable across runs and Python versions (no ``hash()``),
     different per phase so that the CIs of different phases use independent resamples."""

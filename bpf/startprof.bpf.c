@@ -19,7 +19,7 @@
 #include "startprof.h"
 
 #ifndef SP_RINGBUF_PAGES
-#define SP_RINGBUF_PAGES 256 /* power of two; 256 pages = 1 MiB */
+#define SP_RINGBUF_PAGES 1024 /* power of two; 1024 pages = 4 MiB */
 #endif
 #ifndef SP_FOLLOW_ALL
 #define SP_FOLLOW_ALL 0 /* 1: no in-kernel process filter */

@@ -173,6 +173,27 @@ def test_command_exit_code_is_passed_through(lab: RunningLab, tmp_path: Path) ->
     assert read_recording(tmp_path / "r.arrows").end["stop_reason"] == "command exited"
 
 
+SCHED_OTHER, SCHED_IDLE = 0, 5
+
+
+def _policy_and_nice(stat: str) -> tuple[int, int]:
+    """Scheduling policy and nice from a /proc/PID/stat line (fields 41 and 19)."""
+    fields = stat.rsplit(")", 1)[1].split()  # after the comm, field 3 is fields[0]
+    return int(fields[41 - 3]), int(fields[19 - 3])
+
+
+def test_recorder_runs_idle_and_the_command_keeps_its_priority(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    seen = tmp_path / "seen"
+    script = f"sleep 1; cat /proc/$PPID/stat > {seen}.recorder; cat /proc/$$/stat > {seen}.command"
+    proc = record(lab, tmp_path / "r.arrows", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert _policy_and_nice(Path(f"{seen}.recorder").read_text())[0] == SCHED_IDLE
+    assert _policy_and_nice(Path(f"{seen}.command").read_text()) == (SCHED_OTHER, 0)
+    assert read_recording(tmp_path / "r.arrows").end["recorder_priority"] == "idle"
+
+
 def test_sigkill_leaves_a_readable_file(lab: RunningLab, tmp_path: Path) -> None:
     out, truth = tmp_path / "killed.arrows", tmp_path / "truth.jsonl"
     env = {**os.environ, "STARTPROF_LAB_DIR": str(lab.paths.root)}

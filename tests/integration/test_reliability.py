@@ -321,6 +321,10 @@ def test_event_flood_is_counted_and_marks_pods_incomplete(
     assert drops > 0
     assert f"{drops} dropped" in proc.stderr
     assert "warning: the ring buffer overflowed" in proc.stderr
+    # a flood leaves SCHED_IDLE behind at the first full poll, and says so
+    assert recording.end["recorder_priority"] == "nice 10"
+    notes = recording.frame().query("kind == 'note'")["attrs"].astype(str)
+    assert notes.str.contains("the recorder fell behind").any()
 
     analysis = analyze_files([out])
     assert analysis.recording.drops == drops

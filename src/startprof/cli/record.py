@@ -73,7 +73,7 @@ def _status_line(stats: RecordStats) -> str:
 )
 @click.option(
     "--ringbuf-pages",
-    default=256,
+    default=1024,
     show_default=True,
     type=click.IntRange(min=1),
     help="Ring buffer size in pages (a power of two).",

@@ -82,7 +82,7 @@ class ProbeSession:
         follow_all: bool = False,
         seed_pids: Iterable[int] = (),
         cri_socket: str | None = None,
-        ringbuf_pages: int = 256,
+        ringbuf_pages: int = 1024,
         probes: Sequence[str] = ALL_PROBES,
         extra_cflags: Sequence[str] = (),
         cri_sock_tracepoints: bool | None = None,
@@ -105,6 +105,8 @@ class ProbeSession:
         self.load_seconds: float | None = None
         self._bpf: Any = None
         self._raw: list[bytes] = []
+        self.last_poll_bytes = 0
+        """Bytes of records the last poll() drained: how full the ring buffer had become."""
         self._pending: list[Event] = []
         self._counts: dict[str, int] = dict.fromkeys(self.probes, 0)
         self._exited: set[int] = set()
@@ -191,6 +193,7 @@ class ProbeSession:
         bpf.ring_buffer_poll(timeout_ms)
         bpf.ring_buffer_consume()
         raws, self._raw = self._raw, []
+        self.last_poll_bytes = sum(map(len, raws))
         return raws
 
     def poll(self, timeout_ms: int) -> list[Event]:

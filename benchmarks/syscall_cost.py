@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What the loaded probes cost processes they do not follow, per syscall.
 
-A small C loop (compiled here with cc) times 1-byte reads of /dev/zero, getppid and a 64-byte
-write+read over a unix socketpair, best of 5 rounds, while in turn:
+A small C loop (compiled here with cc) times 1-byte reads of /dev/zero, getppid, a 64-byte
+write+read over a unix socketpair and a fork + exec of /bin/true + wait (an exec storm outside
+the followed tree, one process at a time), best of 5 rounds, while in turn:
 
 - ``none``: nothing is loaded;
 - ``cri-sock``: every probe, the cri probe reading CRI bytes at the socket tracepoints
@@ -35,12 +36,14 @@ LOOP_C = r"""
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
                           return t.tv_sec * 1e9 + t.tv_nsec; }
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1000000, fd = open("/dev/zero", O_RDONLY), sv[2];
     char b[64] = {0};
-    double best[3] = {1e18, 1e18, 1e18}, t0, t;
+    double best[4] = {1e18, 1e18, 1e18, 1e18}, t0, t;
+    int spawns = n / 5000 > 0 ? n / 5000 : 1;
     socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
     for (int r = 0; r < 5; r++) {
         t0 = now(); for (int i = 0; i < n; i++) read(fd, b, 1);
@@ -49,12 +52,19 @@ int main(int argc, char **argv) {
         t = (now() - t0) / n; if (t < best[1]) best[1] = t;
         t0 = now(); for (int i = 0; i < n / 4; i++) { write(sv[0], b, 64); read(sv[1], b, 64); }
         t = (now() - t0) / (n / 4); if (t < best[2]) best[2] = t;
+        t0 = now();
+        for (int i = 0; i < spawns; i++) {
+            pid_t pid = fork();
+            if (pid == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+            waitpid(pid, 0, 0);
+        }
+        t = (now() - t0) / spawns; if (t < best[3]) best[3] = t;
     }
-    printf("%.1f %.1f %.1f\n", best[0], best[1], best[2]);
+    printf("%.1f %.1f %.1f %.1f\n", best[0], best[1], best[2], best[3]);
     return 0;
 }
 """
-OPS = ("read_dev_zero_ns", "getppid_ns", "unix_write_read_pair_ns")
+OPS = ("read_dev_zero_ns", "getppid_ns", "unix_write_read_pair_ns", "fork_exec_wait_true_ns")
 ARMS: dict[str, bool | None] = {"none": None, "cri-sock": True, "cri-syscalls": False}
 
 
@@ -94,6 +104,10 @@ def main() -> int:
     print(f"{'arm':14} " + " ".join(f"{op:>24}" for op in OPS))
     for arm, row in table.items():
         print(f"{arm:14} " + " ".join(f"{row[op]:>24}" for op in OPS))
+    base = table["none"]
+    for arm in ("cri-sock", "cri-syscalls"):
+        change = {op: f"{100 * (table[arm][op] - base[op]) / base[op]:+.1f}%" for op in OPS}
+        print(f"{arm + ' vs none':22} " + " ".join(f"{op}={v}" for op, v in change.items()))
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     return 0

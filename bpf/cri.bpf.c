@@ -46,8 +46,7 @@ BPF_HASH(cri_stash, u32, struct sp_cri_stash, 4096);
 
 static __always_inline void cri_on_close(u64 key)
 {
-	if (cri_conns.lookup(&key)) /* see nl_on_close */
-		cri_conns.delete(&key);
+	cri_conns.delete(&key);
 }
 
 static __always_inline int cri_accept_enter(s32 fd)

@@ -121,9 +121,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
 
 static __always_inline void nl_on_close(u64 key)
 {
-	/* a lookup takes no lock; a delete takes the bucket's, even for an absent key */
-	if (nl_socks.lookup(&key))
-		nl_socks.delete(&key);
+	nl_socks.delete(&key);
 }
 
 static __always_inline int nl_enter(s32 fd, u32 kind, u64 buf, u64 len, u64 iovlen, u32 flags)

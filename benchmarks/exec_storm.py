@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from startprof.bench.stats import bootstrap_change_ci
+from startprof.bench.stats import overhead
 from startprof.lab.paths import LabPaths, lab_dir
 
 STARTPROF = [sys.executable, "-m", "startprof"]
@@ -158,16 +158,11 @@ def main() -> int:
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         subprocess.run([*STARTPROF, "lab", "down"], check=True, stdout=subprocess.DEVNULL)
-    base = statistics.median(per_exec["base"])
     result: dict[str, object] = {"execs_per_storm": args.execs, "rounds": args.rounds}
     for arm in ARMS:
-        med = statistics.median(per_exec[arm])
         result[arm] = {
-            "median_us_per_exec": round(med, 1),
-            "overhead_pct": round(100 * (med - base) / base, 2),
-            "overhead_ci95_pct": [
-                round(v, 2) for v in bootstrap_change_ci(per_exec["base"], per_exec[arm], seed=1)
-            ],
+            "median_us_per_exec": round(statistics.median(per_exec[arm]), 1),
+            **overhead(per_exec["base"], per_exec[arm]),
             "all_us_per_exec": [round(v, 1) for v in per_exec[arm]],
         }
     print(json.dumps(result, indent=2))

@@ -26,7 +26,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from startprof.bench.stats import bootstrap_change_ci
+from startprof.bench.stats import overhead
 from startprof.lab.truth import read_truth
 
 STARTPROF = [sys.executable, "-m", "startprof"]
@@ -123,14 +123,11 @@ def main() -> int:
                 )
             counts = " ".join(f"{n}={len(v)}" for n, v in samples.items())
             print(f"round {i + 1}/{rounds}: {counts}", file=sys.stderr)
-    base = statistics.median(samples["without"])
     result: dict[str, object] = {"handler": args.handler, "arms": {}}
     for name, values in samples.items():
         entry: dict[str, object] = {**_stats(values), "record_args": arms[name]}
         if name != "without":
-            entry["overhead_pct"] = round(100 * (statistics.median(values) - base) / base, 2)
-            lo, hi = bootstrap_change_ci(samples["without"], values, seed=1)
-            entry["overhead_ci95_pct"] = [round(lo, 2), round(hi, 2)]
+            entry.update(overhead(samples["without"], values))
         result["arms"][name] = entry  # type: ignore[index]
     print(json.dumps(result, indent=2))
     if args.json:

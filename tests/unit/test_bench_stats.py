@@ -308,3 +308,11 @@ def test_bootstrap_change_ci_brackets_the_change_and_shrinks_with_n() -> None:
     assert stats.bootstrap_change_ci(base, slower, seed=3) == (lo, hi)  # reproducible
     same_lo, same_hi = stats.bootstrap_change_ci([5.0] * 10, [5.0] * 10)
     assert same_lo == same_hi == 0.0
+
+
+def test_overhead_is_the_median_change_with_its_ci() -> None:
+    base, slower = [100.0, 101.0, 99.0, 100.0], [110.0, 111.0, 109.0, 110.0]
+    out = stats.overhead(base, slower)
+    assert out["overhead_pct"] == 10.0
+    lo, hi = stats.bootstrap_change_ci(base, slower, seed=1)
+    assert out["overhead_ci95_pct"] == [round(lo, 2), round(hi, 2)]

@@ -107,6 +107,18 @@ def bootstrap_change_ci(
     return float(lo), float(hi)
 
 
+def overhead(
+    baseline: Sequence[float], current: Sequence[float], *, seed: int = 1
+) -> dict[str, Any]:
+    """A benchmark arm's overhead against its baseline, for JSON: the change of the median in
+    percent and its 95% bootstrap CI (:func:`bootstrap_change_ci`), rounded to 0.01."""
+    lo, hi = bootstrap_change_ci(baseline, current, seed=seed)
+    return {
+        "overhead_pct": round(change_pct(median(baseline), median(current)), 2),
+        "overhead_ci95_pct": [round(lo, 2), round(hi, 2)],
+    }
+
+
 def seed_for(base: int, *names: str) -> int:
     """A seed per (base seed, names): stable across runs and Python versions (no ``hash()``),
     different per phase so that the CIs of different phases use independent resamples."""

@@ -46,23 +46,6 @@ static __always_inline void ns_clone_result(struct sp_ns_stash *st, long ret)
 		ns_emit(SP_CLONE, st, ret);
 }
 
-static __always_inline int ns_enter(u32 kind, u64 flags, s32 fd)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	struct sp_ns_stash st = {};
-
-	if (!sp_followed(id >> 32))
-		return 0;
-	st.flags = flags;
-	st.enter_ns = bpf_ktime_get_ns();
-	st.fd = fd;
-	st.kind = kind;
-	if (ns_stash.update(&tid, &st) < 0)
-		sp_error(SP_ERR_STASH_FULL);
-	return 0;
-}
-
 static __always_inline int ns_exit(u32 kind, u32 type, long ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -78,7 +61,7 @@ static __always_inline int ns_exit(u32 kind, u32 type, long ret)
 /* Why: containerd creates the pod's netns with unshare(CLONE_NEWNET); runc's child unshares. */
 TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
 {
-	return ns_enter(SP_NS_UNSHARE, args->unshare_flags, -1);
+	return sp_ns_enter(SP_NS_UNSHARE, args->unshare_flags, -1);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
@@ -90,7 +73,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
 TRACEPOINT_PROBE(syscalls, sys_enter_setns)
 {
 	/* nstype travels in flags until ns_emit() moves it to sp_ns.nstype */
-	return ns_enter(SP_NS_SETNS, (u32)args->flags, (s32)args->fd);
+	return sp_ns_enter(SP_NS_SETNS, (u32)args->flags, (s32)args->fd);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_setns)

@@ -190,6 +190,27 @@ static __always_inline u64 sp_fd_key(u32 tgid, s32 fd)
 	return ((u64)tgid << 32) | (u32)fd;
 }
 
+/*
+ * A followed thread enters clone/clone3/unshare/setns (kind SP_NS_*): stash its flags, fd and
+ * entry time for the exit (namespaces probe) and for sched_process_fork (the core).
+ */
+static __always_inline int sp_ns_enter(u32 kind, u64 flags, s32 fd)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct sp_ns_stash st = {};
+
+	if (!sp_followed(id >> 32))
+		return 0;
+	st.flags = flags;
+	st.enter_ns = bpf_ktime_get_ns();
+	st.fd = fd;
+	st.kind = kind;
+	if (ns_stash.update(&tid, &st) < 0)
+		sp_error(SP_ERR_STASH_FULL);
+	return 0;
+}
+
 #if SP_PROBE_EXEC
 #include "exec.bpf.c"
 #endif
@@ -205,27 +226,10 @@ static __always_inline u64 sp_fd_key(u32 tgid, s32 fd)
 
 /* ---- process tree: keeps the filter right; always attached ---- */
 
-static __always_inline int sp_clone_enter(u64 flags, u32 kind)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
-	struct sp_ns_stash st = {};
-
-	if (!sp_followed(id >> 32))
-		return 0;
-	st.flags = flags;
-	st.enter_ns = bpf_ktime_get_ns();
-	st.fd = -1;
-	st.kind = kind;
-	if (ns_stash.update(&tid, &st) < 0)
-		sp_error(SP_ERR_STASH_FULL);
-	return 0;
-}
-
 /* Why: the clone flags decide thread or process at sched_process_fork. */
 TRACEPOINT_PROBE(syscalls, sys_enter_clone)
 {
-	return sp_clone_enter(args->clone_flags, SP_NS_CLONE);
+	return sp_ns_enter(SP_NS_CLONE, args->clone_flags, -1);
 }
 
 /* Why: glibc's pthread_create and posix_spawn use clone3; flags live in user memory. */
@@ -240,7 +244,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_clone3)
 		sp_error(SP_ERR_READ);
 		return 0; /* unknown flags: the fork hook treats the child as a process */
 	}
-	return sp_clone_enter(flags, SP_NS_CLONE3);
+	return sp_ns_enter(SP_NS_CLONE3, flags, -1);
 }
 
 static __always_inline int sp_clone_exit(long ret)

@@ -432,7 +432,7 @@ import os
 import sys
 import startprof.lab.driver as driver
 from startprof.cli import main
-from startprof.lab.proto import api_pb2 as api
+from startprof.cri.proto import api_pb2 as api
 
 plain = driver.container_config
 

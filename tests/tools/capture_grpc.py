@@ -151,7 +151,7 @@ class CaptureProxy:
 
 # --- a fake CRI server and the scenarios of tests/data/grpc ---------------------------------------
 def _api() -> Any:
-    from startprof.lab.proto import api_pb2
+    from startprof.cri.proto import api_pb2
 
     return api_pb2
 

@@ -16,7 +16,7 @@ from startprof.lab.driver import (
     sandbox_config,
 )
 from startprof.lab.paths import LabPaths
-from startprof.lab.proto import api_pb2 as api
+from startprof.cri.proto import api_pb2 as api
 
 
 def test_sandbox_config_is_what_the_kubelet_sends() -> None:

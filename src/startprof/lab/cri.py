@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from startprof.errors import CriError
-from startprof.lab.proto import api_pb2 as api
+from startprof.cri.proto import api_pb2 as api
 
 RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
 IMAGE_SERVICE = "/runtime.v1.ImageService/"

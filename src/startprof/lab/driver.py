@@ -34,7 +34,7 @@ from startprof.lab.cri import CriCallError, CriClient, short_method, status_name
 from startprof.lab.host import remove_pod_cgroups
 from startprof.lab.oci import read_archive
 from startprof.lab.paths import LabPaths
-from startprof.lab.proto import api_pb2 as api
+from startprof.cri.proto import api_pb2 as api
 from startprof.lab.registry import Registry
 from startprof.lab.truth import STATUS_OK, TruthWriter
 

@@ -322,3 +322,13 @@ def test_summary_medians() -> None:
     assert shares == pytest.approx(1.0, abs=0.01)
     frame = pd.DataFrame(summary["phases"]).T
     assert (frame["median_ms"] >= 0).all()
+
+
+def test_rows_without_a_time_are_ignored_not_fatal() -> None:
+    """Recorders before the fix wrote the "connection accepted before recording began" note
+    without ts_ns; analysing such a file ended in a traceback (issue 13)."""
+    src = source_of(read_recording(DATA / "runc-bridge.arrows"))
+    note = pd.DataFrame([{"kind": "note", "pid": 1, "attrs": '{"preexisting_connection": true}'}])
+    events = pd.concat([src.events, note.astype({"pid": src.events["pid"].dtype})])
+    analysis = analyze([Source(**{**src.__dict__, "events": events.reset_index(drop=True)})])
+    assert by_sandbox(analysis).keys() == by_sandbox(analysis_of("runc-bridge")).keys()

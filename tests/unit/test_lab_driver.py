@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from startprof.cri.proto import api_pb2 as api
 from startprof.errors import InputError, LabError
 from startprof.lab.driver import (
     PodResult,
@@ -16,7 +17,6 @@ from startprof.lab.driver import (
     sandbox_config,
 )
 from startprof.lab.paths import LabPaths
-from startprof.cri.proto import api_pb2 as api
 
 
 def test_sandbox_config_is_what_the_kubelet_sends() -> None:

@@ -44,16 +44,27 @@ def to_wall_clock(events: pd.DataFrame, offset_ns: int) -> pd.DataFrame:
     return out
 
 
+def timed(events: pd.DataFrame) -> pd.DataFrame:
+    """The events that carry a time. A row without ``ts_ns`` (a note written by an older
+    recorder, or a damaged row) says nothing about when anything happened, and every step of
+    the analysis orders events by time."""
+    if "ts_ns" not in events:
+        return events.iloc[0:0]
+    keep = events["ts_ns"].notna()
+    return events if bool(keep.all()) else events.loc[keep].reset_index(drop=True)
+
+
 def analyze(sources: Sequence[Source]) -> Analysis:
     """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
     pods: dict[tuple[str, str], Pod] = {}
     starts, ends = [], []
     lossy: list[tuple[int, int]] = []
     for src in sources:
-        events = to_wall_clock(src.events, src.clock_offset_ns)
+        own = timed(src.events)
+        events = to_wall_clock(own, src.clock_offset_ns)
         windows = [
             (lo + src.clock_offset_ns, hi + src.clock_offset_ns)
-            for lo, hi in drop_windows(src.events, src.start_monotonic_ns)
+            for lo, hi in drop_windows(own, src.start_monotonic_ns)
         ]
         lossy += windows
         for pod in mark_lossy(build_pods(events, src.host, windows), windows):
@@ -61,7 +72,7 @@ def analyze(sources: Sequence[Source]) -> Analysis:
         starts.append(src.start_monotonic_ns + src.clock_offset_ns)
         last = src.end_monotonic_ns
         if last is None:
-            last = int(src.events["ts_ns"].max()) if len(src.events) else src.start_monotonic_ns
+            last = int(own["ts_ns"].max()) if len(own) else src.start_monotonic_ns
         ends.append(last + src.clock_offset_ns)
     ordered = tuple(sorted(pods.values(), key=lambda p: (p.start_ns, p.host, p.sandbox_id)))
     info = RecordingInfo(

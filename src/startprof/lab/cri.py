@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from startprof.errors import CriError
 from startprof.cri.proto import api_pb2 as api
+from startprof.errors import CriError
 
 RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
 IMAGE_SERVICE = "/runtime.v1.ImageService/"

@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
 from startprof.lab.config import LAB_CGROUP
@@ -34,7 +35,6 @@ from startprof.lab.cri import CriCallError, CriClient, short_method, status_name
 from startprof.lab.host import remove_pod_cgroups
 from startprof.lab.oci import read_archive
 from startprof.lab.paths import LabPaths
-from startprof.cri.proto import api_pb2 as api
 from startprof.lab.registry import Registry
 from startprof.lab.truth import STATUS_OK, TruthWriter
 

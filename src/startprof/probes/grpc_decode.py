@@ -34,8 +34,8 @@ from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
+from startprof.cri.proto import api_pb2
 from startprof.events import Event
-from startprof.lab.proto import api_pb2
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -285,7 +285,11 @@ class ProbeSession:
         listeners = cri.find_cri_listeners(socket_path)
         if not listeners:
             self._pending.append(
-                {"kind": "note", "attrs": _json({"message": f"no listener on {socket_path}"})}
+                {
+                    "kind": "note",
+                    "ts_ns": time.monotonic_ns(),
+                    "attrs": _json({"message": f"no listener on {socket_path}"}),
+                }
             )
         for pid, fd in listeners:
             self.add_cri_listener(pid, fd)
@@ -295,13 +299,15 @@ class ProbeSession:
             self._pending.append(
                 {
                     "kind": "note",
+                    "ts_ns": time.monotonic_ns(),
                     "pid": pid,
                     "fd": fd,
                     "conn_id": conn_id,
                     "attrs": _json(
                         {
                             "message": "CRI connection accepted before recording began: "
-                            "HTTP/2 headers cannot be decoded, timings are kept",
+                            "methods its HPACK table already holds are named from evidence "
+                            "(docs/cri-decoding.md)",
                             "preexisting_connection": True,
                         }
                     ),

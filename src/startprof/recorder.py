@@ -27,6 +27,7 @@ from startprof.clock import sample_offset
 from startprof.enrichment import annotation_event
 from startprof.errors import InputError, PrivilegeError, StartprofError
 from startprof.events import Event
+from startprof.lab.versions import recording_metadata
 from startprof.probes import PROBES
 from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import find_cri_listeners
@@ -292,7 +293,12 @@ class Recorder:
                     start_monotonic_ns=start_mono,
                     follow_all=opts.follow_all,
                     startprof_version=__version__,
-                    extra={"command": list(opts.command)} if opts.command else {},
+                    extra={
+                        **({"command": list(opts.command)} if opts.command else {}),
+                        "containerd": recording_metadata(
+                            opts.cri_socket, self.stats.followed_containerd
+                        ),
+                    },
                 )
                 writer = RecordingWriter(opts.output, header)
                 writer.write(e for pid in seeds if (e := _read_proc(pid)) is not None)

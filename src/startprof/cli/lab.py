@@ -38,7 +38,15 @@ def lab_group() -> None:
 
 @lab_group.command("up")
 @click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
-def up_command(directory: str | None) -> None:
+@click.option(
+    "--containerd",
+    "containerd",
+    default="system",
+    show_default=True,
+    metavar="VERSION",
+    help="system, 1.6, 1.7, 2.1 (Debian's, fetched and cached in DIR), or a containerd binary.",
+)
+def up_command(directory: str | None, containerd: str) -> None:
     """Start the lab's containerd (idempotent) and import its images.
 
     Builds the pause and app images from C sources (static binaries, OCI archives written
@@ -48,12 +56,14 @@ def up_command(directory: str | None) -> None:
     \b
     Examples:
       sudo startprof lab up
-      sudo startprof lab up --dir /tmp/lab
+      sudo startprof lab up --containerd 2.1
+      sudo startprof lab up --dir /tmp/lab --containerd /opt/containerd/bin/containerd
     """
     from startprof.lab.containerd import Lab
 
-    info = Lab(_paths(directory)).up(progress=_progress)
+    info = Lab(_paths(directory)).up(progress=_progress, containerd=containerd)
     click.echo(f"lab up: containerd pid {info.pid}")
+    click.echo(f"containerd: {_containerd_text(info)}")
     click.echo(f"socket:   {info.socket}")
     click.echo(f"handlers: {', '.join(info.handlers)}")
     click.echo(f"images:   {', '.join(info.images)}")
@@ -106,6 +116,7 @@ def status_command(directory: str | None, as_json: bool) -> int:
         click.echo(f"lab is down ({paths.root})")
     else:
         click.echo(f"lab up: containerd pid {info.pid} ({info.dir})")
+        click.echo(f"containerd: {_containerd_text(info)}")
         click.echo(f"socket:   {info.socket}")
         click.echo(f"handlers: {', '.join(info.handlers)}")
         click.echo(f"images:   {', '.join(info.images) or '-'}")
@@ -196,6 +207,16 @@ def run_command(
             fix=f"see {paths.log}",
         )
     return 0
+
+
+def _containerd_text(info: object) -> str:
+    from startprof.lab.containerd import LabInfo
+
+    assert isinstance(info, LabInfo)
+    c = info.containerd
+    if c is None:
+        return "unknown (a lab up before startprof knew containerd versions)"
+    return f"{c.version} ({c.source}, {c.binary}, config version {c.config_version})"
 
 
 def _print_stats(result: object) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from startprof.errors import CriError, EnvironmentProblem, InputError, LabError, PrivilegeError
-from startprof.lab import host
+from startprof.lab import host, versions
 from startprof.lab.config import (
     BRIDGE_NAME,
     CNI_BIN_DIR,
@@ -29,6 +29,7 @@ from startprof.lab.config import (
 from startprof.lab.cri import CriClient
 from startprof.lab.images import APP, LAB_IMAGES, PAUSE, build_lab_image
 from startprof.lab.paths import MAX_SOCKET_PATH, LabPaths
+from startprof.lab.versions import Containerd
 
 Progress = Callable[[str], None]
 START_TIMEOUT = 20.0
@@ -48,6 +49,7 @@ class LabInfo:
     handlers: tuple[str, ...]
     images: tuple[str, ...]
     pods: tuple[str, ...]
+    containerd: Containerd | None = None  # None: a lab up before the lab knew versions
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -64,6 +66,9 @@ class LabState:
     v1_mounts: tuple[str, ...]  # cgroup v1 mounts made for crun, unmounted by down
     created_run_containerd: bool  # whether up created /run/containerd (shim sockets' parent)
     created_var_lib_cni: bool = False  # whether up created /var/lib/cni (libcni's caches)
+    containerd: dict[str, Any] | None = None  # versions.Containerd.to_dict() of what runs
+    # host.CONTAINERD_DEFAULT_PATHS that did not exist at up: any that appears is a leak
+    absent_at_up: tuple[str, ...] = ()
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -79,8 +84,18 @@ class LabState:
                 v1_mounts=tuple(d.get("v1_mounts", ())),
                 created_run_containerd=bool(d.get("created_run_containerd")),
                 created_var_lib_cni=bool(d.get("created_var_lib_cni")),
+                containerd=d.get("containerd"),
+                absent_at_up=tuple(d.get("absent_at_up", ())),
             )
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
+    def runs(self) -> Containerd | None:
+        """The containerd this lab runs (None for a state written before versions)."""
+        try:
+            return Containerd.from_dict(self.containerd) if self.containerd else None
+        except (KeyError, TypeError, ValueError):
             return None
 
 
@@ -99,8 +114,10 @@ def load_state(paths: LabPaths) -> LabState | None:
 class Lab:
     """One lab directory and the containerd that may run from it."""
 
-    def __init__(self, paths: LabPaths) -> None:
+    def __init__(self, paths: LabPaths, containerd_cache: Path | None = None) -> None:
         self.paths = paths
+        # where Debian's containerds are fetched to (docs/containerd.md)
+        self.containerd_cache = containerd_cache or versions.default_cache(paths.root)
         self._proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------ queries
@@ -151,19 +168,30 @@ class Lab:
             handlers=state.handlers,
             images=images,
             pods=pods,
+            containerd=state.runs,
         )
 
     # ------------------------------------------------------------ up
 
-    def up(self, progress: Progress | None = None) -> LabInfo:
-        """Start the lab (idempotent: a running lab is reported as it is)."""
+    def up(self, progress: Progress | None = None, containerd: str = versions.SYSTEM) -> LabInfo:
+        """Start the lab (idempotent: a running lab is reported as it is) on the containerd
+        ``containerd`` names (:func:`versions.parse_choice`): fetched and cached if needed."""
         say = progress or _quiet
         require_root("lab up")
+        choice = versions.parse_choice(containerd)
         running = self.status()
         if running is not None:
+            runs = running.containerd
+            if choice != versions.SYSTEM and runs is not None and runs.label != choice:
+                raise LabError(
+                    f"the lab is up with containerd {runs.version} ({runs.label}), not {choice}",
+                    fix=f"startprof lab down --dir {self.paths.root}, then up again",
+                )
             say(f"lab already up (containerd pid {running.pid})")
             return running
         handlers = self._preflight()
+        runs = versions.resolve(choice, self.containerd_cache, _which, say)
+        say(f"containerd {runs.version} ({runs.source}), config version {runs.config_version}")
         if self.paths.pid_file.exists() or self.paths.state_dir.exists():
             say("cleaning up after a lab that was not taken down")
             self._cleanup(say)
@@ -179,7 +207,9 @@ class Lab:
             Path(path).write_text(text)
         self.paths.ipam_dir.mkdir(parents=True, exist_ok=True)
         self.paths.config.write_text(
-            render_containerd_config(self.paths, handlers, built[PAUSE.name][0].name)
+            render_containerd_config(
+                self.paths, handlers, built[PAUSE.name][0].name, runs.config_version
+            )
         )
         v1_mounts: list[str] = []
         if any(h.runtime.name == "crun" for h in handlers):
@@ -191,6 +221,8 @@ class Lab:
             v1_mounts=tuple(v1_mounts),
             created_run_containerd=created_run_containerd,
             created_var_lib_cni=created_var_lib_cni,
+            containerd=runs.to_dict(),
+            absent_at_up=tuple(str(p) for p in host.CONTAINERD_DEFAULT_PATHS if not p.exists()),
         )
         # Saved before containerd starts so that a failed up can still be taken down.
         state.save(self.paths.lab_state)
@@ -224,9 +256,7 @@ class Lab:
             )
         if self.paths.root.exists() and not self.paths.root.is_dir():
             raise InputError(f"lab dir {self.paths.root} exists and is not a directory")
-        missing = [
-            t for t in ("containerd", "ctr", "containerd-shim-runc-v2", "ip") if not _which(t)
-        ]
+        missing = [t for t in ("ip",) if not _which(t)]
         missing += [p for p in CNI_PLUGINS_NEEDED if not Path(CNI_BIN_DIR, p).exists()]
         if not _which("iptables"):
             missing.append("iptables")
@@ -316,10 +346,12 @@ class Lab:
     def _start_containerd(self, extra_env: Mapping[str, str] | None = None) -> int:
         log = self.paths.log
         offset = log.stat().st_size if log.exists() else 0
-        env = {**os.environ, **(extra_env or {}), "PATH": host.HOST_PATH}
+        runs = _runs(self.paths)
+        # The shim is looked up on PATH: the one of this containerd's release comes first.
+        env = {**os.environ, **(extra_env or {}), "PATH": f"{runs.bin_dir}:{host.HOST_PATH}"}
         with log.open("ab") as out:
             self._proc = subprocess.Popen(
-                [_which("containerd") or "containerd", "--config", str(self.paths.config)],
+                [runs.binary, "--config", str(self.paths.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -428,21 +460,24 @@ class Lab:
         if paths.pod_logs.exists():
             shutil.rmtree(paths.pod_logs, ignore_errors=True)
         # Parents outside DIR that only the lab's runs created go too, when empty.
-        created: list[Path] = []
+        created: list[Path] = [Path(p) for p in state.absent_at_up] if state else []
         if state and state.created_run_containerd:
             created += [host.SHIM_SOCKET_DIR, host.SHIM_SOCKET_DIR.parent]
         if state and state.created_var_lib_cni:
             created += [host.CNI_RESULTS_DIR, host.CNI_NETWORKS_DIR, host.CNI_RESULTS_DIR.parent]
         for d in created:
             with contextlib.suppress(OSError):
-                d.rmdir()
+                if d.is_socket():
+                    d.unlink()
+                elif d.is_dir():
+                    d.rmdir()
 
 
 def import_archive(paths: LabPaths, archive: str | Path) -> None:
     """``ctr images import`` an OCI archive into the lab's CRI namespace."""
     proc = subprocess.run(
         [
-            _which("ctr") or "ctr",
+            _runs(paths).ctr,
             "--address",
             str(paths.socket),
             "--namespace",
@@ -466,6 +501,15 @@ def app_image(paths: LabPaths) -> tuple[str, str]:
     if state is None:
         raise LabError(f"no lab state in {paths.root}", fix="sudo startprof lab up")
     return state.images[APP.name], state.archives[APP.name]
+
+
+def _runs(paths: LabPaths) -> Containerd:
+    """The containerd the lab's state names; the machine's for a state from before versions."""
+    state = load_state(paths)
+    runs = state.runs if state else None
+    if runs is not None:
+        return runs
+    return versions.resolve(versions.SYSTEM, paths.root, _which)
 
 
 def _which(name: str) -> str | None:

@@ -26,6 +26,25 @@ CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 CRUN_STATE_DIR = Path("/run/crun")
+# Where containerd 1.6-2.x write when a config leaves a path at its default. The lab's configs
+# set every one of them inside DIR; up notes which do not exist yet and the leak checker
+# fails on any that appears (NRI's socket and /opt/containerd are new defaults of 2.x).
+CONTAINERD_DEFAULT_PATHS = tuple(
+    Path(p)
+    for p in (
+        "/opt/containerd",
+        "/var/lib/containerd",
+        "/run/containerd/containerd.sock",
+        "/run/containerd/containerd.sock.ttrpc",
+        "/run/containerd/io.containerd.runtime.v2.task",
+        "/run/containerd/io.containerd.grpc.v1.cri",
+        "/run/containerd/io.containerd.sandbox.controller.v1.shim",
+        "/run/containerd/runc",
+        "/var/run/nri",
+        "/run/nri",
+        "/var/run/netns",
+    )
+)
 MNT_DETACH = 2
 # Host PATH for containerd and the tools the lab runs: CNI plugins exec iptables from
 # containerd's PATH, and Debian puts iptables and runc in /usr/sbin.

@@ -51,6 +51,14 @@ def find_leaks(paths: LabPaths) -> list[str]:
     if runtime_state.is_dir():
         leaks += [f"OCI runtime state {p}" for p in runtime_state.glob("*/*/*")]
     leaks += [f"crun state {p}" for p in _crun_leftovers()]
+    # containerd 2.x keeps per-sandbox state of its sandbox controller beside the task bundles
+    for base in (paths.state_dir, paths.containerd_root):
+        controller = base / "io.containerd.sandbox.controller.v1.shim"
+        if controller.is_dir():
+            leaks += [f"sandbox controller state {p}" for p in controller.glob("*/*")]
+    for p in state.absent_at_up if state else ():
+        if Path(p).exists():
+            leaks.append(f"{p} created by the lab's containerd (its config should keep it in DIR)")
     return leaks
 
 

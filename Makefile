@@ -4,7 +4,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 BIN_LINK  := /usr/local/bin/startprof
 
-.PHONY: setup system venv test unit integration lint demo clean
+.PHONY: setup system venv go-client test unit integration lint demo clean
 
 setup: system venv
 
@@ -24,13 +24,18 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-test: setup
+# The grpc-go CRI client the integration tests use as the kubelet's transport (Debian packages,
+# cached in build/kubelet-client by a hash of its sources).
+go-client: system
+	@scripts/setup-go-client.sh >/dev/null
+
+test: setup go-client
 	$(PY) -m pytest tests
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: setup
+integration: setup go-client
 	$(PY) -m pytest tests/integration
 
 lint: venv

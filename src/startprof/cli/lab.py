@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -159,6 +163,28 @@ def status_command(directory: str | None, as_json: bool) -> int:
     metavar="FILE",
     help="Also write the CRI ground truth (JSON lines) here [always: DIR/truth.jsonl].",
 )
+@click.option(
+    "--age-pods",
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="First start and remove K pods on the same connection (not in the ground truth).",
+)
+@click.option(
+    "--age-seconds",
+    default=0.0,
+    show_default=True,
+    metavar="S",
+    help="Then keep polling S seconds before the batch.",
+)
+@click.option(
+    "--wait-sigusr1",
+    is_flag=True,
+    help="Print 'aged' and wait for SIGUSR1 before the batch (implied by --age-*).",
+)
+@click.option(
+    "--poll", is_flag=True, help="Relist like the kubelet's PLEG every second (implied by aging)."
+)
 def run_command(
     directory: str | None,
     pods: int,
@@ -169,6 +195,10 @@ def run_command(
     pull: bool,
     keep: bool,
     truth: Path | None,
+    age_pods: int,
+    age_seconds: float,
+    wait_sigusr1: bool,
+    poll: bool,
 ) -> int:
     """Start pods over CRI exactly like the kubelet and time every CRI call.
 
@@ -177,16 +207,25 @@ def run_command(
     ContainerStatus until running; then every pod is torn down (unless --keep). Ends with
     median and p95 per CRI call and for the whole start. Exit 1 if any pod failed.
 
+    With --age-pods/--age-seconds the one connection first gets a history (pods started and
+    removed, then polling), then `aged` is printed and the batch waits for SIGUSR1: a
+    recording started then sees a connection older than itself, as on a node. Only the
+    batch's calls and the polling after the signal are ground truth.
+
     \b
     Examples:
       sudo startprof lab run --pods 20 --runtime-handler crun-bridge
       sudo startprof lab run --pods 10 --concurrency 4 --containers 2 --init-containers 1
       sudo startprof lab run --pull --truth /tmp/truth.jsonl
+      sudo startprof lab run --pods 20 --concurrency 5 --age-pods 2 --age-seconds 60
     """
     from startprof.errors import LabError
     from startprof.lab.driver import run_pods
 
     paths = _paths(directory)
+    before_batch = None
+    if age_pods or age_seconds or wait_sigusr1:
+        before_batch = _sigusr1_waiter()
     result = run_pods(
         str(paths.socket),
         handler,
@@ -198,6 +237,10 @@ def run_command(
         keep=keep,
         truth_path=truth,
         progress=_progress,
+        age_pods=age_pods,
+        age_seconds=age_seconds,
+        before_batch=before_batch,
+        poll=poll,
     )
     _print_stats(result)
     click.echo(f"ground truth: {', '.join(str(p) for p in result.truth_paths)}", err=True)
@@ -217,6 +260,21 @@ def _containerd_text(info: object) -> str:
     if c is None:
         return "unknown (a lab up before startprof knew containerd versions)"
     return f"{c.version} ({c.source}, {c.binary}, config version {c.config_version})"
+
+
+def _sigusr1_waiter() -> Callable[[], None]:
+    """Installs a SIGUSR1 handler now (a SIGUSR1 must never meet the default action, exit) and
+    returns what prints ``aged`` and waits for the signal."""
+    got = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: got.set())
+
+    def wait() -> None:
+        click.echo("aged")
+        sys.stdout.flush()
+        while not got.wait(0.5):  # a short wait keeps Ctrl-C working
+            pass
+
+    return wait
 
 
 def _print_stats(result: object) -> None:

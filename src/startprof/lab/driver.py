@@ -41,6 +41,7 @@ from startprof.lab.truth import STATUS_OK, TruthWriter
 NAMESPACE = "startprof"
 Progress = Callable[[str], None]
 POLL_INTERVAL = 0.005
+RELIST_PERIOD = 1.0  # the kubelet's PLEG relist period
 INIT_TIMEOUT = 60.0
 _T = TypeVar("_T")
 
@@ -254,15 +255,29 @@ def run_pods(
     keep: bool = False,
     truth_path: Path | None = None,
     progress: Progress | None = None,
+    age_pods: int = 0,
+    age_seconds: float = 0.0,
+    before_batch: Callable[[], None] | None = None,
+    poll: bool = False,
 ) -> RunResult:
     """Start ``pods`` pods on the lab behind ``socket`` with runtime handler ``handler``.
 
     Ground truth goes to ``truth_path`` (if given) and to the lab's default truth file.
     Pod failures do not raise: they are in ``RunResult.errors`` (after tear-down) so that the
     caller still gets the truth of the calls that were made.
+
+    Aged mode (``age_pods``, ``age_seconds`` or ``before_batch``), so that a recording can
+    start on a connection older than itself, as a kubelet's is: on the channel the batch will
+    use, start and remove ``age_pods`` pods, poll for ``age_seconds``, then call
+    ``before_batch`` (``lab run`` prints ``aged`` and waits for SIGUSR1). Only the calls after
+    that are ground truth. In aged mode, or with ``poll``, a PLEG-like relist runs every second
+    on the same channel until the end.
     """
     say = progress or (lambda _: None)
     _check_counts(pods, concurrency, containers, init_containers)
+    if age_pods < 0 or age_seconds < 0:
+        raise InputError("--age-pods and --age-seconds must be at least 0")
+    aged = age_pods > 0 or age_seconds > 0 or before_batch is not None
     paths = LabPaths.from_socket(socket)
     if not Path(socket).exists():
         raise LabError(f"the lab is not up (no socket {socket})", fix="sudo startprof lab up")
@@ -275,8 +290,19 @@ def run_pods(
     truth_files = [paths.truth] + ([Path(truth_path)] if truth_path else [])
     result = RunResult(handler=handler, truth_paths=truth_files)
     run_id = secrets.token_hex(3)
-    with CriClient(socket) as client, TruthWriter(truth_files) as writer:
+    with (
+        CriClient(socket) as client,
+        TruthWriter(truth_files) as writer,
+        _Poller(client, enabled=aged or poll) as poller,
+    ):
         rec = _Recorder(writer, result.records)
+        if aged:
+            _age(client, poller.rec, paths, handler, image, run_id, age_pods, concurrency, say)
+            say(f"polling for {age_seconds:g} s")
+            time.sleep(age_seconds)
+            if before_batch is not None:
+                before_batch()
+        poller.rec = rec
         registry: Registry | None = None
         if pull:
             registry = Registry([read_archive(Path(archive))]).start()
@@ -317,6 +343,81 @@ def run_pods(
                 import_archive(paths, archive)
     result.pods = [PodResult(p.name, p.uid, p.sandbox_id, p.start_ms, p.error) for p in plan]
     return result
+
+
+class _Poller:
+    """The kubelet's PLEG relist on the driver's own channel: every second, ListPodSandbox with
+    no filter and ListContainers with an empty one (pkg/kubelet/pleg/generic.go). Its calls go
+    to ``rec``: a recorder that keeps them out of the ground truth while aging, then the run's."""
+
+    def __init__(self, client: CriClient, enabled: bool) -> None:
+        self.rec = _Recorder(None, [])
+        self._client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="startprof-pleg", daemon=True)
+        self._enabled = enabled
+
+    def __enter__(self) -> _Poller:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._enabled:
+            self._thread.join()
+
+    def _run(self) -> None:
+        client = self._client
+        while not self._stop.is_set():
+            rec = self.rec
+            with contextlib.suppress(CriError):
+                rec.call(
+                    None,
+                    m.LIST_POD_SANDBOX,
+                    lambda: client.call(
+                        m.LIST_POD_SANDBOX, api.ListPodSandboxRequest(), api.ListPodSandboxResponse
+                    ),
+                )
+                rec.call(
+                    None,
+                    m.LIST_CONTAINERS,
+                    lambda: client.call(
+                        m.LIST_CONTAINERS,
+                        api.ListContainersRequest(filter=api.ContainerFilter()),
+                        api.ListContainersResponse,
+                    ),
+                )
+            self._stop.wait(RELIST_PERIOD)
+
+
+def _age(
+    client: CriClient,
+    rec: _Recorder,
+    paths: LabPaths,
+    handler: str,
+    image: str,
+    run_id: str,
+    pods: int,
+    concurrency: int,
+    say: Progress,
+) -> None:
+    """Start and remove ``pods`` pods, outside the ground truth, so the channel has history."""
+    if pods == 0:
+        return
+    plan = []
+    for i in range(pods):
+        name, uid = f"sp-{run_id}-age-{i:03d}", str(uuid.uuid4())
+        plan.append(_Pod(name, uid, handler, sandbox_config(paths, name, uid, run_id)))
+    say(f"aging the connection: {pods} pod(s) started and removed")
+    lock = threading.Lock()
+    try:
+        _for_each(plan, concurrency, lambda p: _start_pod(client, rec, p, image, 1, 0, lock))
+    finally:
+        _for_each(plan, concurrency, lambda p: _teardown_pod(client, rec, p))
+    failed = [p for p in plan if p.error]
+    if failed:
+        raise LabError(f"aging pod {failed[0].name} failed: {failed[0].error}")
 
 
 def _check_counts(pods: int, concurrency: int, containers: int, init_containers: int) -> None:

@@ -51,7 +51,22 @@ def combination_names(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _name(combo: Mapping[str, Any]) -> str:
-    return str(combo.get("handler") or f"{combo['runtime']}-{combo['cni']}")
+    """``runc-bridge``, or ``runc-bridge@2.1`` on the containerd axis."""
+    return str(combo.get("name") or combo.get("handler") or f"{combo['runtime']}-{combo['cni']}")
+
+
+def _names(results: pd.DataFrame) -> pd.Series:
+    """Each row's combination name, as :func:`_name` gives it (results of older benches have
+    no containerd column)."""
+    if "containerd" not in results:
+        return results["handler"]
+    return pd.Series(
+        [
+            f"{h}@{c}" if c else h
+            for h, c in zip(results["handler"], results["containerd"], strict=True)
+        ],
+        index=results.index,
+    )
 
 
 def phase_rows(summary: Mapping[str, Any], everything: bool = False) -> list[str]:
@@ -194,8 +209,98 @@ def terminal_report(
                 style="dim",
             )
         )
+    upgrade = containerd_change_table(summary)
+    if upgrade is not None:
+        parts.append(upgrade)
     if changes:
         parts.append(baseline_table(changes))
+    return Group(*parts)
+
+
+def _change_cell(row: Mapping[str, Any]) -> str:
+    """``-12.3 ms (-7% [-10, -3])*``; ``gone`` / ``new`` for a phase one version lacks."""
+    if row.get("from") is None:
+        return "new"
+    if row.get("to") is None:
+        return "gone"
+    lo, hi = row["change_ci95_pct"]
+    star = "*" if row["significant"] else ""
+    return f"{row['change_ms']:+.1f} ms ({row['change_pct']:+.0f}% [{lo:+.0f}, {hi:+.0f}]){star}"
+
+
+def _change_rows(summary: Mapping[str, Any]) -> list[str]:
+    shown = ["pod", *phase_rows(summary)]
+    for entry in summary.get("containerd_change", ()):
+        for row in entry["phases"]:
+            if (row.get("from") is None or row.get("to") is None) and row["phase"] not in shown:
+                shown.append(row["phase"])
+    return shown
+
+
+def change_sentences(summary: Mapping[str, Any]) -> list[str]:
+    """The closing note: per runtime x CNI, what the containerd upgrade did to the pod start
+    and to the phases whose change is significant (the CI of the change excludes 0)."""
+    out = []
+    for e in summary.get("containerd_change", ()):
+        rows = {r["phase"]: r for r in e["phases"]}
+        pod = rows.get("pod")
+        if pod is None or pod.get("change_ms") is None:
+            continue
+        lo, hi = pod["change_ci95_pct"]
+        moved = [
+            f"{r['phase']} {r['change_ms']:+.1f} ms ({r['change_pct']:+.0f}%)"
+            for r in sorted(e["phases"], key=lambda r: -abs(r.get("change_ms") or 0.0))
+            if r["phase"] != "pod" and r.get("significant") and abs(r["change_ms"]) >= 0.5
+        ]
+        gone = [r["phase"] for r in e["phases"] if r.get("to") is None]
+        new = [r["phase"] for r in e["phases"] if r.get("from") is None]
+        text = (
+            f"containerd {e['from_version'] or e['from']} -> {e['to_version'] or e['to']} on "
+            f"{e['runtime']}-{e['cni']}: pod start {_fmt(pod['from']['median_ms'])} -> "
+            f"{_fmt(pod['to']['median_ms'])} ms ({pod['change_pct']:+.0f}%, 95% CI of the change "
+            f"{lo:+.0f}% to {hi:+.0f}%, {'' if pod['significant'] else 'not '}significant)"
+        )
+        if moved:
+            text += "; significant phase changes: " + ", ".join(moved[:6])
+        if gone:
+            text += "; gone: " + ", ".join(gone)
+        if new:
+            text += "; new: " + ", ".join(new)
+        out.append(text + ".")
+    return out
+
+
+def containerd_change_table(summary: Mapping[str, Any]) -> RenderableType | None:
+    """Upgrade table: per phase and runtime x CNI, the change of the median from the first
+    --containerd to the next with the 95% CI of the change in %; * where it excludes 0."""
+    entries = list(summary.get("containerd_change", ()))
+    if not entries:
+        return None
+    parts: list[RenderableType] = []
+    for pair in dict.fromkeys((e["from"], e["to"]) for e in entries):
+        mine = [e for e in entries if (e["from"], e["to"]) == pair]
+        table = Table(
+            title=f"containerd {pair[0]} -> {pair[1]}: change of the median [95% CI of the change]",
+            title_justify="left",
+            show_edge=False,
+        )
+        table.add_column("phase", no_wrap=True)
+        for e in mine:
+            table.add_column(f"{e['runtime']}-{e['cni']}", justify="right", no_wrap=True)
+        for phase in _change_rows(summary):
+            cells = []
+            for e in mine:
+                row = next((r for r in e["phases"] if r["phase"] == phase), None)
+                text = "-" if row is None else _change_cell(row)
+                style = ""
+                if row is not None and row.get("significant"):
+                    style = "red" if row["change_ms"] > 0 else "green"
+                cells.append(Text(text, style=style))
+            if any(c.plain != "-" for c in cells):
+                table.add_row(Text(phase, style="bold" if phase == "pod" else ""), *cells)
+        parts.append(table)
+    parts.append(Text("* the CI of the change excludes 0", style="dim"))
+    parts += [Text(t, style="bold") for t in change_sentences(summary)]
     return Group(*parts)
 
 
@@ -247,7 +352,9 @@ def _layout(title: str, height: int, **extra: Any) -> dict[str, Any]:
 
 
 def _ok_rows(results: pd.DataFrame) -> pd.DataFrame:
-    return results[results["pod_status"] == "ok"]
+    """The completed pods' rows, with ``handler`` holding the combination's name."""
+    ok = results[results["pod_status"] == "ok"]
+    return ok.assign(handler=_names(ok))
 
 
 def composition_figure(summary: Mapping[str, Any], results: pd.DataFrame) -> dict[str, Any] | None:
@@ -488,6 +595,35 @@ def _table_html(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _change_html(summary: Mapping[str, Any]) -> str:
+    entries = list(summary.get("containerd_change", ()))
+    if not entries:
+        return ""
+    head = "".join(
+        f'<th class="num">{esc(e["runtime"])}-{esc(e["cni"])}: {esc(e["from"])} &rarr; '
+        f"{esc(e['to'])}</th>"
+        for e in entries
+    )
+    rows = []
+    for phase in _change_rows(summary):
+        cells = []
+        for e in entries:
+            row = next((r for r in e["phases"] if r["phase"] == phase), None)
+            cls = "num"
+            if row is not None and row.get("significant"):
+                cls += " bad" if row["change_ms"] > 0 else " best"
+            cells.append(f'<td class="{cls}">{esc("-" if row is None else _change_cell(row))}</td>')
+        rows.append(f"<tr><td><code>{esc(phase)}</code></td>{''.join(cells)}</tr>")
+    notes = "".join(f"<p>{esc(t)}</p>" for t in change_sentences(summary))
+    return (
+        '<p class="note">Change of the median from one containerd to the next, in ms and %, '
+        "with the percentile-bootstrap 95% CI of the change (each version's pods resampled "
+        "independently); * and colour where that CI excludes 0.</p>"
+        f'<table class="phases"><thead><tr><th>phase</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>{notes}"
+    )
+
+
 def _baseline_html(summary: Mapping[str, Any], changes: Sequence[PhaseChange]) -> str:
     base = summary.get("baseline") or {}
     moved = [c for c in changes if not c.overlap]
@@ -614,6 +750,8 @@ def render_html(
         )
     if summary.get("baseline") is not None:
         body += ["<h2>Against the baseline</h2>", _baseline_html(summary, changes)]
+    if summary.get("containerd_change"):
+        body += ["<h2>Upgrading containerd</h2>", _change_html(summary)]
     body.append("<h2>Critical path</h2>")
     body.append(
         '<p class="note">Critical time is the time a phase itself held the pod start back: the '

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import re
 import select
 import signal
 import socket
@@ -51,6 +52,7 @@ RECORDER_READY_TIMEOUT = 120.0
 RECORDER_STOP_TIMEOUT = 120.0
 
 RESULT_COLUMNS = (
+    "containerd",
     "runtime",
     "cni",
     "handler",
@@ -69,14 +71,25 @@ RESULT_COLUMNS = (
 
 @dataclass(frozen=True)
 class Combination:
-    """One OCI runtime with one CNI network: the lab's runtime handler ``<runtime>-<cni>``."""
+    """One OCI runtime with one CNI network: the lab's runtime handler ``<runtime>-<cni>``, on
+    one containerd (``--containerd``'s label; empty: whichever the lab runs)."""
 
     runtime: str
     cni: str
+    containerd: str = ""
 
     @property
     def handler(self) -> str:
         return f"{self.runtime}-{self.cni}"
+
+    @property
+    def name(self) -> str:
+        """``runc-bridge``, or ``runc-bridge@2.1`` on the containerd axis."""
+        return combination_name(self.handler, self.containerd)
+
+
+def combination_name(handler: str, containerd: str = "") -> str:
+    return f"{handler}@{containerd}" if containerd else handler
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,8 @@ class BenchOptions:
     output: Path
     runtimes: tuple[str, ...] = ("runc", "crun")
     cnis: tuple[str, ...] = ("bridge", "ptp")
+    # --containerd, each brought up in turn; () runs on whatever lab is up (or system's)
+    containerds: tuple[str, ...] = ()
     pods: int = 20
     concurrency: int = 1
     warmup: int = 2
@@ -102,7 +117,30 @@ class BenchOptions:
 
     @property
     def combinations(self) -> list[Combination]:
-        return [Combination(r, c) for r in self.runtimes for c in self.cnis]
+        return [c for group in self.groups for c in group]
+
+    @property
+    def groups(self) -> list[list[Combination]]:
+        """The combinations of each containerd, in ``--containerd``'s order: one lab up each."""
+        return [
+            [Combination(r, c, version) for r in self.runtimes for c in self.cnis]
+            for version in self.containerds or ("",)
+        ]
+
+    def recording(self, containerd: str) -> str:
+        """recording.arrows, or one recording-<version>.arrows per containerd of several."""
+        if len(self.containerds) < 2:
+            return RECORDING
+        return f"recording-{_file_label(containerd)}.arrows"
+
+    def record_log(self, containerd: str) -> str:
+        if len(self.containerds) < 2:
+            return RECORD_LOG
+        return f"record-{_file_label(containerd)}.log"
+
+
+def _file_label(containerd: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", containerd).strip("_") or "lab"
 
 
 @dataclass(frozen=True)
@@ -177,6 +215,16 @@ def parse_choices(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]
     return tuple(dict.fromkeys(items))
 
 
+def parse_containerds(text: str) -> tuple[str, ...]:
+    """``1.6,2.1`` -> ("1.6", "2.1"): each a version label or a containerd binary's path."""
+    from startprof.lab.versions import CHOICES, parse_choice
+
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise InputError(f"--containerd is empty; valid: {', '.join(CHOICES)} or a path")
+    return tuple(dict.fromkeys(parse_choice(i) for i in items))
+
+
 def valid_runtimes() -> tuple[str, ...]:
     return tuple(r.name for r in RUNTIMES)
 
@@ -211,6 +259,7 @@ def prepare_output(directory: Path) -> Path:
     if directory.exists() and not directory.is_dir():
         raise InputError(f"-o {directory} exists and is not a directory")
     taken = [name for name in OUTPUTS if (directory / name).exists()]
+    taken += sorted(p.name for p in directory.glob("recording-*.arrows"))
     if taken:
         raise InputError(
             f"-o {directory} already holds a bench ({', '.join(taken)})",
@@ -345,7 +394,11 @@ class RecorderProcess:
 
 
 def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> BenchResult:
-    """Run the whole bench and write every output into ``options.output``."""
+    """Run the whole bench and write every output into ``options.output``.
+
+    On the containerd axis, each containerd in turn: the lab up on it, one recorder, its
+    combinations' warm-up and measured rounds, the recorder stopped, the lab down.
+    """
     from startprof.lab.containerd import Lab, require_root
 
     say = progress or _Quiet()
@@ -354,72 +407,113 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
     out = prepare_output(options.output)
     paths = LabPaths(lab_dir(options.lab_dir).absolute())
     lab = Lab(paths)
-    combos = options.combinations
-    _check_installed(combos, lab.handlers())
+    _check_installed(options.combinations, lab.handlers())
+    found = lab.status()
+    if found is not None and options.containerds:
+        runs = found.containerd
+        if len(options.containerds) > 1 or runs is None or runs.label != options.containerds[0]:
+            raise LabError(
+                f"the lab in {paths.root} is up (containerd "
+                f"{runs.version if runs else 'unknown'}); bench --containerd brings the lab up "
+                "on each version itself",
+                fix=f"startprof lab down --dir {paths.root}",
+            )
     started_wall = datetime.now(UTC)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     pods: list[StartedPod] = []
     truth: list[dict[str, Any]] = []
     brought_up = False
-    failed: BaseException | None = None
-    recorder = RecorderProcess(out / RECORDING, str(paths.socket), out / RECORD_LOG)
-    code: int | None = None
-    try:
-        if lab.status() is None:
-            say.step("bringing the lab up")
-            lab.up(progress=say.step)
-            brought_up = True
-            timings["lab_up_s"] = time.monotonic() - t0
-        # The lab may be an older one, up before crun was installed.
-        _check_installed(combos, lab.handlers())
-        say.step("starting the recorder (compiling the BPF probes)")
-        t = time.monotonic()
-        recorder.start()
-        timings["recorder_ready_s"] = time.monotonic() - t
-        t = time.monotonic()
-        pods, truth = _run_batches(options, str(paths.socket), out / TRUTH, say)
-        timings["pods_s"] = time.monotonic() - t
-    except BaseException as exc:
-        failed = exc
-        raise
-    finally:
-        # Whatever happened (Ctrl-C included), in this order: the recording drains and
-        # closes while containerd still runs, then the lab goes if bench brought it up.
-        if recorder.running:
-            say.step("stopping the recorder")
-            t = time.monotonic()
-            code = recorder.stop()
-            timings["recorder_stop_s"] = time.monotonic() - t
-        if brought_up:
-            say.step("taking the lab down (bench brought it up)")
-            t = time.monotonic()
-            try:
-                lab.down(progress=say.step)
-            except StartprofError:
-                if failed is None:
-                    raise
-            timings["lab_down_s"] = time.monotonic() - t
-    if code != 0:
-        raise StartprofError(
-            f"the recorder failed (exit {code}): {recorder.log_tail()}",
-            fix=f"see {out / RECORD_LOG}",
+    versions: dict[str, str] = {}  # --containerd label -> the version that ran
+    turns = 0
+    for group in options.groups:
+        label = group[0].containerd
+        suffix = f"_{_file_label(label)}" if len(options.containerds) > 1 else ""
+        recorder = RecorderProcess(
+            out / options.recording(label), str(paths.socket), out / options.record_log(label)
         )
-    say.step("analysing the recording")
+        failed: BaseException | None = None
+        code: int | None = None
+        up_here = False
+        try:
+            t = time.monotonic()
+            if lab.status() is None:
+                say.step(f"bringing the lab up{f' on containerd {label}' if label else ''}")
+                lab.up(progress=say.step, containerd=label or "system")
+                up_here = brought_up = True
+                timings[f"lab_up{suffix}_s"] = time.monotonic() - t
+            info = lab.status()
+            if info is not None and info.containerd is not None:
+                versions[label] = info.containerd.version
+            # The lab may be an older one, up before crun was installed.
+            _check_installed(group, lab.handlers())
+            say.step("starting the recorder (compiling the BPF probes)")
+            t = time.monotonic()
+            recorder.start()
+            timings[f"recorder_ready{suffix}_s"] = time.monotonic() - t
+            t = time.monotonic()
+            more_pods, more_truth = _run_batches(
+                options, group, str(paths.socket), out / TRUTH, say, turns
+            )
+            pods += more_pods
+            truth += more_truth
+            turns += 1
+            timings[f"pods{suffix}_s"] = time.monotonic() - t
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            # Whatever happened (Ctrl-C included), in this order: the recording drains and
+            # closes while containerd still runs, then the lab goes if bench brought it up.
+            if recorder.running:
+                say.step("stopping the recorder")
+                t = time.monotonic()
+                code = recorder.stop()
+                timings[f"recorder_stop{suffix}_s"] = time.monotonic() - t
+            if up_here:
+                say.step("taking the lab down (bench brought it up)")
+                t = time.monotonic()
+                try:
+                    lab.down(progress=say.step)
+                except StartprofError:
+                    if failed is None:
+                        raise
+                timings[f"lab_down{suffix}_s"] = time.monotonic() - t
+        if code != 0:
+            raise StartprofError(
+                f"the recorder failed (exit {code}): {recorder.log_tail()}",
+                fix=f"see {out / options.record_log(label)}",
+            )
+    say.step("analysing the recording" + ("s" if len(options.groups) > 1 else ""))
     t = time.monotonic()
-    rec = read_recording(out / RECORDING)
-    source = source_of(rec)
-    analysis = analyze([source])
     by_sandbox = {p.sandbox_id: p for p in pods if p.sandbox_id}
-    results = results_table(analysis.pods, by_sandbox)
-    agreement = truth_agreement(analysis.pods, by_sandbox, truth, source.clock_offset_ns)
-    combinations = summarize_combinations(combos, results, by_sandbox, agreement, options.seed)
+    frames: list[pd.DataFrame] = []
+    agreement: dict[str, list[float]] = {}
+    analyses: list[Analysis] = []
+    for group in options.groups:
+        rec = read_recording(out / options.recording(group[0].containerd))
+        source = source_of(rec)
+        analysis = analyze([source])
+        analyses.append(analysis)
+        mine = {s: p for s, p in by_sandbox.items() if p.combination in group}
+        frames.append(results_table(analysis.pods, mine))
+        for name, diffs in truth_agreement(
+            analysis.pods, mine, truth, source.clock_offset_ns
+        ).items():
+            agreement.setdefault(name, []).extend(diffs)
+    results = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    combos = options.combinations
+    combinations = summarize_combinations(
+        combos, results, by_sandbox, agreement, options.seed, versions
+    )
     timings["analysis_s"] = time.monotonic() - t
     timings["wall_s"] = time.monotonic() - t0
     summary: dict[str, Any] = {
         "combinations": combinations,
-        "bench": _bench_info(options, analysis, pods, started_wall, timings, brought_up),
+        "bench": _bench_info(options, analyses, pods, started_wall, timings, brought_up),
     }
+    if len(options.containerds) > 1:
+        summary["containerd_change"] = containerd_change(options, results, summary)
     changes: list[stats.PhaseChange] = []
     if options.baseline is not None:
         changes = stats.compare(options.baseline, summary, options.threshold_pct or 0.0)
@@ -427,11 +521,11 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
     say.step("writing results")
     results.to_parquet(out / RESULTS, index=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _pods_frame(pods, analysis).to_csv(out / PODS, index=False)
+    _pods_frame(pods, analyses).to_csv(out / PODS, index=False)
     from startprof.bench.report import write_report
 
     write_report(summary, results, out / REPORT, changes)
-    failures = [f"{p.combination.handler} {p.name}: {p.error}" for p in pods if p.error]
+    failures = [f"{p.combination.name} {p.name}: {p.error}" for p in pods if p.error]
     return BenchResult(out, summary, results, failures, changes)
 
 
@@ -447,14 +541,18 @@ def _check_installed(combos: Iterable[Combination], handlers: Sequence[str]) -> 
 
 
 def _run_batches(
-    options: BenchOptions, cri_socket: str, truth_path: Path, say: BenchProgress
+    options: BenchOptions,
+    group: Sequence[Combination],
+    cri_socket: str,
+    truth_path: Path,
+    say: BenchProgress,
+    turn: int = 0,
 ) -> tuple[list[StartedPod], list[dict[str, Any]]]:
     from startprof.lab.driver import run_pods
 
-    batches = plan_batches(
-        options.combinations, options.pods, options.warmup, options.pods_per_round
-    )
-    say.pods_planned(sum(b.pods for b in batches))
+    batches = plan_batches(group, options.pods, options.warmup, options.pods_per_round)
+    if turn == 0:
+        say.pods_planned(sum(b.pods for b in batches) * len(options.groups))
     started: list[StartedPod] = []
     truth: list[dict[str, Any]] = []
     for b in batches:
@@ -472,7 +570,7 @@ def _run_batches(
             for p in result.pods
         ]
         what = "warm-up" if b.warmup else f"round {b.round + 1}"
-        say.pods_done(b.pods, f"{b.combination.handler} ({what})")
+        say.pods_done(b.pods, f"{b.combination.name} ({what})")
     return started, truth
 
 
@@ -503,6 +601,7 @@ def results_table(pods: Sequence[Pod], started: Mapping[str, StartedPod]) -> pd.
     info = [started[s] for s in grouped["sandbox_id"]]
     out = pd.DataFrame(
         {
+            "containerd": [p.combination.containerd for p in info],
             "runtime": [p.combination.runtime for p in info],
             "cni": [p.combination.cni for p in info],
             "handler": [p.combination.handler for p in info],
@@ -554,7 +653,7 @@ def truth_agreement(
         sp = started.get(pod.sandbox_id)
         if sp is None or sp.warmup or pod.status != "ok":
             continue
-        diffs = out.setdefault(sp.combination.handler, [])
+        diffs = out.setdefault(sp.combination.name, [])
         for phase in pod.phases:
             if phase.name == "sandbox":
                 key = (pod.sandbox_id, m.RUN_POD_SANDBOX, "")
@@ -579,13 +678,16 @@ def summarize_combinations(
     started: Mapping[str, StartedPod],
     agreement: Mapping[str, Sequence[float]],
     seed: int,
+    versions: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """summary.json's ``combinations``: per combination the pod start and every phase (n,
     median, p95, bootstrap CI of the median, share of the critical path) over the pods whose
     start completed, and the truth agreement."""
     out = []
     for combo in combos:
-        mine = results[results["handler"] == combo.handler]
+        mine = results[
+            (results["handler"] == combo.handler) & (results["containerd"] == combo.containerd)
+        ]
         ok = mine[mine["pod_status"] == "ok"]
         pod_rows = ok[ok["phase"] == "pod"]
         measured = [p for p in started.values() if p.combination == combo and not p.warmup]
@@ -595,6 +697,9 @@ def summarize_combinations(
             "runtime": combo.runtime,
             "cni": combo.cni,
             "handler": combo.handler,
+            "name": combo.name,
+            "containerd": combo.containerd,
+            "containerd_version": (versions or {}).get(combo.containerd),
             "n": len(pod_rows),
             # started but failed (by the driver's or the probes' account), and started but
             # never found in the recording: neither counts in n
@@ -608,7 +713,7 @@ def summarize_combinations(
             entry["phases"] = {}
         else:
             entry["pod"] = stats.describe(
-                pod_rows["duration_ms"], seed=stats.seed_for(seed, combo.handler, "pod")
+                pod_rows["duration_ms"], seed=stats.seed_for(seed, combo.name, "pod")
             ).to_dict()
             total = float(pod_rows["duration_ms"].sum())
             phases: dict[str, Any] = {}
@@ -616,12 +721,12 @@ def summarize_combinations(
             for name, group in rest.groupby("phase", sort=False):
                 key = str(name)
                 stat = stats.describe(
-                    group["duration_ms"], seed=stats.seed_for(seed, combo.handler, key)
+                    group["duration_ms"], seed=stats.seed_for(seed, combo.name, key)
                 ).to_dict()
                 stat["critical_share"] = round(float(group["self_ms"].sum()) / total, 4)
                 phases[key] = stat
             entry["phases"] = phases
-        diffs = agreement.get(combo.handler, [])
+        diffs = agreement.get(combo.name, [])
         entry["truth_agreement_ms"] = (
             {
                 "n": len(diffs),
@@ -636,15 +741,101 @@ def summarize_combinations(
     return out
 
 
+def containerd_change(
+    options: BenchOptions, results: pd.DataFrame, summary: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """summary.json's ``containerd_change``: for every runtime x CNI, what moving from the first
+    ``--containerd`` to each later one changes, phase by phase (and the whole pod start): both
+    medians with their CIs, the change of the median in ms and in % with its own bootstrap 95%
+    CI (the two versions' pods resampled independently), and whether that CI excludes 0.
+    A phase only one version has is listed with the other side null (``runtime.shim
+    (container)`` is gone on 2.x: the app container reuses the sandbox's shim)."""
+    by_name = {c["name"]: c for c in summary["combinations"]}
+    ok = results[results["pod_status"] == "ok"]
+    first, *later = options.containerds
+    out: list[dict[str, Any]] = []
+    for to in later:
+        for runtime in options.runtimes:
+            for cni in options.cnis:
+                old = Combination(runtime, cni, first)
+                new = Combination(runtime, cni, to)
+                a, b = by_name.get(old.name), by_name.get(new.name)
+                if a is None or b is None or not a["n"] or not b["n"]:
+                    continue
+                names = ["pod", *dict.fromkeys([*a["phases"], *b["phases"]])]
+                phases = []
+                for name in names:
+                    was = a["pod"] if name == "pod" else a["phases"].get(name)
+                    now = b["pod"] if name == "pod" else b["phases"].get(name)
+                    row: dict[str, Any] = {"phase": name, "from": was, "to": now}
+                    if was is not None and now is not None:
+                        xs = _durations(ok, old, name)
+                        ys = _durations(ok, new, name)
+                        lo, hi = stats.bootstrap_change_ci(
+                            xs, ys, seed=stats.seed_for(options.seed, old.name, new.name, name)
+                        )
+                        change = float(now["median_ms"]) - float(was["median_ms"])
+                        row |= {
+                            "change_ms": round(change, 3),
+                            "change_pct": round(
+                                stats.change_pct(float(was["median_ms"]), float(now["median_ms"])),
+                                2,
+                            ),
+                            "change_ci95_pct": [round(lo, 2), round(hi, 2)],
+                            "significant": lo > 0 or hi < 0,
+                        }
+                    phases.append(row)
+                out.append(
+                    {
+                        "runtime": runtime,
+                        "cni": cni,
+                        "from": first,
+                        "to": to,
+                        "from_version": a.get("containerd_version"),
+                        "to_version": b.get("containerd_version"),
+                        "phases": phases,
+                    }
+                )
+    return out
+
+
+def _durations(ok: pd.DataFrame, combo: Combination, phase: str) -> list[float]:
+    rows = ok[
+        (ok["containerd"] == combo.containerd)
+        & (ok["handler"] == combo.handler)
+        & (ok["phase"] == phase)
+    ]
+    return [float(v) for v in rows["duration_ms"]]
+
+
 def _bench_info(
     options: BenchOptions,
-    analysis: Analysis,
+    analyses: Sequence[Analysis],
     pods: Sequence[StartedPod],
     started_wall: datetime,
     timings: Mapping[str, float],
     brought_up: bool,
 ) -> dict[str, Any]:
     measured = [p for p in pods if not p.warmup]
+    recordings = [
+        {
+            "file": options.recording(group[0].containerd),
+            "containerd": group[0].containerd,
+            "drops": analysis.recording.drops,
+            "complete": analysis.recording.complete,
+            "pods_seen": len(analysis.pods),
+        }
+        for group, analysis in zip(options.groups, analyses, strict=True)
+    ]
+    recording: dict[str, Any] = {
+        "file": ", ".join(str(r["file"]) for r in recordings),
+        "truth": TRUTH,
+        "drops": sum(r["drops"] for r in recordings),
+        "complete": all(r["complete"] for r in recordings),
+        "pods_seen": sum(r["pods_seen"] for r in recordings),
+    }
+    if len(recordings) > 1:
+        recording["per_containerd"] = recordings
     return {
         "startprof": __version__,
         "host": socket.gethostname(),
@@ -653,6 +844,7 @@ def _bench_info(
         "settings": {
             "runtimes": list(options.runtimes),
             "cnis": list(options.cnis),
+            "containerds": list(options.containerds),
             "pods": options.pods,
             "warmup": options.warmup,
             "concurrency": options.concurrency,
@@ -665,13 +857,7 @@ def _bench_info(
         "pods_started": len(pods),
         "pods_measured": len(measured),
         "pods_failed": sum(p.error is not None for p in pods),
-        "recording": {
-            "file": RECORDING,
-            "truth": TRUTH,
-            "drops": analysis.recording.drops,
-            "complete": analysis.recording.complete,
-            "pods_seen": len(analysis.pods),
-        },
+        "recording": recording,
         "lab_brought_up": brought_up,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -686,6 +872,7 @@ def _baseline_info(options: BenchOptions, changes: Sequence[stats.PhaseChange]) 
         "compared": len(changes),
         "regressions": [
             {
+                "containerd": c.containerd,
                 "runtime": c.runtime,
                 "cni": c.cni,
                 "phase": c.phase,
@@ -701,12 +888,13 @@ def _baseline_info(options: BenchOptions, changes: Sequence[stats.PhaseChange]) 
     }
 
 
-def _pods_frame(pods: Sequence[StartedPod], analysis: Analysis) -> pd.DataFrame:
+def _pods_frame(pods: Sequence[StartedPod], analyses: Sequence[Analysis]) -> pd.DataFrame:
     """pods.csv: every pod the bench started, warm-up included, and what became of it."""
-    status = {p.sandbox_id: p.status for p in analysis.pods}
+    status = {p.sandbox_id: p.status for a in analyses for p in a.pods}
     rows = [
         {
             **{k: v for k, v in asdict(p).items() if k != "combination"},
+            "containerd": p.combination.containerd,
             "runtime": p.combination.runtime,
             "cni": p.combination.cni,
             "handler": p.combination.handler,
@@ -715,7 +903,7 @@ def _pods_frame(pods: Sequence[StartedPod], analysis: Analysis) -> pd.DataFrame:
         for p in pods
     ]
     columns = [
-        "runtime", "cni", "handler", "round", "warmup", "name", "sandbox_id",
+        "containerd", "runtime", "cni", "handler", "round", "warmup", "name", "sandbox_id",
         "cri_start_ms", "error", "analysis_status",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)

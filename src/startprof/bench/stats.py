@@ -187,10 +187,12 @@ class PhaseChange:
     change_pct: float
     overlap: bool
     regressed: bool
+    containerd: str = ""
 
     @property
     def combination(self) -> str:
-        return f"{self.runtime}-{self.cni}"
+        name = f"{self.runtime}-{self.cni}"
+        return f"{name}@{self.containerd}" if self.containerd else name
 
     @property
     def improved(self) -> bool:
@@ -202,10 +204,14 @@ def compare(
 ) -> list[PhaseChange]:
     """Every phase (and the whole ``pod``) of every combination present in both summary.json
     documents, in the current run's order."""
-    base = {(c["runtime"], c["cni"]): c for c in baseline.get("combinations", ())}
+
+    def key(c: Mapping[str, Any]) -> tuple[str, str, str]:
+        return (c.get("containerd") or "", c["runtime"], c["cni"])
+
+    base = {key(c): c for c in baseline.get("combinations", ())}
     out: list[PhaseChange] = []
     for combo in current.get("combinations", ()):
-        old = base.get((combo["runtime"], combo["cni"]))
+        old = base.get(key(combo))
         if old is None:
             continue
         pairs = [("pod", old.get("pod"), combo.get("pod"))]
@@ -232,6 +238,7 @@ def compare(
                     change_pct=change_pct(b_med, c_med),
                     overlap=cis_overlap(b_ci, c_ci),
                     regressed=is_regression(b_med, b_ci, c_med, c_ci, threshold_pct),
+                    containerd=combo.get("containerd") or "",
                 )
             )
     return out

@@ -85,6 +85,14 @@ def _default_output() -> Path:
     help="CNI networks to compare, comma-separated (bridge, ptp).",
 )
 @click.option(
+    "--containerd",
+    "containerds",
+    default=None,
+    metavar="LIST",
+    help="containerd versions to compare, comma-separated (system, 1.6, 1.7, 2.1, or a path): "
+    "the lab is brought up on each in turn [default: the lab as it is].",
+)
+@click.option(
     "--pods", default=20, show_default=True, metavar="N", help="Measured pods per combination."
 )
 @click.option(
@@ -140,6 +148,7 @@ def _default_output() -> Path:
 def bench_command(
     runtimes: str,
     cnis: str,
+    containerds: str | None,
     pods: int,
     concurrency: int,
     warmup: int,
@@ -168,6 +177,7 @@ def bench_command(
       sudo startprof bench -o bench-1
       sudo startprof bench --runtime runc,crun --cni bridge,ptp --pods 20
       sudo startprof bench --runtime crun --cni ptp --pods 50 --concurrency 4
+      sudo startprof bench --containerd 1.6,2.1 --runtime runc,crun --cni bridge
       sudo startprof bench -o new --baseline bench-1 --fail-on-regression 10
     """
     from rich.console import Console
@@ -178,6 +188,7 @@ def bench_command(
         failed_error,
         load_baseline,
         parse_choices,
+        parse_containerds,
         run_bench,
         valid_cnis,
         valid_runtimes,
@@ -190,6 +201,7 @@ def bench_command(
         output=output or _default_output(),
         runtimes=parse_choices(runtimes, valid_runtimes(), "runtime"),
         cnis=parse_choices(cnis, valid_cnis(), "cni"),
+        containerds=parse_containerds(containerds) if containerds is not None else (),
         pods=pods,
         concurrency=concurrency,
         warmup=warmup,
@@ -217,7 +229,8 @@ def bench_command(
         err.print(f"bench: warning: the recorder dropped {drops} events; phases may be missing")
     err.print(
         f"bench: {bench['pods_started']} pods in {bench['timings_s']['wall_s']:.0f} s; wrote "
-        f"{result.output}/{{results.parquet, summary.json, report.html, recording.arrows}}"
+        f"{result.output}/{{results.parquet, summary.json, report.html, "
+        f"{bench['recording']['file']}}}"
     )
     if base_doc is not None and not result.changes:
         err.print(f"bench: warning: nothing to compare: {baseline} has none of these combinations")

@@ -256,4 +256,4 @@ def test_hpack_blocks_of_random_bytes_never_raise(blocks: list[bytes], table: in
     for block in blocks:
         for decoded in (strict.decode(block), tolerant.decode(block)):
             headers, _ = decoded
-            assert all(n is None or isinstance(n, str) for n, _ in headers)
+            assert all(n is None or isinstance(n, str) for n, _, _ in headers)

@@ -626,15 +626,23 @@ def test_tolerant_hpack_is_right_or_silent(
     encoder.header_table_size = table_size
     encoded = [encoder.encode(block) for block in blocks]
     full = TolerantHpack(4096)
-    assert [full.decode(e)[0] for e in encoded] == [[(n, v) for n, v in b] for b in blocks]
+    assert [full.decode(e)[0] for e in encoded] == [[(n, v, None) for n, v in b] for b in blocks]
     late = TolerantHpack(4096)
+    meaning: dict[str, tuple[str, str]] = {}
     for block, data in list(zip(blocks, encoded, strict=True))[skip:]:
         headers, resolved = late.decode(data)
         assert len(headers) == len(block)
-        for (name, value), (real_name, real_value) in zip(headers, block, strict=True):
+        for (name, value, symbol), (real_name, real_value) in zip(headers, block, strict=True):
             assert name in (None, real_name)
             assert value in (None, real_value)
-        assert resolved == all(n is not None and v is not None for n, v in headers)
+            if name is None and value is None:
+                # an entry from before the start: its symbol always means the same entry
+                assert symbol is not None
+                assert meaning.setdefault(symbol, (real_name, real_value)) == (
+                    real_name,
+                    real_value,
+                )
+        assert resolved == all(n is not None and v is not None for n, v, _ in headers)
 
 
 # --- the capture tool itself ----------------------------------------------------------------------

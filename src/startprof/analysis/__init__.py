@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.losses import drop_windows, mark_lossy
 from startprof.analysis.model import Analysis, Pod, RecordingInfo
 from startprof.analysis.phases import build_pods
@@ -60,7 +61,8 @@ def analyze(sources: Sequence[Source]) -> Analysis:
     starts, ends = [], []
     lossy: list[tuple[int, int]] = []
     for src in sources:
-        own = timed(src.events)
+        # calls on connections older than the recording are named before anything reads them
+        own, _ = name_calls(timed(src.events))
         events = to_wall_clock(own, src.clock_offset_ns)
         windows = [
             (lo + src.clock_offset_ns, hi + src.clock_offset_ns)

@@ -19,14 +19,15 @@ See ``docs/cri-decoding.md`` for what can and cannot be recovered.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 from urllib.parse import unquote
 
-from google.protobuf import message_factory
 from google.protobuf.message import Message
 from hpack import Decoder
 from hpack.exceptions import HPACKError
@@ -34,7 +35,15 @@ from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from startprof.cri.proto import api_pb2
+from startprof.cri import shapes
+from startprof.cri.api import (
+    GRPC_STATUS_NAMES,
+    METHODS,
+    REQUEST_FIELDS,
+    RESPONSE_FIELDS,
+    STATUS_FAILED_UNKNOWN_CODE,
+    short_method,
+)
 from startprof.events import Event
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -82,26 +91,6 @@ _STREAM_FRAMES: Final = frozenset({DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PRO
 _CONNECTION_FRAMES: Final = frozenset({SETTINGS, PING, GOAWAY})
 _FIXED_LENGTH: Final[dict[int, int]] = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
 
-GRPC_STATUS_NAMES: Final[dict[int, str]] = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
-
 H2_ERROR_NAMES: Final[dict[int, str]] = {
     0x0: "NO_ERROR",
     0x1: "PROTOCOL_ERROR",
@@ -132,91 +121,16 @@ _MAX_HEADER_BLOCK: Final = 1 << 20
 _MAX_MESSAGE: Final = 16 << 20
 _MAX_KNOWN_HOLE: Final = 1 << 20
 _MAX_TABLE_SIZE: Final = 1 << 20
-
-
-# --- which CRI fields to keep -------------------------------------------------------------------
-# Field paths into the request/response message, by method name (the part after the last "/").
-# Target "attrs.<key>" goes into the JSON attrs; any other target is an event column.
-# Never list credentials: PullImageRequest.auth holds registry passwords.
-Fields = tuple[tuple[str, str], ...]
-
-_SANDBOX_META: Final[Fields] = (
-    ("pod", "sandbox_config.metadata.name"),
-    ("namespace", "sandbox_config.metadata.namespace"),
-    ("uid", "sandbox_config.metadata.uid"),
-)
-REQUEST_FIELDS: Final[dict[str, Fields]] = {
-    "RunPodSandbox": (
-        ("pod", "config.metadata.name"),
-        ("namespace", "config.metadata.namespace"),
-        ("uid", "config.metadata.uid"),
-        ("attrs.runtime_handler", "runtime_handler"),
-    ),
-    "CreateContainer": (
-        ("sandbox_id", "pod_sandbox_id"),
-        ("container", "config.metadata.name"),
-        ("attrs.image", "config.image.image"),
-        *_SANDBOX_META,
-    ),
-    "StartContainer": (("container_id", "container_id"),),
-    "StopContainer": (("container_id", "container_id"),),
-    "RemoveContainer": (("container_id", "container_id"),),
-    "ContainerStatus": (("container_id", "container_id"),),
-    "StopPodSandbox": (("sandbox_id", "pod_sandbox_id"),),
-    "RemovePodSandbox": (("sandbox_id", "pod_sandbox_id"),),
-    "PodSandboxStatus": (("sandbox_id", "pod_sandbox_id"),),
-    "PullImage": (("attrs.image", "image.image"), *_SANDBOX_META),
-    "ImageStatus": (("attrs.image", "image.image"),),
-    "RemoveImage": (("attrs.image", "image.image"),),
-}
-RESPONSE_FIELDS: Final[dict[str, Fields]] = {
-    "Version": (
-        ("attrs.runtime_name", "runtime_name"),
-        ("attrs.runtime_version", "runtime_version"),
-    ),
-    "RunPodSandbox": (("sandbox_id", "pod_sandbox_id"),),
-    "CreateContainer": (("container_id", "container_id"),),
-    "ContainerStatus": (("container", "status.metadata.name"),),
-    "PodSandboxStatus": (
-        ("pod", "status.metadata.name"),
-        ("namespace", "status.metadata.namespace"),
-        ("uid", "status.metadata.uid"),
-        ("attrs.pod_ip", "status.network.ip"),
-    ),
-    "PullImage": (("attrs.image_ref", "image_ref"),),
-    "ImageStatus": (("attrs.image_id", "image.id"),),
-}
-
-
-def _method_classes() -> dict[str, tuple[type[Message], type[Message]]]:
-    """``:path`` -> (request class, response class) for every method of the CRI proto.
-
-    containerd 1.6 also serves ``runtime.v1alpha2``, whose messages have the same field numbers
-    for everything extracted here, so those paths map to the same classes.
-    """
-    table: dict[str, tuple[type[Message], type[Message]]] = {}
-    for service in api_pb2.DESCRIPTOR.services_by_name.values():
-        for method in service.methods:
-            classes = (
-                message_factory.GetMessageClass(method.input_type),
-                message_factory.GetMessageClass(method.output_type),
-            )
-            table[f"/{service.full_name}/{method.name}"] = classes
-            table[f"/runtime.v1alpha2.{service.name}/{method.name}"] = classes
-    return table
-
-
-METHODS: Final = _method_classes()
-
-
-def short_method(path: str) -> str:
-    """``/runtime.v1.RuntimeService/RunPodSandbox`` -> ``RunPodSandbox``."""
-    return path.rsplit("/", 1)[-1]
+# Each message of a call whose method is unknown is kept until the call ends, up to this size
+# (a ListContainers reply of a node with 100 containers is ~150 KB): in-flight calls x 2 x this.
+_MAX_UNNAMED_MESSAGE: Final = 1 << 20
 
 
 # --- HPACK ----------------------------------------------------------------------------------------
-Header = tuple[str | None, str | None]
-"""A decoded header; None where the dynamic-table entry it refers to is unknown."""
+Header = tuple[str | None, str | None, str | None]
+"""A decoded header: (name, value, symbol). Name or value is None where it is a dynamic-table
+entry added before the decoder saw the stream; ``symbol`` then names that entry (see
+``TolerantHpack``), so two headers with the same symbol are the same unknown entry."""
 
 
 def _text(raw: bytes | bytearray | memoryview) -> str:
@@ -231,20 +145,31 @@ class TolerantHpack:
     table, in the same order, so an index that falls inside them is right and one beyond them is
     unknown (never wrong). Entries with an unknown name get a lower-bound size, so this table
     evicts no earlier than the real one; keeping an entry too long is harmless because the
-    encoder never refers to an entry it has evicted.
+    encoder never refers to an entry it has evicted. For the same reason, until the encoder
+    announces its table size, the table is as large as the memory bound allows.
+
+    Unknown entries get stable identities: after ``n`` insertions, dynamic index ``d`` beyond
+    the learned entries is the entry that was ``d - n`` places from the newest when the decoder
+    began, whatever was inserted since. Its symbol is ``"<epoch>.<d - n>"``; the epoch changes
+    whenever the table had to be forgotten, because positions no longer line up after that.
     """
 
-    def __init__(self, max_size: int) -> None:
-        self._entries: deque[tuple[str | None, str, int]] = deque()
+    def __init__(self, max_size: int, epochs: Iterator[int] | None = None) -> None:
+        self._entries: deque[tuple[str | None, str, int, str | None]] = deque()
         self._size = 0
         self._max = min(max_size, _MAX_TABLE_SIZE)
         self._limit = self._max
+        self._epochs = epochs if epochs is not None else itertools.count()
+        self._epoch = next(self._epochs)
+        self._inserted = 0
+        self._evicted = False
 
     def decode(self, block: bytes) -> tuple[list[Header], bool]:
         """Headers of one block and whether every one of them was resolved.
 
         A block that cannot be parsed to its end empties the table (whatever it inserted after the
-        failure is lost, so the newest-first order could no longer be trusted).
+        failure is lost, so the newest-first order could no longer be trusted) and starts a new
+        epoch of symbols.
         """
         data = memoryview(block)
         headers: list[Header] = []
@@ -256,10 +181,10 @@ class TolerantHpack:
                 if first & 0x80:
                     index, used = decode_integer(data[i:], 7)
                     i += used
-                    name, value = self._lookup(index)
+                    header = self._lookup(index)
                     # a learned entry may carry a value under a name that was never seen
-                    resolved = resolved and name is not None and value is not None
-                    headers.append((name, value))
+                    resolved = resolved and header[0] is not None and header[1] is not None
+                    headers.append(header)
                 elif first & 0xE0 == 0x20:
                     size, used = decode_integer(data[i:], 5)
                     i += used
@@ -269,34 +194,42 @@ class TolerantHpack:
                     indexing = bool(first & 0x40)
                     index, used = decode_integer(data[i:], 6 if indexing else 4)
                     i += used
+                    symbol: str | None = None
                     if index:
-                        name = self._lookup(index)[0]
+                        name, _, symbol = self._lookup(index)
                     else:
                         raw_name, i = self._string(data, i)
                         name = _text(raw_name)
                     raw_value, i = self._string(data, i)
                     value = _text(raw_value)
                     resolved = resolved and name is not None
-                    headers.append((name, value))
+                    headers.append((name, value, symbol if name is None else None))
                     if indexing:
-                        self._add(name, value)
+                        self._add(name, value, symbol if name is None else None)
         except (HPACKError, IndexError, ValueError):
             self._entries.clear()
             self._size = 0
+            self._epoch = next(self._epochs)
+            self._inserted = 0
+            self._evicted = False
             return headers, False
         return headers, resolved
 
-    def _lookup(self, index: int) -> tuple[str | None, str | None]:
+    def _lookup(self, index: int) -> Header:
         if index == 0:
             raise ValueError("HPACK index 0")
         if index <= len(HeaderTable.STATIC_TABLE):
             name, value = HeaderTable.STATIC_TABLE[index - 1]
-            return _text(name), _text(value)
+            return _text(name), _text(value), None
         offset = index - len(HeaderTable.STATIC_TABLE) - 1
         if offset < len(self._entries):
-            name_s, value_s, _ = self._entries[offset]
-            return name_s, value_s
-        return None, None
+            name_s, value_s, _, name_symbol = self._entries[offset]
+            return name_s, value_s, name_symbol
+        if self._evicted:
+            # Learned entries were evicted, so the real table has evicted every older one too:
+            # the index is damage, not an entry from before the decoder began.
+            return None, None, None
+        return None, None, f"{self._epoch}.{offset - self._inserted}"
 
     @staticmethod
     def _string(data: memoryview, i: int) -> tuple[bytes, int]:
@@ -308,28 +241,40 @@ class TolerantHpack:
         raw = data[i : i + length]
         return (decode_huffman(raw) if huffman else bytes(raw)), i + length
 
-    def _add(self, name: str | None, value: str) -> None:
+    def _add(self, name: str | None, value: str, name_symbol: str | None) -> None:
         size = 32 + len(value.encode()) + (len(name.encode()) if name is not None else 0)
+        self._inserted += 1
         if size > self._max:
             self._entries.clear()
             self._size = 0
+            self._evicted = True
             return
-        self._entries.appendleft((name, value, size))
+        self._entries.appendleft((name, value, size, name_symbol))
         self._size += size
         self._evict()
 
     def _evict(self) -> None:
         while self._size > self._max and self._entries:
             self._size -= self._entries.pop()[2]
+            self._evicted = True
 
 
 class HeaderDecoder:
-    """HPACK state of one direction of one connection: ``hpack.Decoder`` until it fails."""
+    """HPACK state of one direction of one connection: ``hpack.Decoder`` until it fails.
 
-    def __init__(self) -> None:
-        self._strict: Decoder | None = Decoder(max_header_list_size=_MAX_HEADER_BLOCK)
+    A direction that did not start at the connection's beginning (``tolerant``) uses the
+    tolerant reader from the first block: the strict one would fail at the first unknown index
+    and take with it every entry learned so far."""
+
+    def __init__(self, *, tolerant: bool = False) -> None:
+        self._strict: Decoder | None = None
         self._tolerant: TolerantHpack | None = None
         self._allowed = DEFAULT_TABLE_SIZE
+        self._epochs = itertools.count()
+        if tolerant:
+            self.forget()
+        else:
+            self._strict = Decoder(max_header_list_size=_MAX_HEADER_BLOCK)
 
     def allow_table_size(self, size: int) -> None:
         """The decoding side advertised SETTINGS_HEADER_TABLE_SIZE.
@@ -344,18 +289,19 @@ class HeaderDecoder:
     def forget(self) -> None:
         """Header blocks were lost: the dynamic table is unknown from here on."""
         self._strict = None
-        self._tolerant = TolerantHpack(self._allowed)
+        # Its real size is unknown too (a size update may have been lost): assume the largest.
+        self._tolerant = TolerantHpack(_MAX_TABLE_SIZE, self._epochs)
 
     def decode(self, block: bytes) -> tuple[list[Header], bool]:
         if self._strict is not None:
             try:
                 decoded = self._strict.decode(block, raw=True)
-                return [(_text(n), _text(v)) for n, v in decoded], True
+                return [(_text(n), _text(v), None) for n, v in decoded], True
             except (HPACKError, ValueError, IndexError, UnicodeError):
                 # The failed block may have half-updated the table: start over empty.
                 self.forget()
         if self._tolerant is None:  # pragma: no cover - forget() always sets it
-            self._tolerant = TolerantHpack(self._allowed)
+            self._tolerant = TolerantHpack(_MAX_TABLE_SIZE, self._epochs)
         return self._tolerant.decode(block)
 
 
@@ -363,11 +309,12 @@ class HeaderDecoder:
 class GrpcMessage:
     """The first length-prefixed gRPC message of one direction of a stream (CRI calls are unary)."""
 
-    __slots__ = ("buf", "error")
+    __slots__ = ("buf", "error", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = _MAX_MESSAGE) -> None:
         self.buf = bytearray()
         self.error: str | None = None
+        self.limit = limit
 
     def complete(self) -> bool:
         return len(self.buf) >= 5 and len(self.buf) >= 5 + int.from_bytes(self.buf[1:5], "big")
@@ -378,7 +325,7 @@ class GrpcMessage:
         self.buf += data
         if len(self.buf) >= 5:
             length = int.from_bytes(self.buf[1:5], "big")
-            if length > _MAX_MESSAGE:
+            if length > self.limit:
                 self.error = f"message of {length} bytes not kept"
                 self.buf = bytearray()
             elif len(self.buf) > 5 + length:
@@ -400,7 +347,7 @@ class GrpcMessage:
             return None
         try:
             inflater = zlib.decompressobj(wbits)
-            out = inflater.decompress(body, _MAX_MESSAGE)
+            out = inflater.decompress(body, self.limit)
         except zlib.error:
             self.error = f"bad {encoding} data"
             return None
@@ -410,13 +357,10 @@ class GrpcMessage:
         return out
 
 
-def _field(message: Message, path: str) -> str | None:
-    value: Any = message
-    for part in path.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            return None
-    return value if isinstance(value, str) and value else None
+# W3C trace context (https://www.w3.org/TR/trace-context/#traceparent-header): recognisable by
+# shape even when its header name is an HPACK entry from before the recording.
+TRACEPARENT: Final = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_GRPC_CONTENT_TYPE: Final = "application/grpc"
 
 
 # --- connection state -----------------------------------------------------------------------------
@@ -432,6 +376,15 @@ class Call:
         self.method: str | None = None
         self.status: str | None = None
         self.hpack_unknown = False
+        self.key: str | None = None
+        """Symbols of the unknown HPACK entries of an unnamed request (TolerantHpack): two calls
+        with the same key on one connection share every unknown entry, their :path included,
+        so they are calls of the same method."""
+        self.replied = False  # a reply message arrived (a unary call only replies when OK)
+        self.status_unknown = False  # the call ended with trailers whose grpc-status is unknown
+        self.reply_visible = False
+        """Every reply byte since the request was parsed as frames (no resync, no loss), so a
+        missing reply message really is missing."""
         self.encoding: dict[str, str | None] = {"in": None, "out": None}
         self.bodies: dict[str, GrpcMessage] = {}
         self.attrs: dict[str, Any] = {}
@@ -446,26 +399,45 @@ class Call:
             if name in RESPONSE_FIELDS:
                 self.bodies["out"] = GrpcMessage()
 
-    def event(self, end_ns: int | None) -> Event:
-        columns: dict[str, Any] = {}
+    def keep_messages(self, key: str) -> None:
+        """The method is unknown: keep both messages (bounded) until the call ends, when their
+        shape is all there is to know it by."""
+        self.key = key
+        self.bodies = {
+            "in": GrpcMessage(_MAX_UNNAMED_MESSAGE),
+            "out": GrpcMessage(_MAX_UNNAMED_MESSAGE),
+        }
+
+    def event(self, end_ns: int | None, within: Iterable[str] = shapes.ALL_METHODS) -> Event:
+        """The ``cri_call`` event. An unnamed call lists, in ``attrs.unnamed``, the methods among
+        ``within`` its messages fit, each with the fields it would have (startprof.cri.shapes)."""
         attrs = self.attrs
+        if self.status is None and end_ns is not None:
+            if self.replied:
+                self.status = "OK"
+                attrs["status_inferred"] = "reply message"
+            elif self.status_unknown and self.reply_visible:
+                self.status = STATUS_FAILED_UNKNOWN_CODE
+                attrs["status_inferred"] = "no reply message"
+        fields: dict[str, str] = {}
         if self.method in METHODS:
             name = short_method(self.method)
-            for direction, table in (("in", REQUEST_FIELDS), ("out", RESPONSE_FIELDS)):
-                body = self.bodies.get(direction)
-                if body is None:
-                    continue
-                message = self._parse(direction, body)
-                if message is None:
-                    continue
-                for target, path in table.get(name, ()):
-                    value = _field(message, path)
-                    if value is None:
-                        continue
-                    if target.startswith("attrs."):
-                        attrs.setdefault(target[6:], value)
-                    else:
-                        columns.setdefault(target, value)
+            request, reply = self._message("in"), self._message("out")
+            fields = shapes.kept_fields(name, request, reply)
+        elif self.key is not None:
+            request_bytes = self._payload("in")
+            reply_bytes = self._payload("out") if self.replied else None
+            names = shapes.candidates(request_bytes, reply_bytes, within)
+            attrs["unnamed"] = {
+                "key": self.key,
+                "candidates": {n: shapes.parse(n, request_bytes, reply_bytes) for n in names},
+            }
+        columns: dict[str, Any] = {}
+        for target, value in fields.items():
+            if target.startswith("attrs."):
+                attrs.setdefault(target[6:], value)
+            else:
+                columns.setdefault(target, value)
         if self.hpack_unknown and (self.method is None or self.status is None):
             attrs["hpack"] = "unknown"
         return {
@@ -483,12 +455,19 @@ class Call:
             "attrs": json.dumps(attrs, sort_keys=True) if attrs else None,
         }
 
-    def _parse(self, direction: str, body: GrpcMessage) -> Message | None:
-        assert self.method is not None
+    def _payload(self, direction: str) -> bytes | None:
+        body = self.bodies.get(direction)
+        if body is None:
+            return None
         payload = body.payload(self.encoding[direction])
+        if payload is None and (body.error not in ("missing", "incomplete") or self.status == "OK"):
+            self.attrs.setdefault(f"{direction}_body", body.error)
+        return payload
+
+    def _message(self, direction: str) -> Message | None:
+        assert self.method is not None
+        payload = self._payload(direction)
         if payload is None:
-            if body.error not in ("missing", "incomplete") or self.status == "OK":
-                self.attrs.setdefault(f"{direction}_body", body.error)
             return None
         cls = METHODS[self.method][0 if direction == "in" else 1]
         try:
@@ -533,7 +512,7 @@ class Half:
         self.chunks: deque[Chunk] = deque()
         self.holes: list[tuple[int, int]] = []  # zero-filled absolute ranges of lost bytes
         self.breaks: list[int] = []  # absolute offsets after which an unknown number was lost
-        self.headers = HeaderDecoder()
+        self.headers = HeaderDecoder(tolerant=resync)
         # SETTINGS_MAX_FRAME_SIZE the receiving side advertised; unknown mid-stream.
         self.max_frame = LARGEST_FRAME if resync else DEFAULT_MAX_FRAME
         self.block: HeaderBlock | None = None
@@ -567,10 +546,13 @@ class Connection:
         }
         self.calls: dict[int, Call] = {}
         self.last_client_stream = 0
+        self.key_methods: dict[str, tuple[str, ...]] = {}
+        """Per unnamed-call key, the methods its calls so far all fit (a few names each)."""
 
     def damage(self, reason: str) -> None:
         for call in self.calls.values():
             call.attrs.setdefault("damaged", reason)
+            call.reply_visible = False
 
 
 # --- the decoder ----------------------------------------------------------------------------------
@@ -628,7 +610,7 @@ class CriStreamDecoder:
             if reason:
                 call.attrs.setdefault("damaged", reason)
             try:
-                self._out.append(call.event(None))
+                self._out.append(self._event(conn, call, None))
             except Exception:  # the last resort of _data's guard must not raise either
                 self.stats["internal_errors"] += 1
         conn.calls.clear()
@@ -841,6 +823,8 @@ class CriStreamDecoder:
             call = conn.calls.get(stream_id)
             if call is None:
                 return
+            if half.direction == "out" and length:
+                call.replied = True
             body = call.bodies.get(half.direction)
             if body is not None:
                 if damaged:
@@ -933,19 +917,33 @@ class CriStreamDecoder:
         call = Call(conn.conn_id, block.stream_id, block.ts, block.pid, block.tid)
         conn.calls[block.stream_id] = call
         self.stats["calls"] += 1
+        call.reply_visible = conn.halves["out"].mode == _FRAMES_MODE
         call.hpack_unknown = not resolved
         guess: str | None = None
-        for name, value in headers:
+        unknown: list[str] = []
+        for name, value, symbol in headers:
             if value is None:
+                if name is None and symbol is not None:
+                    unknown.append(symbol)
                 continue
             if name == ":path" and call.method is None:
                 call.set_method(value)
             elif name == "grpc-encoding":
                 call.encoding["in"] = value
+            elif name == "traceparent" or (name is None and TRACEPARENT.match(value)):
+                call.attrs["traceparent"] = value
             elif name is None and value in METHODS:
                 guess = value  # a literal whose name is an unknown table entry: a CRI path
         if call.method is None and guess is not None:
             call.set_method(guess)
+        if (
+            call.method is None
+            and unknown
+            and not block.damaged
+            and len(unknown) == sum(1 for n, v, _ in headers if n is None and v is None)
+        ):
+            # Every unknown entry has an identity: the :path is one of them.
+            call.keep_messages(",".join(unknown))
         if block.damaged:
             call.attrs.setdefault("damaged", "bytes lost")
 
@@ -962,9 +960,21 @@ class CriStreamDecoder:
             self.stats["orphan_responses"] += 1
             return
         call.hpack_unknown = call.hpack_unknown or not resolved
-        for name, value in headers:
+        unknown_value = False
+        for name, value, _ in headers:
             if value is None:
+                unknown_value = unknown_value or name in (None, "grpc-status")
                 continue
+            if name is None and block.end_stream:
+                # A literal under a name from before the recording, in the trailers: grpc-go
+                # servers send only grpc-status (a small number), grpc-message and the binary
+                # grpc-status-details-bin there; content-type is recognisable by its value.
+                if value.isdigit() and int(value) in GRPC_STATUS_NAMES:
+                    name = "grpc-status"
+                elif value.startswith(_GRPC_CONTENT_TYPE) or value.endswith("="):
+                    continue
+                elif not call.replied:
+                    name = "grpc-message"
             if name == "grpc-status":
                 code = int(value) if value.isdigit() else None
                 call.status = GRPC_STATUS_NAMES.get(code, value) if code is not None else value
@@ -977,11 +987,24 @@ class CriStreamDecoder:
         if block.damaged:
             call.attrs.setdefault("damaged", "bytes lost")
         if block.end_stream:
+            call.status_unknown = call.status is None and unknown_value
             self._end(conn, call, ts)
 
     def _end(self, conn: Connection, call: Call, end_ns: int) -> None:
         conn.calls.pop(call.stream_id, None)
-        self._out.append(call.event(end_ns))
+        self._out.append(self._event(conn, call, end_ns))
+
+    def _event(self, conn: Connection, call: Call, end_ns: int | None) -> Event:
+        """The call's event; an unnamed call is tried only against the methods that every
+        earlier call of its key still allowed (a method must fit all of them)."""
+        if call.key is None:
+            return call.event(end_ns)
+        within = conn.key_methods.get(call.key, shapes.ALL_METHODS)
+        event = call.event(end_ns, within)
+        found = call.attrs.get("unnamed", {}).get("candidates")
+        if found:
+            conn.key_methods[call.key] = tuple(found)
+        return event
 
 
 def _attrs(raw: Any) -> dict[str, Any]:

@@ -1,0 +1,308 @@
+"""Name the CRI calls whose method the decoder could not read, from evidence.
+
+On a connection older than the recording (every kubelet's), a method's ``:path`` is an HPACK
+entry added before the recording began. The decoder gives every such call a *key* (the symbols
+of its unknown entries: calls with one key are calls of one method) and the methods its
+messages fit, each with the fields the call would have (``attrs.unnamed``; see
+``startprof.cri.shapes`` and docs/cri-decoding.md). This pass decides per key, over the whole
+recording, so a method identified late names the key's earlier calls too:
+
+1. **Shape**: the methods every call of the key fits. One left: that is the method.
+2. **Ids**: a request naming a known sandbox id is a sandbox method, a known container id a
+   container method (ids come from the calls already named and from CNI_CONTAINERID).
+3. **Kernel effects** inside the calls' windows: the OCI runtime's ``start <id>`` is a
+   StartContainer, ``kill <id>`` a StopContainer or StopPodSandbox, ``exec <id>`` an ExecSync,
+   a CNI DEL for the sandbox a StopPodSandbox. A candidate wins when it alone has effects.
+4. **Lifecycle**: a call after its container's or sandbox's StopX that is the last call to
+   name that id, with no effect, is its RemoveX.
+
+Anything still ambiguous stays unnamed, with its candidates listed: a wrong name is worse than
+none. Named calls carry ``attrs.method_inferred`` with the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pandas as pd
+
+from startprof.analysis.processes import missing
+from startprof.cri.api import path_of
+
+_SANDBOX_METHODS: Final = frozenset(
+    {
+        "StopPodSandbox",
+        "RemovePodSandbox",
+        "PodSandboxStatus",
+        "PodSandboxStats",
+        "CheckpointPod",
+        "RestorePod",
+        "UpdatePodSandboxResources",
+    }
+)
+_EFFECTS: Final[dict[str, tuple[str, ...]]] = {
+    "StartContainer": ("start",),
+    "StopContainer": ("kill",),
+    "StopPodSandbox": ("kill", "cni-DEL"),
+    "ExecSync": ("exec",),
+}
+_REMOVES: Final = {"RemoveContainer": "StopContainer", "RemovePodSandbox": "StopPodSandbox"}
+_RUNTIME_VERBS: Final = frozenset({"start", "kill", "exec", "delete", "create"})
+
+
+@dataclass
+class _Call:
+    row: Any  # index label in the events frame
+    start_ns: int
+    end_ns: int
+    candidates: dict[str, dict[str, str]]
+
+
+@dataclass
+class _Key:
+    calls: list[_Call] = field(default_factory=list)
+
+    def methods(self) -> set[str]:
+        """The methods every call of this key fits."""
+        sets = [set(c.candidates) for c in self.calls]
+        return set.intersection(*sets) if sets else set()
+
+
+@dataclass(frozen=True)
+class NamingStats:
+    unnamed: int  # calls that reached the decoder without a method
+    named: int  # of those, named here
+    keys: int
+    ambiguous_keys: int
+
+
+def _attrs(raw: Any) -> dict[str, Any]:
+    if missing(raw) or not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _id_of(fields: Mapping[str, str]) -> tuple[str, str] | None:
+    """("sandbox"|"container", id) a request names under one reading."""
+    if "container_id" in fields and "sandbox_id" not in fields:
+        return "container", fields["container_id"]
+    if "sandbox_id" in fields and "container_id" not in fields:
+        return "sandbox", fields["sandbox_id"]
+    return None
+
+
+def _effects(ev: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
+    """id -> [(ts_ns, effect)]: runtime verbs on an id, whatever the runtime binary is called
+    (the id must be a CRI id to match anything), and CNI commands on a sandbox."""
+    out: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    execs = ev.loc[ev["kind"] == "exec", ["ts_ns", "argv", "env"]]
+    for ts, argv, env in execs.itertuples(index=False, name=None):
+        if not missing(env):
+            cni = dict(v.split("=", 1) for v in env if "=" in v)
+            if "CNI_COMMAND" in cni and cni.get("CNI_CONTAINERID"):
+                out[cni["CNI_CONTAINERID"]].append((int(ts), "cni-" + cni["CNI_COMMAND"]))
+                continue
+        if missing(argv) or len(argv) < 3:
+            continue
+        args = list(argv)
+        verb = next((i for i, a in enumerate(args) if a in _RUNTIME_VERBS), None)
+        if verb is None:
+            continue
+        operands = [a for a in args[verb + 1 :] if not a.startswith("-")]
+        if operands:
+            # the id is the last operand of create/start/kill/delete (kill adds a signal) and
+            # the first of exec: take every operand, only real ids ever match a call
+            for operand in dict.fromkeys(operands):
+                out[str(operand)].append((int(ts), args[verb]))
+    return out
+
+
+def _known_ids(calls: pd.DataFrame, ev: pd.DataFrame) -> tuple[set[str], set[str]]:
+    sandboxes = {str(s) for s in calls["sandbox_id"].dropna()}
+    for env in ev.loc[ev["kind"] == "exec", "env"].dropna():
+        sandboxes.update(v.split("=", 1)[1] for v in env if v.startswith("CNI_CONTAINERID="))
+    containers = {str(c) for c in calls["container_id"].dropna()} - sandboxes
+    return sandboxes, containers
+
+
+def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
+    """The events with every unnamed ``cri_call`` that the evidence identifies named."""
+    if "kind" not in ev or "attrs" not in ev or "method" not in ev:
+        return ev, NamingStats(0, 0, 0, 0)
+    is_call = ev["kind"] == "cri_call"
+    pending = ev.loc[is_call & ev["method"].isna() & ev["attrs"].notna(), ["attrs", "conn_id"]]
+    keys: dict[tuple[Any, str], _Key] = defaultdict(_Key)
+    times = ev.loc[pending.index, ["start_ns", "end_ns"]]
+    for row, raw, conn in pending.itertuples(name=None):
+        unnamed = _attrs(raw).get("unnamed")
+        if not isinstance(unnamed, dict) or not isinstance(unnamed.get("key"), str):
+            continue
+        candidates = unnamed.get("candidates")
+        start: Any = times.at[row, "start_ns"]
+        end: Any = times.at[row, "end_ns"]
+        if not isinstance(candidates, dict) or missing(start):
+            continue
+        end_ns = int(start) if missing(end) else int(end)
+        keys[conn, unnamed["key"]].calls.append(_Call(row, int(start), end_ns, candidates))
+    if not keys:
+        return ev, NamingStats(len(pending), 0, 0, 0)
+
+    decided: dict[tuple[Any, str], tuple[str, dict[str, Any]]] = {}
+    for k, group in keys.items():
+        methods = group.methods()
+        if len(methods) == 1:
+            decided[k] = (methods.pop(), {"by": "shape"})
+    out = ev.copy()
+    _apply(out, keys, decided)
+    named_calls = out.loc[out["kind"] == "cri_call"]
+    sandboxes, containers = _known_ids(named_calls, out)
+    effects = _effects(out)
+    for k, group in keys.items():
+        if k in decided:
+            continue
+        found = _by_ids_and_effects(group, sandboxes, containers, effects)
+        if found is not None:
+            decided[k] = found
+    _apply(out, keys, decided)
+    for k, group in keys.items():
+        if k in decided:
+            continue
+        found = _by_lifecycle(group, out, effects)
+        if found is not None:
+            decided[k] = found
+        else:
+            _mark_ambiguous(out, group)
+    _apply(out, keys, decided)
+    named = sum(len(keys[k].calls) for k in decided)
+    return out, NamingStats(len(pending), named, len(keys), len(keys) - len(decided))
+
+
+def _agrees(method: str, kind: str, value: str, sandboxes: set[str], containers: set[str]) -> bool:
+    """Whether reading a request as ``method`` (naming ``kind`` id ``value``) fits the ids known."""
+    is_sandbox_method = method in _SANDBOX_METHODS
+    if value in sandboxes:
+        return kind == "sandbox" and is_sandbox_method
+    if value in containers:
+        return kind == "container" and not is_sandbox_method
+    return True
+
+
+def _consistent(
+    group: _Key, methods: Iterable[str], sandboxes: set[str], containers: set[str]
+) -> list[str]:
+    """The methods whose id kind agrees with the ids every call names."""
+    keep = []
+    for m in methods:
+        readings = (_id_of(call.candidates.get(m, {})) for call in group.calls)
+        if all(r is None or _agrees(m, *r, sandboxes, containers) for r in readings):
+            keep.append(m)
+    return keep
+
+
+def _hits(group: _Key, method: str, effects: Mapping[str, list[tuple[int, str]]]) -> int:
+    wanted = _EFFECTS.get(method, ())
+    n = 0
+    for call in group.calls:
+        named = _id_of(call.candidates.get(method, {}))
+        if named is None:
+            continue
+        if any(
+            call.start_ns <= ts <= call.end_ns and what in wanted
+            for ts, what in effects.get(named[1], ())
+        ):
+            n += 1
+    return n
+
+
+def _by_ids_and_effects(
+    group: _Key,
+    sandboxes: set[str],
+    containers: set[str],
+    effects: Mapping[str, list[tuple[int, str]]],
+) -> tuple[str, dict[str, Any]] | None:
+    methods = _consistent(group, sorted(group.methods()), sandboxes, containers)
+    if len(methods) == 1:
+        return methods[0], {"by": "ids"}
+    hits = {m: _hits(group, m, effects) for m in methods}
+    winners = [m for m, n in hits.items() if n]
+    if len(winners) == 1:
+        m = winners[0]
+        return m, {"by": "kernel", "effects": _EFFECTS[m], "calls_with_effect": hits[m]}
+    return None
+
+
+def _by_lifecycle(
+    group: _Key, ev: pd.DataFrame, effects: Mapping[str, list[tuple[int, str]]]
+) -> tuple[str, dict[str, Any]] | None:
+    """RemoveX: every call names an id after that id's StopX ended, is the last call to name
+    it, and has no runtime or CNI effect in its window."""
+    methods = group.methods()
+    calls = ev.loc[
+        ev["kind"] == "cri_call", ["method", "start_ns", "end_ns", "sandbox_id", "container_id"]
+    ]
+    for remove, stop in _REMOVES.items():
+        if remove not in methods:
+            continue
+        column = "container_id" if remove == "RemoveContainer" else "sandbox_id"
+        stops = calls[calls["method"] == path_of(stop)]
+        ok = True
+        for call in group.calls:
+            named = _id_of(call.candidates.get(remove, {}))
+            if named is None:
+                ok = False
+                break
+            value = named[1]
+            stopped = stops.loc[stops[column] == value, "end_ns"].dropna()
+            later = calls.loc[(calls[column] == value) & (calls["start_ns"] > call.start_ns)]
+            quiet = not any(call.start_ns <= ts <= call.end_ns for ts, _ in effects.get(value, ()))
+            if stopped.empty or int(stopped.min()) > call.start_ns or len(later) or not quiet:
+                ok = False
+                break
+        if ok and group.calls:
+            return remove, {"by": "lifecycle", "after": stop}
+    return None
+
+
+def _apply(
+    ev: pd.DataFrame,
+    keys: Mapping[tuple[Any, str], _Key],
+    decided: Mapping[tuple[Any, str], tuple[str, dict[str, Any]]],
+) -> None:
+    for k, (method, evidence) in decided.items():
+        group = keys[k]
+        rows = [c.row for c in group.calls if missing(ev.at[c.row, "method"])]
+        for call in group.calls:
+            if call.row not in rows:
+                continue
+            attrs = _attrs(ev.at[call.row, "attrs"])
+            attrs.pop("unnamed", None)
+            attrs.pop("method_candidates", None)
+            attrs["method_inferred"] = {**evidence, "key_calls": len(group.calls)}
+            for target, value in call.candidates.get(method, {}).items():
+                if target.startswith("attrs."):
+                    attrs.setdefault(target[6:], value)
+                elif target in ev.columns and missing(ev.at[call.row, target]):
+                    ev.at[call.row, target] = value
+            attrs.pop("hpack", None)
+            ev.at[call.row, "attrs"] = json.dumps(attrs, sort_keys=True)
+            ev.at[call.row, "method"] = path_of(method)
+
+
+def _mark_ambiguous(ev: pd.DataFrame, group: _Key) -> None:
+    methods = sorted(group.methods())
+    for call in group.calls:
+        attrs = _attrs(ev.at[call.row, "attrs"])
+        attrs.pop("unnamed", None)
+        attrs["method_candidates"] = methods
+        ev.at[call.row, "attrs"] = json.dumps(attrs, sort_keys=True)
+
+
+__all__ = ["NamingStats", "name_calls"]

@@ -79,6 +79,14 @@ class Host(Protocol):
         """Runtime name and version behind a CRI socket; raises OSError or CriError if none."""
         ...
 
+    def containerd_version(self, binary: str) -> str | None:
+        """What ``binary --version`` says (1.6.20, 2.1.9); None when it cannot tell."""
+        ...
+
+    def lab_containerd(self, socket_path: str) -> dict[str, object]:
+        """The lab's containerd when ``socket_path`` is a lab's (its state), else {}."""
+        ...
+
 
 def _parse_release(release: str) -> tuple[int, int] | None:
     m = re.match(r"(\d+)\.(\d+)", release)
@@ -239,8 +247,15 @@ def check_bcc(host: Host) -> Check:
 def check_lab_binaries(host: Host) -> list[Check]:
     checks = []
     containerd = host.which("containerd")
+    version = host.containerd_version(containerd) if containerd else None
     checks.append(
-        Check("containerd", "ok", False, containerd)
+        Check(
+            "containerd",
+            "ok",
+            False,
+            f"{containerd} {version or '(version unknown)'}; the lab also runs Debian's 1.6, 1.7 "
+            "or 2.1 (lab up --containerd)",
+        )
         if containerd
         else Check(
             "containerd",
@@ -294,6 +309,9 @@ def check_cri_socket(host: Host, socket_path: str) -> Check:
             f"{socket_path} does not answer: {exc}",
             "start the lab (startprof lab up) or pass --cri-socket / STARTPROF_CRI_SOCKET",
         )
+    lab = host.lab_containerd(socket_path)
+    if lab:
+        version += f"; the lab's containerd {lab.get('version')} ({lab.get('source')})"
     return Check("cri socket", "ok", False, f"{socket_path}: {version}")
 
 
@@ -374,6 +392,19 @@ class RealHost:
         from startprof.lab.cri import cri_version
 
         return cri_version(socket_path)
+
+    def containerd_version(self, binary: str) -> str | None:
+        from startprof.lab.versions import version_of
+
+        try:
+            return version_of(binary)
+        except StartprofError:
+            return None
+
+    def lab_containerd(self, socket_path: str) -> dict[str, object]:
+        from startprof.lab.versions import recording_metadata
+
+        return recording_metadata(socket_path, []) if socket_path else {}
 
 
 def doctor(cri_socket: str, host_factory: Callable[[], Host] = RealHost) -> Report:

@@ -33,6 +33,8 @@ class FakeHost:
     bcc_error: str | None = None
     cri: str | None = "containerd 1.6.20 (CRI v1)"
     arch: str = "x86_64"
+    containerd: str | None = "1.6.20"
+    lab: dict[str, object] = field(default_factory=dict)
 
     def euid(self) -> int:
         return self.uid
@@ -65,6 +67,12 @@ class FakeHost:
         if self.cri is None:
             raise CriError(f"CRI Version on {socket_path} failed: UNAVAILABLE")
         return self.cri
+
+    def containerd_version(self, binary: str) -> str | None:
+        return self.containerd
+
+    def lab_containerd(self, socket_path: str) -> dict[str, object]:
+        return self.lab
 
 
 def healthy() -> FakeHost:
@@ -212,3 +220,14 @@ def test_cni_plugins_found_in_opt_cni_bin() -> None:
     check = next(c for c in run_checks(host, "/x").checks if c.name == "cni plugins")
     assert check.status == "ok"
     assert "/opt/cni/bin" in check.detail
+
+
+def test_doctor_reports_the_containerd_versions() -> None:
+    host = healthy()
+    host.lab = {"version": "2.1.9", "source": "debian sid containerd_2.1.9+ds1-5_amd64.deb"}
+    checks = {c.name: c for c in run_checks(host, "/lab/run/containerd.sock").checks}
+    assert checks["containerd"].detail.startswith("/usr/bin/containerd 1.6.20;")
+    assert "lab up --containerd" in checks["containerd"].detail
+    assert checks["cri socket"].detail.endswith(
+        "; the lab's containerd 2.1.9 (debian sid containerd_2.1.9+ds1-5_amd64.deb)"
+    )

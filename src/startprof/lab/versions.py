@@ -129,7 +129,7 @@ def version_of(binary: str | Path) -> str:
         raise EnvironmentProblem(f"{binary} --version did not answer in 20 s") from exc
     # "containerd github.com/containerd/containerd/v2 2.1.9+unknown ", "... 1.6.20~ds1 1.6.20~ds1-1"
     m = re.search(r"\sv?(\d+\.\d+\.\d+)", proc.stdout)
-    if proc.returncode != 0 or m is None:
+    if proc.returncode != 0 or m is None or not proc.stdout.startswith("containerd "):
         why = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise EnvironmentProblem(f"{binary} is not a containerd binary ({why[0]})")
     return m.group(1)

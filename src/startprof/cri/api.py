@@ -159,3 +159,21 @@ NON_EMPTY_REPLIES: Final = frozenset(
 )
 """Methods whose successful reply always carries a field (an id, a status, a URL, a version):
 an empty reply message rules them out when a call's method is inferred from its shape."""
+
+EMPTY_REQUESTS: Final = frozenset(
+    {
+        "Version",
+        "Status",
+        "ListPodSandbox",
+        "ListContainers",
+        "ListImages",
+        "ImageFsInfo",
+        "ListContainerStats",
+        "ListPodSandboxStats",
+        "ListMetricDescriptors",
+        "ListPodSandboxMetrics",
+        "RuntimeConfig",
+    }
+)
+"""Methods whose request may be empty (lists without a filter, status calls). Every other
+request names what it acts on (an id, an image, a config), so an empty one rules it out."""

@@ -27,6 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from startprof.cri.api import (
+    EMPTY_REQUESTS,
     METHODS,
     NON_EMPTY_REPLIES,
     REQUEST_FIELDS,
@@ -194,7 +195,8 @@ def candidates(
         for data, cls, is_reply in ((request, request_cls, False), (reply, reply_cls, True)):
             if data is None:
                 continue
-            if is_reply and not data and name in NON_EMPTY_REPLIES:
+            empty_impossible = name in NON_EMPTY_REPLIES if is_reply else name not in EMPTY_REQUESTS
+            if not data and empty_impossible:
                 break
             bytes_only = fit(data, cls.DESCRIPTOR)
             if bytes_only is None:

@@ -415,3 +415,79 @@ def test_an_explicit_url_wins(clean_env: pytest.MonkeyPatch) -> None:
     assert resolve_endpoint("http/protobuf", "http://j:4318/otlp/v1/traces") == (
         "http://j:4318/otlp/v1/traces"
     )
+
+
+# ---- joining the kubelet's trace (issue 13) ----------------------------------------------------
+KUBELET_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+RPS_SPAN, START_SPAN = 0x00F067AA0BA902B7, 0x1111111111111111
+
+
+def _traced(pod: Pod, sampled: bool = True, start_trace: int = KUBELET_TRACE) -> Pod:
+    flags = "01" if sampled else "00"
+    parents = {
+        "sandbox": f"00-{KUBELET_TRACE:032x}-{RPS_SPAN:016x}-{flags}",
+        "container.start": f"00-{start_trace:032x}-{START_SPAN:016x}-{flags}",
+    }
+    phases = [
+        replace(p, attributes={**p.attributes, "traceparent": parents[p.kind]})
+        if p.kind in parents
+        else p
+        for p in pod.phases
+    ]
+    return _with_phases(pod, phases)
+
+
+def test_a_sampled_kubelet_trace_is_joined_under_its_cri_client_spans() -> None:
+    pod_trace = describe_pod(_traced(web_pod()))
+    assert pod_trace.trace_id == KUBELET_TRACE
+    assert {s.trace_id for s in pod_trace.spans} == {KUBELET_TRACE}
+    by_kind = {s.kind: s for s in pod_trace.spans}
+    assert by_kind["sandbox"].parent_span_id == RPS_SPAN
+    assert by_kind["container.start"].parent_span_id == START_SPAN
+    assert by_kind["pod"].parent_span_id is None
+    # the rest of the tree is unchanged
+    own = {s.span_id for s in pod_trace.spans}
+    joined = {"pod", "sandbox", "container.start"}
+    assert all(s.parent_span_id in own for s in pod_trace.spans if s.kind not in joined)
+    assert not any(s.links for s in pod_trace.spans)
+
+
+def test_an_unsampled_or_foreign_kubelet_span_is_a_link() -> None:
+    unsampled = describe_pod(_traced(web_pod(), sampled=False))
+    assert unsampled.trace_id == trace_id_for(web_pod().host, WEB_SANDBOX)
+    sandbox = next(s for s in unsampled.spans if s.kind == "sandbox")
+    assert sandbox.links == ((KUBELET_TRACE, RPS_SPAN),)
+    assert sandbox.parent_span_id == span_id_for(web_pod().host, WEB_SANDBOX, "pod")
+    other = describe_pod(_traced(web_pod(), start_trace=KUBELET_TRACE + 1))
+    start = next(s for s in other.spans if s.kind == "container.start")
+    assert start.links == ((KUBELET_TRACE + 1, START_SPAN),)
+
+
+def test_jaeger_perfetto_and_the_sdk_carry_the_join(tmp_path: Any) -> None:
+    from startprof.exporters.jaeger_json import jaeger_trace
+    from startprof.exporters.perfetto import perfetto_document
+
+    joined = make_analysis([_traced(web_pod()), _traced(failed_pod(), sampled=False)])
+    traces = describe(joined)
+    spans = jaeger_trace(traces[0])["spans"]
+    sandbox = next(s for s in spans if s["operationName"] == "sandbox")
+    assert sandbox["references"] == [
+        {"refType": "CHILD_OF", "traceID": f"{KUBELET_TRACE:032x}", "spanID": f"{RPS_SPAN:016x}"}
+    ]
+    linked = next(s for s in jaeger_trace(traces[1])["spans"] if s["operationName"] == "sandbox")
+    assert {"refType": "FOLLOWS_FROM", "traceID": f"{KUBELET_TRACE:032x}",
+            "spanID": f"{RPS_SPAN:016x}"} in linked["references"]  # fmt: skip
+    assert perfetto_document(joined)["traceEvents"]
+    memory = InMemorySpanExporter()
+    export_otlp(joined, exporter=memory)
+    sdk = memory.get_finished_spans()
+    joined_sandbox = next(
+        s for s in sdk if s.name == "sandbox" and s.context.trace_id == KUBELET_TRACE
+    )
+    assert joined_sandbox.parent is not None and joined_sandbox.parent.span_id == RPS_SPAN
+    linked_sandbox = next(
+        s for s in sdk if s.name == "sandbox" and s.context.trace_id != KUBELET_TRACE
+    )
+    assert [(ln.context.trace_id, ln.context.span_id) for ln in linked_sandbox.links] == [
+        (KUBELET_TRACE, RPS_SPAN)
+    ]

@@ -658,6 +658,7 @@ def build_pod(
         error=None if rps is None or rps.ok else f"RunPodSandbox {rps.status}",
         source=source,
         runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
+        traceparent=rps.attrs.get("traceparent") if rps else None,
     )
     if inputs.netns:
         b.add(sandbox, "sandbox.netns", *inputs.netns)
@@ -744,7 +745,14 @@ def build_pod(
             source="cri" if create else "kernel",
         )
         if create is not None and create.end_ns is not None:
-            b.add(container, "container.create", create.start_ns, create.end_ns, source="cri")
+            b.add(
+                container,
+                "container.create",
+                create.start_ns,
+                create.end_ns,
+                source="cri",
+                traceparent=create.attrs.get("traceparent"),
+            )
         if start_call is not None:
             cs_start, cs_end = start_call.start_ns, start_call.end_ns or c_end_v
         else:
@@ -757,6 +765,7 @@ def build_pod(
             cs_start,
             cs_end if start_call is not None else c_end_v,
             source="cri" if start_call else "kernel",
+            traceparent=start_call.attrs.get("traceparent") if start_call else None,
         )
         c_runtime, entry = _add_runtime(b, c_start_phase, procs, cid, ctx)
         runtime = runtime or c_runtime

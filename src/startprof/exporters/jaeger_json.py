@@ -82,6 +82,10 @@ def jaeger_span(span: SpanDescription) -> dict[str, Any]:
         if span.parent_span_id is not None
         else []
     )
+    references += [
+        {"refType": "FOLLOWS_FROM", "traceID": hex_trace_id(t), "spanID": hex_span_id(s)}
+        for t, s in span.links
+    ]
     start_us = micros(span.start_ns)
     return {
         "traceID": trace_hex,

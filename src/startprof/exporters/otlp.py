@@ -143,11 +143,16 @@ class SdkSpanBuilder:
             )
             parent_context = trace_api.set_span_in_context(NonRecordingSpan(parent))
         ids.plan(d.trace_id, d.span_id)
+        links = [
+            trace_api.Link(SpanContext(trace_id, span_id, is_remote=True))
+            for trace_id, span_id in d.links
+        ]
         span = tracer.start_span(
             d.name,
             context=parent_context,
             kind=SpanKind.INTERNAL,
             attributes=dict(d.attributes),
+            links=links,
             start_time=d.start_ns,
         )
         if not span.is_recording():

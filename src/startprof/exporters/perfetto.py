@@ -36,19 +36,22 @@ def assign_tracks(spans: Sequence[SpanDescription]) -> dict[int, int]:
     bridge) never looks like a child of the sibling it overlaps. ``spans`` must list parents
     before children (as ``PodTrace.spans`` does).
     """
+    # a parent outside the pod's spans (the kubelet's CRI client span) has no track here
+    own = {s.span_id for s in spans}
+    parent_of = {s.span_id: s.parent_span_id if s.parent_span_id in own else None for s in spans}
     depth: dict[int, int] = {}
     for s in spans:
-        depth[s.span_id] = 0 if s.parent_span_id is None else depth[s.parent_span_id] + 1
+        parent = parent_of[s.span_id]
+        depth[s.span_id] = 0 if parent is None else depth[parent] + 1
     order = sorted(spans, key=lambda s: (micros(s.start_ns), -micros(s.end_ns), depth[s.span_id]))
     stacks: list[list[tuple[int, int]]] = []  # per track: (end µs, span id) of open events
     track_of: dict[int, int] = {}
     for s in order:
         start, end = micros(s.start_ns), micros(s.end_ns)
-        preferred = track_of.get(s.parent_span_id) if s.parent_span_id is not None else None
+        parent = parent_of[s.span_id]
+        preferred = track_of.get(parent) if parent is not None else None
         candidates = ([preferred] if preferred is not None else []) + list(range(len(stacks)))
-        chosen = next(
-            (t for t in candidates if _fits(stacks[t], start, end, s.parent_span_id)), None
-        )
+        chosen = next((t for t in candidates if _fits(stacks[t], start, end, parent)), None)
         if chosen is None:
             stacks.append([])
             chosen = len(stacks) - 1

@@ -101,6 +101,9 @@ class SpanDescription:
     attributes: Mapping[str, AttributeValue]
     error: str | None
     """Set when the phase failed: the span's status is ERROR with this description."""
+    links: tuple[tuple[int, int], ...] = ()
+    """(trace id, span id) of spans this one relates to without being their child: the
+    kubelet's CRI client span when the kubelet did not sample its trace."""
 
 
 @dataclass(frozen=True)
@@ -247,14 +250,50 @@ def _homogeneous(items: Sequence[Any]) -> AttributeValue:
     return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items)
 
 
+TRACEPARENT_KEY: Final = "traceparent"
+"""Phase.attributes key of the W3C ``traceparent`` the kubelet sent with the phase's CRI call."""
+
+
+def kubelet_context(phase: Phase) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of the kubelet's client span for this phase's CRI call."""
+    raw = phase.attributes.get(TRACEPARENT_KEY)
+    if not isinstance(raw, str):
+        return None
+    parts = raw.split("-")
+    if len(parts) != 4 or parts[0] == "ff":
+        return None
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, bool(flags & 1)
+
+
+def _joined_trace_id(pod: Pod) -> int | None:
+    """The kubelet's trace id, when its RunPodSandbox call carried a sampled trace context."""
+    for phase in pod.phases:
+        if phase.kind == "sandbox":
+            context = kubelet_context(phase)
+            return context[0] if context is not None and context[2] else None
+    return None
+
+
 def describe_pod(pod: Pod) -> PodTrace:
     """A pod start as one trace: one span per phase, parent links as in the phase tree.
 
     Container attributes (``container.name``, ``container.id``) are inherited from the nearest
     ``container <name>`` ancestor by the phases under it (its runtime.create, process.exec, ...)
     unless a phase carries its own.
+
+    When the kubelet traces (its CRI requests carry ``traceparent``), the pod joins its trace:
+    with a sampled RunPodSandbox the trace id is the kubelet's, and each phase of a CRI call
+    (sandbox, container.create, container.start) becomes a child of the kubelet's client span
+    for that call; a call of another or an unsampled trace gets a span link instead.
     """
-    trace_id = trace_id_for(pod.host, pod.sandbox_id)
+    joined = _joined_trace_id(pod)
+    trace_id = joined if joined is not None else trace_id_for(pod.host, pod.sandbox_id)
     identity = pod_identity(pod)
     span_ids: dict[str, int] = {}
     inherited: dict[str, dict[str, AttributeValue]] = {}
@@ -293,6 +332,13 @@ def describe_pod(pod: Pod) -> PodTrace:
             )
         span_id = span_id_for(pod.host, pod.sandbox_id, phase.id)
         span_ids[phase.id] = span_id
+        links: tuple[tuple[int, int], ...] = ()
+        context = kubelet_context(phase)
+        if context is not None:
+            if context[2] and context[0] == trace_id:
+                parent_span_id = context[1]
+            else:
+                links = (context[:2],)
         spans.append(
             SpanDescription(
                 trace_id=trace_id,
@@ -305,6 +351,7 @@ def describe_pod(pod: Pod) -> PodTrace:
                 end_ns=phase.end_ns,
                 attributes=attributes,
                 error=(phase.error or "failed") if phase.status == "error" else None,
+                links=links,
             )
         )
     return PodTrace(

@@ -17,12 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pandas as pd
 import pytest
 from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from startprof.analysis.cri_naming import name_calls
 from startprof.probes.grpc_decode import PREFACE, CriStreamDecoder, TolerantHpack, decode_all
 
 DATA_DIR = Path(__file__).parents[1] / "data" / "grpc"
@@ -660,3 +662,33 @@ def test_capture_proxy_records_a_live_grpcio_session(tmp_path: Path) -> None:
     assert calls[0]["pod"] == "live"
     assert calls[0]["sandbox_id"] == ids["sandbox_id"]
     assert calls[2]["container_id"] == ids["container_id"]
+
+
+@pytest.mark.parametrize("name", ["lifecycle", "concurrent", "deadline", "large"])
+def test_calls_of_an_aged_connection_are_named_right_or_not_at_all(name: str) -> None:
+    """Start the recording before each call in turn: every call the naming pass names (from
+    the messages' shapes and ids alone: a capture has no kernel events) has its real method,
+    and its fields are the real ones."""
+    events = capture(name)
+    truth = by_stream(decode(events))
+    named = total = 0
+    for first in sorted({e["ts_ns"] for e in events if e["kind"] == "cri_data"})[1::3]:
+        partial = decode(_after(events, lambda e, t=first: e["ts_ns"] >= t))
+        if not partial:
+            continue
+        frame = pd.DataFrame(partial)
+        for column in ("sandbox_id", "container_id", "pod"):
+            if column not in frame:
+                frame[column] = None
+        calls, _ = name_calls(frame)
+        for call in calls.to_dict("records"):
+            real = truth[call["conn_id"], call["stream_id"]]
+            total += 1
+            if not isinstance(call["method"], str):
+                continue
+            named += 1
+            assert call["method"] == real["method"], (first, call, real)
+            for key in ("pod", "sandbox_id", "container_id"):
+                if isinstance(call.get(key), str):
+                    assert call[key] == real[key], (key, call, real)
+    assert total and named / total > 0.5, (named, total)

@@ -107,6 +107,8 @@ def _effects(ev: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
     out: dict[str, list[tuple[int, str]]] = defaultdict(list)
     # CNI commands are kept as evidence of ids (RunPodSandbox's ADD) even though no rule
     # names a method by them today.
+    if "argv" not in ev or "env" not in ev:
+        return out
     execs = ev.loc[ev["kind"] == "exec", ["ts_ns", "argv", "env"]]
     for ts, argv, env in execs.itertuples(index=False, name=None):
         if not missing(env):
@@ -131,7 +133,8 @@ def _effects(ev: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
 
 def _known_ids(calls: pd.DataFrame, ev: pd.DataFrame) -> tuple[set[str], set[str]]:
     sandboxes = {str(s) for s in calls["sandbox_id"].dropna()}
-    for env in ev.loc[ev["kind"] == "exec", "env"].dropna():
+    envs = ev.loc[ev["kind"] == "exec", "env"].dropna() if "env" in ev else ()
+    for env in envs:
         sandboxes.update(v.split("=", 1)[1] for v in env if v.startswith("CNI_CONTAINERID="))
     containers = {str(c) for c in calls["container_id"].dropna()} - sandboxes
     return sandboxes, containers
@@ -139,7 +142,8 @@ def _known_ids(calls: pd.DataFrame, ev: pd.DataFrame) -> tuple[set[str], set[str
 
 def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     """The events with every unnamed ``cri_call`` that the evidence identifies named."""
-    if "kind" not in ev or "attrs" not in ev or "method" not in ev:
+    needed = ("kind", "attrs", "method", "conn_id", "start_ns", "end_ns", "sandbox_id", "container_id")
+    if any(c not in ev for c in needed):
         return ev, NamingStats(0, 0, 0, 0)
     is_call = ev["kind"] == "cri_call"
     pending = ev.loc[is_call & ev["method"].isna() & ev["attrs"].notna(), ["attrs", "conn_id"]]

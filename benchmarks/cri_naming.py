@@ -81,12 +81,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'recording':24} {'s':>6} {'calls':>6} {'named':>6} {'share':>6} {'keys?':>5} {'ms':>7}")
+    head = ("s", "calls", "named", "share", "keys?", "ms")
+    print(f"{'recording':24} " + " ".join(f"{h:>6}" for h in head))
     for r in rows:
         share = "-" if r["named_share"] is None else f"{100 * r['named_share']:.1f}%"
         print(
             f"{r['recording']:24} {r['seconds']:6.1f} {r['calls']:6d} {r['named']:6d} "
-            f"{share:>6} {r['unnamed_keys']:5d} {r['naming_ms']:7.1f}"
+            f"{share:>6} {r['unnamed_keys']:6d} {r['naming_ms']:6.1f}"
         )
 
 

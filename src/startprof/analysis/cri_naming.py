@@ -142,7 +142,8 @@ def _known_ids(calls: pd.DataFrame, ev: pd.DataFrame) -> tuple[set[str], set[str
 
 def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     """The events with every unnamed ``cri_call`` that the evidence identifies named."""
-    needed = ("kind", "attrs", "method", "conn_id", "start_ns", "end_ns", "sandbox_id", "container_id")
+    needed = ("kind", "attrs", "method", "conn_id", "start_ns", "end_ns")
+    needed += ("sandbox_id", "container_id")
     if any(c not in ev for c in needed):
         return ev, NamingStats(0, 0, 0, 0)
     is_call = ev["kind"] == "cri_call"

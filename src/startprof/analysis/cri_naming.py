@@ -131,19 +131,10 @@ def _effects(ev: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
     return out
 
 
-def _known_ids(calls: pd.DataFrame, ev: pd.DataFrame) -> tuple[set[str], set[str]]:
-    sandboxes = {str(s) for s in calls["sandbox_id"].dropna()}
-    envs = ev.loc[ev["kind"] == "exec", "env"].dropna() if "env" in ev else ()
-    for env in envs:
-        sandboxes.update(v.split("=", 1)[1] for v in env if v.startswith("CNI_CONTAINERID="))
-    containers = {str(c) for c in calls["container_id"].dropna()} - sandboxes
-    return sandboxes, containers
-
-
 def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     """The events with every unnamed ``cri_call`` that the evidence identifies named."""
-    needed = ("kind", "attrs", "method", "conn_id", "start_ns", "end_ns")
-    needed += ("sandbox_id", "container_id")
+    needed = ["kind", "attrs", "method", "conn_id", "start_ns", "end_ns"]
+    needed += ["sandbox_id", "container_id"]
     if any(c not in ev for c in needed):
         return ev, NamingStats(0, 0, 0, 0)
     is_call = ev["kind"] == "cri_call"
@@ -169,29 +160,102 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
         methods = group.methods()
         if len(methods) == 1:
             decided[k] = (methods.pop(), {"by": "shape"})
-    out = ev.copy()
-    _apply(out, keys, decided)
-    named_calls = out.loc[out["kind"] == "cri_call"]
-    sandboxes, containers = _known_ids(named_calls, out)
-    effects = _effects(out)
+    known = ev.loc[
+        is_call & ev["method"].notna(), ["method", "start_ns", "sandbox_id", "container_id"]
+    ]
+    named_ids = _Ids.of(known, ev)
+    effects = _effects(ev)
+    for k, group in keys.items():
+        if k not in decided:
+            named_ids.add(group, decided.get(k))
+    for k in [k for k in keys if k in decided]:
+        named_ids.add(keys[k], decided[k])
     for k, group in keys.items():
         if k in decided:
             continue
-        found = _by_ids_and_effects(group, sandboxes, containers, effects)
+        found = _by_ids_and_effects(group, named_ids.sandboxes, named_ids.containers, effects)
         if found is not None:
             decided[k] = found
-    _apply(out, keys, decided)
+            named_ids.add(group, found)
+    ambiguous = []
     for k, group in keys.items():
         if k in decided:
             continue
-        found = _by_lifecycle(group, out, effects)
+        found = _by_lifecycle(group, named_ids, effects)
         if found is not None:
             decided[k] = found
         else:
-            _mark_ambiguous(out, group)
-    _apply(out, keys, decided)
+            ambiguous.append(group)
+    out = _apply(ev, keys, decided, ambiguous)
     named = sum(len(keys[k].calls) for k in decided)
     return out, NamingStats(len(pending), named, len(keys), len(keys) - len(decided))
+
+
+@dataclass
+class _Ids:
+    """What is known about CRI ids: which are sandboxes and containers, and every call that
+    names each (method short name, or None while unnamed; start time)."""
+
+    sandboxes: set[str] = field(default_factory=set)
+    containers: set[str] = field(default_factory=set)
+    calls: dict[str, list[tuple[str | None, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    stops_ended: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(StopX, id) -> when its first call ended."""
+
+    @classmethod
+    def of(cls, known: pd.DataFrame, ev: pd.DataFrame) -> _Ids:
+        ids = cls()
+        for method, start, sandbox, container in known.itertuples(index=False, name=None):
+            name = str(method).rsplit("/", 1)[-1]
+            for value in (sandbox, container):
+                if not missing(value):
+                    ids.calls[str(value)].append((name, int(start)))
+            if not missing(sandbox):
+                ids.sandboxes.add(str(sandbox))
+            if not missing(container):
+                ids.containers.add(str(container))
+        envs = ev.loc[ev["kind"] == "exec", "env"].dropna() if "env" in ev else ()
+        for env in envs:
+            ids.sandboxes.update(
+                v.split("=", 1)[1] for v in env if v.startswith("CNI_CONTAINERID=")
+            )
+        ids.containers -= ids.sandboxes
+        stops = known[known["method"].isin([path_of(stop) for stop in _REMOVES.values()])]
+        ends = ev.loc[stops.index, "end_ns"]
+        for (method, _, sandbox, container), end in zip(
+            stops.itertuples(index=False, name=None), ends, strict=True
+        ):
+            value = container if str(method).endswith("Container") else sandbox
+            if not missing(value) and not missing(end):
+                ids.note_stop(str(method).rsplit("/", 1)[-1], str(value), int(end))
+        return ids
+
+    def note_stop(self, stop: str, value: str, end: int) -> None:
+        key = (stop, value)
+        self.stops_ended[key] = min(end, self.stops_ended.get(key, end))
+
+    def add(self, group: _Key, decided: tuple[str, dict[str, Any]] | None) -> None:
+        """The calls of a key: named (their method's reading) or not yet (every reading)."""
+        method = decided[0] if decided is not None else None
+        for call in group.calls:
+            readings = [call.candidates.get(method, {})] if method else call.candidates.values()
+            for value in {v for r in readings for k, v in r.items() if k.endswith("_id")}:
+                entry = (method, call.start_ns)
+                if method is None or entry not in self.calls[value]:
+                    self.calls[value].append(entry)
+            if method is None:
+                continue
+            fields = call.candidates.get(method, {})
+            if "sandbox_id" in fields:
+                self.sandboxes.add(fields["sandbox_id"])
+            if "container_id" in fields and fields["container_id"] not in self.sandboxes:
+                self.containers.add(fields["container_id"])
+            if method in _REMOVES.values():
+                named = _id_of(fields)
+                if named is not None:
+                    self.note_stop(method, named[1], call.end_ns)
 
 
 def _agrees(method: str, kind: str, value: str, sandboxes: set[str], containers: set[str]) -> bool:
@@ -249,72 +313,68 @@ def _by_ids_and_effects(
 
 
 def _by_lifecycle(
-    group: _Key, ev: pd.DataFrame, effects: Mapping[str, list[tuple[int, str]]]
+    group: _Key, ids: _Ids, effects: Mapping[str, list[tuple[int, str]]]
 ) -> tuple[str, dict[str, Any]] | None:
     """RemoveX: every call names an id after that id's StopX ended, is the last call to name
     it, and runs no OCI runtime on it (a RemovePodSandbox may run the CNI DEL again)."""
     methods = group.methods()
-    calls = ev.loc[
-        ev["kind"] == "cri_call", ["method", "start_ns", "end_ns", "sandbox_id", "container_id"]
-    ]
     for remove, stop in _REMOVES.items():
-        if remove not in methods:
+        if remove not in methods or not group.calls:
             continue
-        column = "container_id" if remove == "RemoveContainer" else "sandbox_id"
-        stops = calls[calls["method"] == path_of(stop)]
-        ok = True
-        for call in group.calls:
-            named = _id_of(call.candidates.get(remove, {}))
-            if named is None:
-                ok = False
-                break
-            value = named[1]
-            stopped = stops.loc[stops[column] == value, "end_ns"].dropna()
-            later = calls.loc[(calls[column] == value) & (calls["start_ns"] > call.start_ns)]
-            quiet = not any(
-                call.start_ns <= ts <= call.end_ns and what in _RUNTIME_VERBS
-                for ts, what in effects.get(value, ())
-            )
-            if stopped.empty or int(stopped.min()) > call.start_ns or len(later) or not quiet:
-                ok = False
-                break
-        if ok and group.calls:
+        if all(_removes(call, remove, stop, ids, effects) for call in group.calls):
             return remove, {"by": "lifecycle", "after": stop}
     return None
+
+
+def _removes(
+    call: _Call, remove: str, stop: str, ids: _Ids, effects: Mapping[str, list[tuple[int, str]]]
+) -> bool:
+    named = _id_of(call.candidates.get(remove, {}))
+    if named is None:
+        return False
+    value = named[1]
+    stopped = ids.stops_ended.get((stop, value))
+    later = any(start > call.start_ns for _, start in ids.calls.get(value, ()))
+    runs_runtime = any(
+        call.start_ns <= ts <= call.end_ns and what in _RUNTIME_VERBS
+        for ts, what in effects.get(value, ())
+    )
+    return stopped is not None and stopped <= call.start_ns and not later and not runs_runtime
 
 
 def _apply(
     ev: pd.DataFrame,
     keys: Mapping[tuple[Any, str], _Key],
     decided: Mapping[tuple[Any, str], tuple[str, dict[str, Any]]],
-) -> None:
+    ambiguous: Iterable[_Key],
+) -> pd.DataFrame:
+    """A copy of the events with the decisions written in, one assignment per column."""
+    updates: dict[str, dict[Any, Any]] = defaultdict(dict)
     for k, (method, evidence) in decided.items():
         group = keys[k]
-        rows = [c.row for c in group.calls if missing(ev.at[c.row, "method"])]
         for call in group.calls:
-            if call.row not in rows:
-                continue
             attrs = _attrs(ev.at[call.row, "attrs"])
             attrs.pop("unnamed", None)
-            attrs.pop("method_candidates", None)
+            attrs.pop("hpack", None)
             attrs["method_inferred"] = {**evidence, "key_calls": len(group.calls)}
             for target, value in call.candidates.get(method, {}).items():
                 if target.startswith("attrs."):
                     attrs.setdefault(target[6:], value)
                 elif target in ev.columns and missing(ev.at[call.row, target]):
-                    ev.at[call.row, target] = value
-            attrs.pop("hpack", None)
-            ev.at[call.row, "attrs"] = json.dumps(attrs, sort_keys=True)
-            ev.at[call.row, "method"] = path_of(method)
-
-
-def _mark_ambiguous(ev: pd.DataFrame, group: _Key) -> None:
-    methods = sorted(group.methods())
-    for call in group.calls:
-        attrs = _attrs(ev.at[call.row, "attrs"])
-        attrs.pop("unnamed", None)
-        attrs["method_candidates"] = methods
-        ev.at[call.row, "attrs"] = json.dumps(attrs, sort_keys=True)
+                    updates[target][call.row] = value
+            updates["attrs"][call.row] = json.dumps(attrs, sort_keys=True)
+            updates["method"][call.row] = path_of(method)
+    for group in ambiguous:
+        methods = sorted(group.methods())
+        for call in group.calls:
+            attrs = _attrs(ev.at[call.row, "attrs"])
+            attrs.pop("unnamed", None)
+            attrs["method_candidates"] = methods
+            updates["attrs"][call.row] = json.dumps(attrs, sort_keys=True)
+    out = ev.copy()
+    for column, values in updates.items():
+        out.loc[list(values), column] = list(values.values())
+    return out
 
 
 __all__ = ["NamingStats", "name_calls"]

@@ -31,9 +31,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             if os.geteuid() != 0:
                 item.add_marker(skip)
-    # bench must bring its own lab up and down, so it runs before the session's shared lab
-    # exists (only one lab can run on a machine); the sort is stable for everything else
-    items.sort(key=lambda item: Path(str(item.fspath)).name != "test_bench.py")
+    # bench, the containerd versions and the Debian 13 chroot bring their own labs up and down,
+    # so they run before the session's shared lab exists (only one lab can run on a machine);
+    # the sort is stable for everything else
+    own_labs = ("test_bench.py", "test_containerd_versions.py", "test_debian13.py")
+    items.sort(key=lambda item: Path(str(item.fspath)).name not in own_labs)
 
 
 @dataclass

@@ -438,7 +438,7 @@ plain = driver.container_config
 
 def with_secret(*args, **kwargs):
     config = plain(*args, **kwargs)
-    config.envs.append(api.KeyValue(key="SECRET_" + "TOKEN", value=os.environ["SP9_APP"]))
+    config.envs.append(api.KeyValue(key="SECRET_" + "TOKEN", value=os.environ["SP9_APP"].encode()))
     return config
 
 driver.container_config = with_secret

@@ -210,7 +210,7 @@ def container_config(
         metadata=api.ContainerMetadata(name=name, attempt=restart_index),
         image=api.ImageSpec(image=image),
         args=["init"] if init else [],
-        envs=[api.KeyValue(key="STARTPROF_POD", value=pod.name)],
+        envs=[api.KeyValue(key="STARTPROF_POD", value=pod.name.encode())],
         labels={
             "io.kubernetes.container.name": name,
             "io.kubernetes.pod.name": pod.name,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from startprof.analysis import timed
+from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.model import Analysis, Pod
 from startprof.lab.truth import read_truth
 from startprof.pipeline import analyze_files
@@ -154,7 +156,9 @@ def record_run(
             pytest.fail(f"{client.name}: record exited {proc.returncode}: {proc.stderr[-3000:]}")
     seconds = time.monotonic() - t0
     rec = read_recording(out)
-    frame = rec.frame().astype(object)
+    # the calls as every analysis sees them: named from evidence where the decoder could not
+    named, _ = name_calls(timed(rec.frame()))
+    frame = named.astype(object)
     frame = frame.where(frame.notna(), None)
     calls: list[dict[str, Any]] = frame[frame["kind"] == "cri_call"].to_dict("records")
     trace = [json.loads(x) for x in trace_log.read_text().splitlines()] if trace_log else []

@@ -6,10 +6,9 @@ kubelet client and for ``startprof lab run``. Every pod-start CRI call must be n
 fields, ``sandbox`` and ``container.start`` must be within max(1 ms, 2 %) of the client's own
 timings for every pod, and every pod must have the phases it has on a fresh connection.
 
-The same checks on a fresh connection (the client started by ``record``) prove the harness:
-they pass with today's decoder. The aged ones need the decoder to name calls whose ``:path`` is
-only an index into an HPACK table built before the recording; until it does, they are expected
-to fail (``AGED_DECODING``).
+The same checks on a fresh connection (the client started by ``record``) prove the harness.
+On the aged connection a call's ``:path`` is only an index into an HPACK table built before the
+recording: the calls are named from evidence (docs/cri-decoding.md, analysis/cri_naming.py).
 """
 
 from __future__ import annotations
@@ -35,14 +34,6 @@ from aged import (
 
 if TYPE_CHECKING:
     from conftest import RunningLab
-
-# Remove once the decoder names calls on aged connections (issue 13, part 1).
-# Only AssertionErrors count as the expected failure: a run that breaks calls pytest.fail.
-AGED_DECODING = pytest.mark.xfail(
-    reason="issue 13: the decoder cannot yet name calls on a connection older than the recording",
-    raises=AssertionError,
-    strict=False,
-)
 
 RunOf = Callable[[str, bool, bool], Run]
 
@@ -106,7 +97,6 @@ def test_aged_run_starts_and_finds_every_pod(run_of: RunOf, client: str) -> None
     assert missing == []
 
 
-@AGED_DECODING
 @pytest.mark.parametrize("client", ["go", "lab"])
 def test_aged_connection_names_every_pod_start_call(run_of: RunOf, client: str) -> None:
     run = run_of(client, True, False)
@@ -114,14 +104,12 @@ def test_aged_connection_names_every_pod_start_call(run_of: RunOf, client: str) 
     assert naming_failures(run) == [], _report(naming_failures(run))
 
 
-@AGED_DECODING
 @pytest.mark.parametrize("client", ["go", "lab"])
 def test_aged_connection_phases_match_the_client(run_of: RunOf, client: str) -> None:
     run = run_of(client, True, False)
     assert timing_failures(run) == [], _report(timing_failures(run))
 
 
-@AGED_DECODING
 @pytest.mark.parametrize("client", ["go", "lab"])
 def test_aged_connection_has_the_phases_of_a_fresh_one(run_of: RunOf, client: str) -> None:
     fresh = Counter(phase_names(p) for p in run_of(client, False, False).analysis.pods)
@@ -137,7 +125,6 @@ def test_aged_connection_has_the_phases_of_a_fresh_one(run_of: RunOf, client: st
     assert differ == {}, differ
 
 
-@AGED_DECODING
 def test_aged_connection_carries_the_kubelet_traceparent(run_of: RunOf) -> None:
     run = run_of("go", True, True)
     by_traceparent = {t["traceparent"]: t for t in run.trace}

@@ -64,3 +64,23 @@ def test_writes_are_refused() -> None:
     with Registry([LAYOUT]) as reg:
         status, _, _ = _get(f"http://127.0.0.1:{reg.port}/v2/lab/app/blobs/uploads/", "POST")
     assert status == 501
+
+
+def test_a_throttled_registry_paces_blob_bodies() -> None:
+    """``rate`` is bytes per second of blob bodies: at four times its size per second, the
+    layer takes a quarter of a second, though it fits in one chunk."""
+    import time
+
+    layer = IMAGE.blobs[IMAGE.layer_digest]
+    with Registry([LAYOUT], rate=len(layer) * 4) as reg:
+        base = f"http://127.0.0.1:{reg.port}/v2"
+        begin = time.monotonic()
+        status, _, body = _get(base + f"/lab/app/blobs/{IMAGE.layer_digest}")
+        took = time.monotonic() - begin
+    assert status == 200 and body == layer
+    assert 0.2 <= took < 1.5, took
+
+
+def test_a_registry_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Registry([LAYOUT], rate=0)

@@ -185,6 +185,22 @@ def status_command(directory: str | None, as_json: bool) -> int:
 @click.option(
     "--poll", is_flag=True, help="Relist like the kubelet's PLEG every second (implied by aging)."
 )
+@click.option(
+    "--kind",
+    "kind",
+    default="plain",
+    show_default=True,
+    metavar="KIND",
+    help="Pod kind: plain, host-network, runtime-fail, bad-image, no-entrypoint, crash-loop, "
+    "crash-then-up, sidecar, slow-pull, ctr (docs/lab.md).",
+)
+@click.option(
+    "--slow-pull-seconds",
+    default=3.0,
+    show_default=True,
+    metavar="S",
+    help="With --kind slow-pull: how long the first pod's throttled pull takes.",
+)
 def run_command(
     directory: str | None,
     pods: int,
@@ -199,6 +215,8 @@ def run_command(
     age_seconds: float,
     wait_sigusr1: bool,
     poll: bool,
+    kind: str,
+    slow_pull_seconds: float,
 ) -> int:
     """Start pods over CRI exactly like the kubelet and time every CRI call.
 
@@ -218,6 +236,8 @@ def run_command(
       sudo startprof lab run --pods 10 --concurrency 4 --containers 2 --init-containers 1
       sudo startprof lab run --pull --truth /tmp/truth.jsonl
       sudo startprof lab run --pods 20 --concurrency 5 --age-pods 2 --age-seconds 60
+      sudo startprof lab run --kind crash-then-up
+      sudo startprof lab run --kind slow-pull --pods 3 --concurrency 3
     """
     from startprof.errors import LabError
     from startprof.lab.driver import run_pods
@@ -241,6 +261,8 @@ def run_command(
         age_seconds=age_seconds,
         before_batch=before_batch,
         poll=poll,
+        kind=kind,
+        slow_pull_seconds=slow_pull_seconds,
     )
     _print_stats(result)
     click.echo(f"ground truth: {', '.join(str(p) for p in result.truth_paths)}", err=True)

@@ -71,15 +71,28 @@ RUNTIMES: tuple[Runtime, ...] = (Runtime("runc", "runc"), Runtime("crun", "crun"
 
 @dataclass(frozen=True)
 class Handler:
-    """A CRI runtime handler ``<runtime>-<network>``: one OCI runtime with one CNI network."""
+    """A CRI runtime handler ``<runtime>-<network>``: one OCI runtime with one CNI network.
+
+    A ``variant`` (``startprof.lab.handlers``) is named ``<runtime>-<variant>-<network>``: a
+    wrapper binary that execs the runtime (``wraps``), or a ``base_runtime_spec`` with hooks.
+    """
 
     runtime: Runtime
     binary: str  # absolute path
     network: Network
+    variant: str | None = None
+    wraps: str | None = None
+    base_runtime_spec: str | None = None
 
     @property
     def name(self) -> str:
+        if self.variant:
+            return f"{self.runtime.name}-{self.variant}-{self.network.name}"
         return f"{self.runtime.name}-{self.network.name}"
+
+    def runtime_options(self) -> dict[str, object]:
+        """Keys of the handler's runtime table beyond the ones every handler has."""
+        return {"base_runtime_spec": self.base_runtime_spec} if self.base_runtime_spec else {}
 
 
 def available_handlers(which: Callable[[str], str | None] = shutil.which) -> list[Handler]:
@@ -183,6 +196,7 @@ def render_containerd_config(
                 # Per-handler CNI networks: runtime x CNI combinations side by side.
                 "cni_conf_dir": str(paths.cni_conf_dir(h.network.name)),
                 "cni_max_conf_num": 1,
+                **h.runtime_options(),
             },
         )
         lines += _table(
@@ -269,6 +283,7 @@ def _render_v3(paths: LabPaths, handlers: Sequence[Handler], sandbox_image: str)
                 "runtime_type": "io.containerd.runc.v2",
                 "cni_conf_dir": str(paths.cni_conf_dir(h.network.name)),
                 "cni_max_conf_num": 1,
+                **h.runtime_options(),
             },
         )
         lines += _table(

@@ -27,6 +27,7 @@ from startprof.lab.config import (
     render_containerd_config,
 )
 from startprof.lab.cri import CriClient
+from startprof.lab.handlers import variant_handlers, write_handler_files
 from startprof.lab.images import APP, LAB_IMAGES, PAUSE, build_lab_image
 from startprof.lab.paths import MAX_SOCKET_PATH, LabPaths
 from startprof.lab.versions import Containerd
@@ -205,6 +206,7 @@ class Lab:
         for path, text in render_cni_confs(self.paths, handlers).items():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
+        write_handler_files(self.paths, handlers)
         self.paths.ipam_dir.mkdir(parents=True, exist_ok=True)
         self.paths.config.write_text(
             render_containerd_config(
@@ -265,7 +267,7 @@ class Lab:
                 f"the lab needs {', '.join(missing)}",
                 fix="sudo make setup (installs containerd, CNI plugins, iptables)",
             )
-        handlers = available_handlers(_which)
+        handlers = available_handlers(_which) + variant_handlers(self.paths, _which)
         if not handlers:
             raise EnvironmentProblem(
                 "no OCI runtime found (runc or crun)", fix="apt-get install runc crun"

@@ -7,6 +7,12 @@ with 0, then every app container CreateContainer and StartContainer, then Contai
 each until running. Tear-down, after every pod started: StopContainer, RemoveContainer,
 StopPodSandbox, RemovePodSandbox, rmdir of the pod cgroups (containerd never removes them).
 Pods start on ``concurrency`` threads over one gRPC channel, like the kubelet's pod workers.
+
+``kind`` (``startprof.lab.kinds``) chooses what kind of pod a run starts: hostNetwork, failing
+in a phase, crash-looping (restarted with ``attempt`` + 1 after a shortened back-off), with a
+sidecar, pulling slowly while others start, or beside a container ctr runs in another
+containerd namespace. Like the kubelet, each container's image is ensured (ImageStatus, then
+PullImage when missing) right before it is created.
 """
 
 from __future__ import annotations
@@ -32,8 +38,21 @@ from startprof.lab import cri as m
 from startprof.lab.config import LAB_CGROUP
 from startprof.lab.containerd import app_image, import_archive, load_state
 from startprof.lab.cri import CriCallError, CriClient, short_method, status_name
+from startprof.lab.foreign import run_foreign_container
 from startprof.lab.host import remove_pod_cgroups
-from startprof.lab.oci import read_archive
+from startprof.lab.images import APP, REGISTRY_HOST
+from startprof.lab.kinds import (
+    BACKOFF_S,
+    FOREIGN_NAMESPACE,
+    MAX_RESTARTS,
+    MISSING_REPOSITORY,
+    SLOW_REPOSITORY,
+    STAY_UP_S,
+    ContainerPlan,
+    PodKind,
+    pod_kind,
+)
+from startprof.lab.oci import LayerFile, OciLayout, build_image, read_archive
 from startprof.lab.paths import LabPaths
 from startprof.lab.registry import Registry
 from startprof.lab.truth import STATUS_OK, TruthWriter
@@ -41,6 +60,8 @@ from startprof.lab.truth import STATUS_OK, TruthWriter
 NAMESPACE = "startprof"
 Progress = Callable[[str], None]
 POLL_INTERVAL = 0.005
+STAY_UP_POLL = 0.05  # coarser while a started container must stay up: fewer calls recorded
+SLOW_PULL_SECONDS = 3.0
 RELIST_PERIOD = 1.0  # the kubelet's PLEG relist period
 INIT_TIMEOUT = 60.0
 _T = TypeVar("_T")
@@ -53,6 +74,7 @@ class PodResult:
     sandbox_id: str
     start_ms: float | None  # first CRI call to every container running; None if it failed
     error: str | None
+    restarts: int = 0  # container restarts (re-creates with attempt + 1) during the start
 
 
 @dataclass(frozen=True)
@@ -171,13 +193,22 @@ class _Pod:
     container_ids: list[tuple[str, str]] = field(default_factory=list)  # (name, id)
     start_ms: float | None = None
     error: str | None = None
+    plan: tuple[ContainerPlan, ...] = ()  # empty: the run's plain containers
+    images: dict[str, str] = field(default_factory=dict)  # image role -> reference
+    restarts: int = 0
 
 
-def sandbox_config(paths: LabPaths, name: str, uid: str, run_id: str) -> api.PodSandboxConfig:
-    """The PodSandboxConfig the kubelet sends for a plain pod (cgroupfs driver, pod network)."""
+def sandbox_config(
+    paths: LabPaths, name: str, uid: str, run_id: str, kind: PodKind | None = None
+) -> api.PodSandboxConfig:
+    """The PodSandboxConfig the kubelet sends (cgroupfs driver): pod network, or the node's
+    for a hostNetwork ``kind`` (with no hostname, as the kubelet leaves it, unless the kind
+    sets one to make runc fail)."""
+    host_network = kind is not None and kind.host_network
+    hostname = name if kind is None or kind.hostname else ""
     return api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=name, uid=uid, namespace=NAMESPACE, attempt=0),
-        hostname=name,
+        hostname=hostname,
         log_directory=str(paths.pod_logs / f"{NAMESPACE}_{name}_{uid}"),
         dns_config=api.DNSConfig(),
         labels={
@@ -194,7 +225,7 @@ def sandbox_config(paths: LabPaths, name: str, uid: str, run_id: str) -> api.Pod
             cgroup_parent=f"/{LAB_CGROUP}/pod{uid}",
             security_context=api.LinuxSandboxSecurityContext(
                 namespace_options=api.NamespaceOption(
-                    network=api.POD, pid=api.CONTAINER, ipc=api.POD
+                    network=api.NODE if host_network else api.POD, pid=api.CONTAINER, ipc=api.POD
                 ),
                 seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined),
             ),
@@ -203,13 +234,22 @@ def sandbox_config(paths: LabPaths, name: str, uid: str, run_id: str) -> api.Pod
 
 
 def container_config(
-    pod: _Pod, name: str, image: str, init: bool, restart_index: int = 0
+    pod: _Pod,
+    name: str,
+    image: str,
+    init: bool,
+    restart_index: int = 0,
+    plan: ContainerPlan | None = None,
 ) -> api.ContainerConfig:
-    """The ContainerConfig the kubelet sends; init containers get ``app init`` (exit 0)."""
+    """The ContainerConfig the kubelet sends; init containers get ``app init`` (exit 0), a
+    ``plan`` its command and its attempt's arguments (``app exit 1`` for a crash)."""
+    args = plan.args(restart_index) if plan is not None else ["init"] if init else []
+    network = pod.config.linux.security_context.namespace_options.network
     return api.ContainerConfig(
         metadata=api.ContainerMetadata(name=name, attempt=restart_index),
         image=api.ImageSpec(image=image),
-        args=["init"] if init else [],
+        command=list(plan.command) if plan is not None else [],
+        args=args,
         envs=[api.KeyValue(key="STARTPROF_POD", value=pod.name.encode())],
         labels={
             "io.kubernetes.container.name": name,
@@ -228,7 +268,7 @@ def container_config(
             ),
             security_context=api.LinuxContainerSecurityContext(
                 namespace_options=api.NamespaceOption(
-                    network=api.POD, pid=api.CONTAINER, ipc=api.POD
+                    network=network, pid=api.CONTAINER, ipc=api.POD
                 ),
                 seccomp=api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined),
                 masked_paths=["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
@@ -259,6 +299,8 @@ def run_pods(
     age_seconds: float = 0.0,
     before_batch: Callable[[], None] | None = None,
     poll: bool = False,
+    kind: str = "plain",
+    slow_pull_seconds: float = SLOW_PULL_SECONDS,
 ) -> RunResult:
     """Start ``pods`` pods on the lab behind ``socket`` with runtime handler ``handler``.
 
@@ -272,9 +314,15 @@ def run_pods(
     ``before_batch`` (``lab run`` prints ``aged`` and waits for SIGUSR1). Only the calls after
     that are ground truth. In aged mode, or with ``poll``, a PLEG-like relist runs every second
     on the same channel until the end.
+
+    ``kind`` names a pod kind of ``startprof.lab.kinds`` (``plain`` by default); with
+    ``slow-pull``, the first pod's pull takes about ``slow_pull_seconds``.
     """
     say = progress or (lambda _: None)
     _check_counts(pods, concurrency, containers, init_containers)
+    pod_type = pod_kind(kind)
+    if slow_pull_seconds <= 0:
+        raise InputError(f"--slow-pull-seconds must be positive, got {slow_pull_seconds:g}")
     if age_pods < 0 or age_seconds < 0:
         raise InputError("--age-pods and --age-seconds must be at least 0")
     aged = age_pods > 0 or age_seconds > 0 or before_batch is not None
@@ -304,19 +352,34 @@ def run_pods(
                 before_batch()
         poller.rec = rec
         registry: Registry | None = None
+        images: dict[str, str] = {}
         if pull:
             registry = Registry([read_archive(Path(archive))]).start()
             pull_ref = registry.reference(image)
             say(f"serving {image} at {pull_ref}; removing the local copy")
             rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
             image = pull_ref
+        elif pod_type.image == "slow":
+            layout = slow_image(paths, run_id)
+            rate = max(1, int(sum(len(b) for b in layout.blobs.values()) / slow_pull_seconds))
+            registry = Registry([layout], rate=rate).start()
+            images["slow"] = registry.reference(next(iter(layout.images())))
+            say(f"serving {images['slow']} at {rate} B/s")
+        elif pod_type.image == "missing":
+            registry = Registry([]).start()
+            images["missing"] = f"localhost:{registry.port}/{MISSING_REPOSITORY}:1"
         result.image = image
         pull_lock = threading.Lock()
         plan = []
         for i in range(pods):
             name, uid = f"sp-{run_id}-{i:03d}", str(uuid.uuid4())
-            plan.append(_Pod(name, uid, handler, sandbox_config(paths, name, uid, run_id)))
-        say(f"starting {pods} pod(s) on {handler}, {concurrency} at a time")
+            config = sandbox_config(paths, name, uid, run_id, pod_type)
+            containers_of = tuple(pod_type.containers(i, containers, init_containers))
+            plan.append(_Pod(name, uid, handler, config, plan=containers_of, images=images))
+        if pod_type.foreign:
+            cid = run_foreign_container(paths, archive, image, FOREIGN_NAMESPACE)
+            say(f"ran container {cid} with ctr in containerd namespace {FOREIGN_NAMESPACE}")
+        say(f"starting {pods} {kind} pod(s) on {handler}, {concurrency} at a time")
         # A garbage-collector pause inside a timed call would be charged to containerd; the
         # starts allocate little, so collect after them instead.
         gc.disable()
@@ -335,13 +398,21 @@ def run_pods(
                 _for_each(plan, concurrency, lambda p: _teardown_pod(client, rec, p))
             if registry is not None:
                 registry.stop()
-                if not keep:
+                if pull and not keep:
                     _quiet_call(
                         lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
                     )
-                # Put the lab's own copy back so later runs start from an imported image.
-                import_archive(paths, archive)
-    result.pods = [PodResult(p.name, p.uid, p.sandbox_id, p.start_ms, p.error) for p in plan]
+                if "slow" in images and not keep:
+                    slow = images["slow"]
+                    _quiet_call(
+                        lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(slow))
+                    )
+                if pull:
+                    # Put the lab's own copy back so later runs start from an imported image.
+                    import_archive(paths, archive)
+    result.pods = [
+        PodResult(p.name, p.uid, p.sandbox_id, p.start_ms, p.error, p.restarts) for p in plan
+    ]
     return result
 
 
@@ -420,6 +491,21 @@ def _age(
         raise LabError(f"aging pod {failed[0].name} failed: {failed[0].error}")
 
 
+def slow_image(paths: LabPaths, run_id: str) -> OciLayout:
+    """The app binary in an image of its own (a file with the run id makes its layer new):
+    containerd fetches only blobs it lacks, so the lab's own app image would pull at once."""
+    binary = paths.images_dir / "bin" / f"{APP.name}-{APP.tag()}"
+    image = build_image(
+        f"{REGISTRY_HOST}/{SLOW_REPOSITORY}:{run_id}",
+        [
+            LayerFile(APP.binary.lstrip("/"), binary.read_bytes(), 0o755),
+            LayerFile("startprof-run", run_id.encode(), 0o644),
+        ],
+        entrypoint=[APP.binary],
+    )
+    return OciLayout(index=image.index(), blobs=image.blobs)
+
+
 def _check_counts(pods: int, concurrency: int, containers: int, init_containers: int) -> None:
     for name, value, low in (
         ("--pods", pods, 1),
@@ -461,6 +547,8 @@ def _start_pod(
     pull_lock: threading.Lock,
 ) -> None:
     t0 = time.monotonic_ns()
+    images = {"app": image, **pod.images}
+    plan = pod.plan or tuple(pod_kind("plain").containers(0, containers, init_containers))
     try:
         rec.call(pod, m.VERSION, client.version)
         reply = rec.call(
@@ -470,27 +558,47 @@ def _start_pod(
             ids=lambda r: (r.pod_sandbox_id, ""),
         )
         pod.sandbox_id = reply.pod_sandbox_id
-        status = rec.call(pod, m.IMAGE_STATUS, lambda: client.image_status(image))
-        if not status.image.id:
-            # Like the kubelet's serialized image puller: one PullImage at a time.
-            with pull_lock:
-                rec.call(pod, m.PULL_IMAGE, lambda: client.pull_image(image, pod.config))
-        for i in range(init_containers):
-            cid = _create_and_start(client, rec, pod, f"init-{i}", image, init=True)
-            _wait_state(client, rec, pod, f"init-{i}", cid, api.CONTAINER_EXITED)
-        names = [f"app-{i}" for i in range(containers)]
-        ids = [_create_and_start(client, rec, pod, n, image, init=False) for n in names]
-        for n, cid in zip(names, ids, strict=True):
-            _wait_state(client, rec, pod, n, cid, api.CONTAINER_RUNNING)
+        started: list[tuple[ContainerPlan, str, str]] = []  # (plan, image, container id)
+        for c in plan:
+            ref = images[c.image]
+            _ensure_image(client, rec, pod, ref, pull_lock)
+            cid = _create_and_start(client, rec, pod, c.name, ref, c.role == "init", plan=c)
+            if c.role == "init":
+                _wait_state(client, rec, pod, c.name, cid, api.CONTAINER_EXITED)
+            elif c.role == "sidecar":
+                # a restartable init container: the next one starts once it is running
+                _wait_up(client, rec, pod, c, ref, cid)
+            else:
+                started.append((c, ref, cid))
+        for c, ref, cid in started:
+            _wait_up(client, rec, pod, c, ref, cid)
         pod.start_ms = (time.monotonic_ns() - t0) / 1e6
     except (CriError, LabError) as exc:
         pod.error = exc.message
 
 
+def _ensure_image(
+    client: CriClient, rec: _Recorder, pod: _Pod, image: str, pull_lock: threading.Lock
+) -> None:
+    """The kubelet's EnsureImageExists before each container (IfNotPresent)."""
+    status = rec.call(pod, m.IMAGE_STATUS, lambda: client.image_status(image))
+    if not status.image.id:
+        # Like the kubelet's serialized image puller: one PullImage at a time.
+        with pull_lock:
+            rec.call(pod, m.PULL_IMAGE, lambda: client.pull_image(image, pod.config))
+
+
 def _create_and_start(
-    client: CriClient, rec: _Recorder, pod: _Pod, name: str, image: str, init: bool
+    client: CriClient,
+    rec: _Recorder,
+    pod: _Pod,
+    name: str,
+    image: str,
+    init: bool,
+    attempt: int = 0,
+    plan: ContainerPlan | None = None,
 ) -> str:
-    config = container_config(pod, name, image, init)
+    config = container_config(pod, name, image, init, attempt, plan)
     reply = rec.call(
         pod,
         m.CREATE_CONTAINER,
@@ -502,6 +610,53 @@ def _create_and_start(
     pod.container_ids.append((name, cid))
     rec.call(pod, m.START_CONTAINER, lambda: client.start_container(cid), name, cid)
     return cid
+
+
+def _wait_up(
+    client: CriClient, rec: _Recorder, pod: _Pod, c: ContainerPlan, image: str, cid: str
+) -> None:
+    """Until the container runs. One that may crash must also stay up ``STAY_UP_S``; when it
+    exits it is re-created with ``attempt`` + 1 after a back-off that doubles, like the
+    kubelet's (10 s there, 0.1 s here), ``MAX_RESTARTS`` times at most."""
+    attempt = 0
+    while True:
+        if not c.crashes:
+            _wait_state(client, rec, pod, c.name, cid, api.CONTAINER_RUNNING)
+            return
+        code = _exit_within(client, rec, pod, c.name, cid, STAY_UP_S)
+        if code is None:
+            return
+        if attempt >= MAX_RESTARTS:
+            raise LabError(
+                f"container {c.name} is in CrashLoopBackOff: exit code {code} at each of "
+                f"{attempt + 1} starts"
+            )
+        time.sleep(BACKOFF_S * 2**attempt)
+        attempt += 1
+        pod.restarts += 1
+        cid = _create_and_start(client, rec, pod, c.name, image, False, attempt, c)
+
+
+def _exit_within(
+    client: CriClient, rec: _Recorder, pod: _Pod, name: str, cid: str, seconds: float
+) -> int | None:
+    """The exit code if the container exits within ``seconds`` of running, else None."""
+    up_since: float | None = None
+    deadline = time.monotonic() + INIT_TIMEOUT
+    while True:
+        st = rec.call(
+            pod, m.CONTAINER_STATUS, lambda: client.container_status(cid), name, cid
+        ).status
+        now = time.monotonic()
+        if st.state == api.CONTAINER_EXITED:
+            return int(st.exit_code)
+        if st.state == api.CONTAINER_RUNNING:
+            up_since = now if up_since is None else up_since
+            if now - up_since >= seconds:
+                return None
+        elif now > deadline:
+            raise LabError(f"container {name} not running after {INIT_TIMEOUT:.0f} s")
+        time.sleep(STAY_UP_POLL if up_since is not None else POLL_INTERVAL)
 
 
 def _wait_state(
@@ -527,15 +682,15 @@ def _wait_state(
 
 
 def _teardown_pod(client: CriClient, rec: _Recorder, pod: _Pod) -> None:
-    """Kubelet order: stop and remove containers (last first), then the sandbox, then cgroups."""
-    if not pod.sandbox_id:
-        return
+    """Kubelet order: stop and remove containers (last first), then the sandbox, then cgroups
+    (also when RunPodSandbox failed: the runtime may have made them before it did)."""
     try:
         for name, cid in reversed(pod.container_ids):
             rec.call(pod, m.STOP_CONTAINER, partial(client.stop_container, cid), name, cid)
             rec.call(pod, m.REMOVE_CONTAINER, partial(client.remove_container, cid), name, cid)
-        rec.call(pod, m.STOP_POD_SANDBOX, lambda: client.stop_pod_sandbox(pod.sandbox_id))
-        rec.call(pod, m.REMOVE_POD_SANDBOX, lambda: client.remove_pod_sandbox(pod.sandbox_id))
+        if pod.sandbox_id:
+            rec.call(pod, m.STOP_POD_SANDBOX, lambda: client.stop_pod_sandbox(pod.sandbox_id))
+            rec.call(pod, m.REMOVE_POD_SANDBOX, lambda: client.remove_pod_sandbox(pod.sandbox_id))
     except CriCallError as exc:
         pod.error = pod.error or f"tear-down: {exc.message}"
     left = remove_pod_cgroups(pod.config.linux.cgroup_parent)

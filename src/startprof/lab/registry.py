@@ -4,6 +4,10 @@
 layer, unpack) without any network beyond loopback. containerd talks plain HTTP to
 ``localhost:<port>``. Only what a pull needs: ``/v2/``, manifests by tag or digest, blobs;
 GET and HEAD.
+
+A registry can be *throttled* (``rate``, bytes per second for blob bodies): a slow registry
+or a congested link, so that one pod's pull takes seconds while other pods start (``lab run
+--kind slow-pull``).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from startprof.errors import LabError
 from startprof.lab.oci import MEDIA_MANIFEST, OciLayout
 
+_CHUNK = 4096
 _PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 
 
@@ -46,10 +52,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, registry.blobs[digest], MEDIA_MANIFEST, digest, body)
         if ref not in registry.blobs:
             return self._error(404, "BLOB_UNKNOWN", body)
-        return self._reply(200, registry.blobs[ref], "application/octet-stream", ref, body)
+        data = registry.blobs[ref]
+        return self._reply(200, data, "application/octet-stream", ref, body, registry.rate)
 
     def _reply(
-        self, code: int, data: bytes, content_type: str, digest: str | None, body: bool
+        self,
+        code: int,
+        data: bytes,
+        content_type: str,
+        digest: str | None,
+        body: bool,
+        rate: int | None = None,
     ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -58,8 +71,21 @@ class _Handler(BaseHTTPRequestHandler):
         if digest:
             self.send_header("Docker-Content-Digest", digest)
         self.end_headers()
-        if body:
+        if not body:
+            return
+        if rate is None:
             self.wfile.write(data)
+            return
+        # Paced in small chunks against a deadline: each chunk leaves when the bytes up to
+        # its end are due, so the whole body takes len/rate seconds however sleeps round.
+        begin = time.monotonic()
+        for offset in range(0, len(data), _CHUNK):
+            chunk = data[offset : offset + _CHUNK]
+            ahead = begin + (offset + len(chunk)) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            self.wfile.write(chunk)
+            self.wfile.flush()
 
     def _error(self, code: int, kind: str, body: bool) -> None:
         data = json.dumps({"errors": [{"code": kind, "message": kind.lower()}]}).encode()
@@ -76,9 +102,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class Registry:
-    """Serves every image of the given layouts as ``<repository>:<tag>`` on 127.0.0.1."""
+    """Serves every image of the given layouts as ``<repository>:<tag>`` on 127.0.0.1.
 
-    def __init__(self, layouts: list[OciLayout], port: int = 0) -> None:
+    ``rate`` (bytes per second) throttles blob bodies; None serves them at once.
+    """
+
+    def __init__(self, layouts: list[OciLayout], port: int = 0, rate: int | None = None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"registry rate must be positive, got {rate}")
+        self.rate = rate
         self.blobs: dict[str, bytes] = {}
         self.tags: dict[tuple[str, str], str] = {}
         for layout in layouts:

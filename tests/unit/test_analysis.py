@@ -314,7 +314,7 @@ def test_json_document_is_serialisable_and_stable() -> None:
 def test_summary_medians() -> None:
     summary = analysis_of("concurrent").summary
     assert summary["pods"] == 4
-    assert summary["status"] == {"ok": 4, "failed": 0, "incomplete": 0}
+    assert summary["status"] == {"ok": 4, "restarted": 0, "failed": 0, "incomplete": 0}
     phases = summary["phases"]
     assert phases["sandbox"]["n"] == 4
     assert 0 < phases["sandbox"]["median_ms"] <= phases["sandbox"]["p95_ms"]

@@ -15,7 +15,7 @@ import pandas as pd
 from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.losses import drop_windows, mark_lossy
 from startprof.analysis.model import Analysis, Pod, RecordingInfo
-from startprof.analysis.phases import build_pods
+from startprof.analysis.phases import build
 from startprof.analysis.summary import summarize
 
 TIME_COLUMNS = ("ts_ns", "start_ns", "end_ns")
@@ -60,6 +60,7 @@ def analyze(sources: Sequence[Source]) -> Analysis:
     pods: dict[tuple[str, str], Pod] = {}
     starts, ends = [], []
     lossy: list[tuple[int, int]] = []
+    foreign: dict[str, int] = {}
     for src in sources:
         # calls on connections older than the recording are named before anything reads them
         own, _ = name_calls(timed(src.events))
@@ -69,8 +70,11 @@ def analyze(sources: Sequence[Source]) -> Analysis:
             for lo, hi in drop_windows(own, src.start_monotonic_ns)
         ]
         lossy += windows
-        for pod in mark_lossy(build_pods(events, src.host, windows), windows):
+        built = build(events, src.host, windows)
+        for pod in mark_lossy(built.pods, windows):
             pods[pod.key] = pod
+        for namespace, n in built.foreign_containers.items():
+            foreign[namespace] = foreign.get(namespace, 0) + n
         starts.append(src.start_monotonic_ns + src.clock_offset_ns)
         last = src.end_monotonic_ns
         if last is None:
@@ -86,5 +90,6 @@ def analyze(sources: Sequence[Source]) -> Analysis:
         drops=sum(s.drops for s in sources),
         complete=all(s.complete for s in sources),
         drop_windows=tuple(sorted(lossy)),
+        foreign_containers=foreign,
     )
     return Analysis(recording=info, pods=ordered, summary=summarize(ordered, info))

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PhaseStatus = Literal["ok", "error"]
-PodStatus = Literal["ok", "failed", "incomplete"]
+PodStatus = Literal["ok", "restarted", "failed", "incomplete"]
+"""``restarted``: up, but only after containers crashed and were restarted (a crash loop that
+ended); its start runs to the first start that stayed up. ``failed``: a phase failed, or every
+start of a container crashed. ``incomplete``: only part of the start is in the recording."""
+POD_STATUSES: tuple[PodStatus, ...] = ("ok", "restarted", "failed", "incomplete")
+STARTED_BEFORE = "started before recording"
+"""``incomplete_reason`` of a pod whose sandbox was made before the recording began."""
+STILL_STARTING = "still starting when the recording ended"
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,13 @@ class Pod:
     failed_phase: str | None = None
     containers: tuple[str, ...] = ()
     incomplete_reason: str | None = None
-    """Why an ``incomplete`` pod is: still starting when the recording ended, or events of it
-    were dropped (its span overlaps a drop window, see ``analysis.losses``)."""
+    """Why an ``incomplete`` pod is: still starting when the recording ended, started before
+    it, or events of it were dropped (its span overlaps a drop window, ``analysis.losses``)."""
+    restarts: int = 0
+    """Containers re-created after they crashed (the kubelet's ``attempt`` + 1)."""
+    error: str | None = None
+    """Why a ``failed`` pod failed, in the words of whoever failed: the CNI plugin's or OCI
+    runtime's own message when containerd relayed it, else the failing phase's error."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -138,7 +150,9 @@ class Pod:
             "runtime": self.runtime,
             "status": self.status,
             "failed_phase": self.failed_phase,
+            "error": self.error,
             "incomplete_reason": self.incomplete_reason,
+            "restarts": self.restarts,
             "containers": list(self.containers),
             "start_wall_ns": self.start_ns,
             "duration_ms": round(self.duration_ns / 1e6, 3),
@@ -160,6 +174,9 @@ class RecordingInfo:
     """Every file was closed cleanly (none was cut short by a crash)."""
     drop_windows: tuple[tuple[int, int], ...] = ()
     """Wall-clock ns intervals in which events were lost (see ``analysis.losses``)."""
+    foreign_containers: Mapping[str, int] = field(default_factory=dict)
+    """Containers seen in containerd namespaces other than CRI's (ctr, nerdctl, moby), per
+    namespace: ignored, they are no pods."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +191,7 @@ class RecordingInfo:
                 {"start_wall_ns": lo, "end_wall_ns": hi} for lo, hi in self.drop_windows
             ],
             "complete": self.complete,
+            "foreign_containers": dict(self.foreign_containers),
         }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,16 +26,43 @@ import pyarrow as pa
 
 from startprof.analysis.critical_path import apply_critical_path, bottleneck
 from startprof.analysis.losses import LOST_EVENTS
-from startprof.analysis.model import Phase, Pod, PodStatus
-from startprof.analysis.processes import RUNTIMES, SHIM_PREFIX, attribute, missing, processes
+from startprof.analysis.model import STARTED_BEFORE, STILL_STARTING, Phase, Pod, PodStatus
+from startprof.analysis.processes import (
+    RUNTIMES,
+    SEEDED_START_NS,
+    SHIM_PREFIX,
+    attribute,
+    foreign_containers,
+    missing,
+    processes,
+    runtime_programs,
+)
+from startprof.cri.api import V1, V1ALPHA2, path_of
 from startprof.probes.netlink import type_name
 
-RUN_POD_SANDBOX = "/runtime.v1.RuntimeService/RunPodSandbox"
-CREATE_CONTAINER = "/runtime.v1.RuntimeService/CreateContainer"
-START_CONTAINER = "/runtime.v1.RuntimeService/StartContainer"
-IMAGE_METHODS = ("/runtime.v1.ImageService/ImageStatus", "/runtime.v1.ImageService/PullImage")
+RUN_POD_SANDBOX = path_of("RunPodSandbox")
+CREATE_CONTAINER = path_of("CreateContainer")
+START_CONTAINER = path_of("StartContainer")
+STOP_CONTAINER = path_of("StopContainer")
+IMAGE_STATUS = path_of("ImageStatus")
+PULL_IMAGE = path_of("PullImage")
+IMAGE_METHODS = (IMAGE_STATUS, PULL_IMAGE)
 CLONE_NEWNET = 0x40000000
 NOT_ENTRYPOINTS = ("/proc/self/exe",)
+STAYED_UP_NS = 1_000_000_000
+"""A container whose entrypoint exits on its own sooner than this after its exec crashed (the
+kubelet restarts it: a crash loop); one that runs longer stayed up, and its start ended at its
+exec. Keep in sync with ``startprof.lab.kinds.STAY_UP_S``."""
+RUNTIME_VERBS = ("create", "start", "delete", "kill", "state", "run")
+_CNI_ERROR = re.compile(r'plugin type="(?P<type>[^"]+)"[^:]*? failed \((?:add|delete|check)\): ')
+_RUNTIME_ERROR = re.compile(r"OCI runtime (?P<verb>[a-z]+) failed: (?:[\w.-]+ (?P=verb) failed: )?")
+
+
+def canonical_method(method: str) -> str:
+    """``runtime.v1alpha2`` paths as their ``runtime.v1`` twins: containerd 1.6 serves both,
+    with the same messages, and older kubelets call the first."""
+    prefix = f"/{V1ALPHA2}."
+    return f"/{V1}." + method[len(prefix) :] if method.startswith(prefix) else method
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,8 @@ class Proc:
     image: str | None
     sandbox_id: str | None
     container_id: str | None
+    runtimes: frozenset[str] = RUNTIMES
+    """The programs acting as OCI runtimes in this recording (``runtime_programs``)."""
     name: str = field(init=False)
     program: str = field(init=False)
     """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
@@ -82,6 +112,10 @@ class Proc:
     """Exec'ed from a CNI_PATH directory with CNI_COMMAND set (iptables inherits the
     variables but lives elsewhere)."""
     runtime_verb: str | None = field(init=False)
+    runtime: str | None = field(init=False)
+    """The OCI runtime it ran as: runc for runc, and for a wrapper that exec'ed runc too."""
+    seeded: bool = field(init=False)
+    """Alive when the recording began: its start is not in the recording."""
 
     def __post_init__(self) -> None:
         first = self.argv[0] if self.argv else ""
@@ -93,16 +127,19 @@ class Proc:
             and self.filename
             and os.path.dirname(self.filename) in cni_dirs
         )
+        self.seeded = self.start_ns <= SEEDED_START_NS
         self.runtime_verb = None
-        if self.program in RUNTIMES:
-            self.runtime_verb = next(
-                (
-                    a
-                    for a in self.argv[1:]
-                    if a in ("create", "start", "delete", "kill", "state", "run")
-                ),
-                None,
-            )
+        self.runtime = None
+        if self.program in self.runtimes:
+            self.runtime_verb = next((a for a in self.argv[1:] if a in RUNTIME_VERBS), None)
+            became = os.path.basename(self.image) if self.image else ""
+            internal = not self.image or self.image.startswith("/dev/fd/")
+            self.runtime = self.program if internal or self.image in NOT_ENTRYPOINTS else became
+
+    @property
+    def wrapper(self) -> str | None:
+        """The wrapper it was started as, when it exec'ed another runtime (nvidia-style)."""
+        return self.program if self.runtime and self.runtime != self.program else None
 
 
 @dataclass
@@ -114,6 +151,8 @@ class PodInputs:
     calls: list[Call] = field(default_factory=list)
     annotations: dict[str, Any] = field(default_factory=dict)
     netns: tuple[int, int] | None = None
+    container_names: dict[str, str] = field(default_factory=dict)
+    """container id -> name, from bundle annotations (the kernel's view without CRI data)."""
 
 
 def _values(series: pd.Series) -> list[Any]:
@@ -177,7 +216,7 @@ def cri_calls(ev: pd.DataFrame) -> list[Call]:
     cols = CALL_COLUMNS
     return [
         Call(
-            method=r["method"] or "?",
+            method=canonical_method(r["method"] or "?"),
             start_ns=int(r["start_ns"]),
             end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
             status=r["grpc_status"],
@@ -231,6 +270,7 @@ def _int_or_none(value: Any) -> int | None:
 
 def _procs(table: pd.DataFrame) -> list[Proc]:
     columns = [_values(table[c]) for c in PROC_COLUMNS]
+    runtimes = runtime_programs(a for a in columns[PROC_COLUMNS.index("argv")] if a)
     return [
         Proc(
             int(proc_id),
@@ -247,6 +287,7 @@ def _procs(table: pd.DataFrame) -> list[Proc]:
             image,
             sandbox,
             container,
+            runtimes,
         )
         for (
             proc_id,
@@ -430,8 +471,9 @@ class Context:
     netlink: dict[int, list[dict[str, Any]]]
     recording_end_ns: int
     ops: dict[int, dict[str, int]] = field(default_factory=dict)
-    image_starts: list[int] = field(default_factory=list)
-    """Start times of the recording's image calls, in the order build_pod gets them."""
+    procs: dict[int, Proc] = field(default_factory=dict)
+    """Every process lifetime by proc_id."""
+    foreign: dict[str, int] = field(default_factory=dict)
 
 
 def _subtree(ctx: Context, proc: Proc) -> list[Proc]:
@@ -529,75 +571,203 @@ def _exec_end(proc: Proc | None) -> int | None:
     return proc.exec_done_ns if proc.exec_done_ns is not None else proc.exec_ns
 
 
-def _entrypoint(procs: Iterable[Proc]) -> Proc | None:
-    """The container's process after its runtime exec'ed the entrypoint (pause, app, ...)."""
-    found = [
-        p
-        for p in procs
-        if p.image
-        and p.exec_ns is not None
-        and os.path.basename(p.image) not in RUNTIMES
-        and not p.image.startswith("/dev/fd/")
-        and p.image not in NOT_ENTRYPOINTS
-        and p.program not in RUNTIMES
-        and not p.program.startswith(SHIM_PREFIX)
-    ]
+def _internal(p: Proc) -> bool:
+    """A process of the runtime itself, not one it ran: runc or crun (also by a wrapper's
+    name), their re-exec from a memfd, ``runc init``, a shim."""
+    image = p.image or ""
+    return (
+        p.program in p.runtimes
+        or os.path.basename(image) in p.runtimes
+        or image.startswith("/dev/fd/")
+        or image in NOT_ENTRYPOINTS
+        or p.program.startswith(SHIM_PREFIX)
+    )
+
+
+def _topmost(found: list[Proc], ctx: Context) -> list[Proc]:
+    """The processes of ``found`` none of whose ancestors is in ``found``: a hook's own
+    children are part of the hook, an entrypoint's children part of the container."""
+    ids = {p.proc_id for p in found}
+    out = []
+    for p in found:
+        parent, depth = p.parent_proc, 0
+        while parent is not None and parent not in ids and depth < 64:
+            up = ctx.procs.get(parent)
+            parent, depth = (up.parent_proc if up else None), depth + 1
+        if parent is None or parent not in ids:
+            out.append(p)
+    return out
+
+
+def _ran(procs: Iterable[Proc]) -> list[Proc]:
+    return [p for p in procs if p.image and p.exec_ns is not None and not _internal(p)]
+
+
+def _entrypoint(procs: Iterable[Proc], ctx: Context, after: int | None = None) -> Proc | None:
+    """The container's process once its runtime exec'ed the entrypoint (pause, app, ...):
+    the first program the runtime ran after ``after`` (the end of ``create``: what runs
+    during it is a hook)."""
+    found = [p for p in _topmost(_ran(procs), ctx) if after is None or (p.exec_ns or 0) >= after]
     return min(found, key=lambda p: p.exec_ns or 0) if found else None
+
+
+def _runtime_entrypoint(rt: Sequence[Proc], ctx: Context) -> Proc | None:
+    """The entrypoint of one container, from its runtime processes (creates, starts, shims)."""
+    creates = [p for p in rt if p.runtime_verb == "create"]
+    if creates and all(p.end_ns is None for p in creates):
+        return None  # still creating when the recording ended: anything run so far is a hook
+    after = min((p.end_ns for p in creates if p.end_ns is not None), default=None)
+    return _entrypoint((q for p in rt for q in _subtree(ctx, p)), ctx, after)
+
+
+def _hooks(proc: Proc, ctx: Context, until: int | None) -> list[Proc]:
+    """Programs an OCI runtime ran while ``proc`` (its create, or start) ran: OCI hooks."""
+    found = [p for p in _ran(_subtree(ctx, proc)[1:]) if until is None or (p.exec_ns or 0) <= until]
+    return _topmost(found, ctx)
+
+
+def _add_hooks(b: PhaseBuilder, parent: Phase, hooks: Iterable[Proc], ctx: Context) -> None:
+    for hook in sorted(hooks, key=lambda p: p.exec_ns or 0):
+        start, end = _proc_span(hook, ctx)
+        failed = hook.exit_code not in (None, 0)
+        b.add(
+            parent,
+            f"runtime.hook {hook.program}",
+            start,
+            end,
+            status="error" if failed else "ok",
+            error=f"exit code {hook.exit_code}" if failed else None,
+            **_proc_attrs(hook),
+        )
 
 
 def _add_runtime(
     b: PhaseBuilder, parent: Phase, procs: list[Proc], container_id: str, ctx: Context
 ) -> tuple[str | None, Proc | None]:
-    """runtime.shim, runtime.create, runtime.start of one container; returns runtime, entrypoint."""
+    """runtime.shim, runtime.create (with its hooks), runtime.start of one container; returns
+    the runtime and the entrypoint."""
     mine = [p for p in procs if p.container_id == container_id]
     runtime = None
     for shim in (p for p in mine if _is_shim_start(p)):
         start, end = _proc_span(shim, ctx)
         b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
-    entry = None
+    entry = _runtime_entrypoint(
+        [p for p in mine if p.runtime_verb in ("create", "start", "run")], ctx
+    )
     for proc in sorted(mine, key=lambda p: p.start_ns):
         verb = proc.runtime_verb
         if verb not in ("create", "start", "run"):
             continue
-        runtime = proc.program
+        runtime = proc.runtime or proc.program
         start, end = _proc_span(proc, ctx)
-        subtree = _subtree(ctx, proc)
+        failed = proc.exit_code not in (None, 0)
+        common = {"runtime": runtime, "wrapper": proc.wrapper, **_proc_attrs(proc)}
         if verb == "create":
-            failed = proc.exit_code not in (None, 0)
-            b.add(
+            phase = b.add(
                 parent,
                 "runtime.create",
                 start,
                 end,
                 status="error" if failed else "ok",
                 error=f"{runtime} create exit code {proc.exit_code}" if failed else None,
-                runtime=runtime,
-                processes=len(subtree),
-                **_proc_attrs(proc),
+                processes=len(_subtree(ctx, proc)),
+                **common,
             )
-            entry = entry or _entrypoint(subtree)
+            _add_hooks(b, phase, _hooks(proc, ctx, proc.end_ns), ctx)
         else:
-            entry = entry or _entrypoint(subtree)
-            if entry is None:
-                entry = _entrypoint(p for p in mine if p.start_ns >= start)
             exec_end = _exec_end(entry)
-            failed = proc.exit_code not in (None, 0)
-            b.add(
+            phase = b.add(
                 parent,
                 "runtime.start",
                 start,
                 max(end, exec_end or end),
                 status="error" if failed else "ok",
-                error=f"{runtime} start exit code {proc.exit_code}" if failed else None,
-                runtime=runtime,
-                **_proc_attrs(proc),
+                error=f"{runtime} {verb} exit code {proc.exit_code}" if failed else None,
+                **common,
             )
+            hooks = _hooks(proc, ctx, None) if verb == "start" else []
+            _add_hooks(b, phase, [h for h in hooks if h is not entry], ctx)
     return runtime, entry
 
 
+def own_error(message: str | None) -> tuple[str, str | None, str] | None:
+    """What failed, in its own words, from containerd's error text: ``("cni", plugin type,
+    text)`` for a CNI plugin, ``("runtime", verb, text)`` for an OCI runtime; None when the
+    message holds neither (then it is containerd's own: an image pull, a timeout)."""
+    if not message:
+        return None
+    cni = _CNI_ERROR.search(message)
+    if cni:
+        return "cni", cni.group("type"), message[cni.end() :].strip()
+    runtime = _RUNTIME_ERROR.search(message)
+    if runtime:
+        text = message[runtime.end() :].strip()
+        return "runtime", runtime.group("verb"), text.removesuffix(": unknown")
+    return None
+
+
+def _call_error(call: Call) -> str:
+    text = f"{call.method.rsplit('/', 1)[-1]} {call.status}"
+    message = call.attrs.get("grpc_message")
+    return f"{text}: {message}" if message else text
+
+
+def _blame(phases: list[Phase], root_id: str, call: Call) -> None:
+    """Give the failing CNI plugin or runtime phase below ``root_id`` the words its own error
+    had in the failed ``call``'s message (containerd relays them)."""
+    found = own_error(call.attrs.get("grpc_message"))
+    if found is None:
+        return
+    kind, subject, text = found
+    for i, p in enumerate(phases):
+        if p.status != "error" or not p.id.startswith(root_id + "/") or not text:
+            continue
+        if (kind == "cni" and p.name == f"cni.plugin {subject}") or (
+            kind == "runtime" and p.name == f"runtime.{subject}"
+        ):
+            phases[i] = replace(p, error=f"{p.error}: {text}")
+            return
+
+
+@dataclass
+class _Attempt:
+    """One start of one container (the kubelet re-creates a crashed one: a new attempt)."""
+
+    name: str
+    container_id: str
+    phase: Phase
+    entry: Proc | None
+    crashed: bool
+    exit_code: int | None
+
+
+def _stopped_before(inputs: PodInputs, cid: str, t: int) -> bool:
+    """Whether the container was asked to stop (StopContainer, a runtime ``kill``) before t."""
+    return any(
+        c.method == STOP_CONTAINER and c.container_id == cid and c.start_ns <= t
+        for c in inputs.calls
+    ) or any(
+        p.runtime_verb == "kill" and p.container_id == cid and p.start_ns <= t for p in inputs.procs
+    )
+
+
+def _crash(inputs: PodInputs, cid: str, entry: Proc | None, start_ok: bool) -> bool:
+    """An attempt crashed: its start failed, or its entrypoint exited on its own within
+    STAYED_UP_NS of its exec with a non-zero code (or by a signal nobody sent)."""
+    if not start_ok:
+        return True
+    if entry is None or entry.end_ns is None or entry.exec_ns is None:
+        return False
+    if entry.end_ns - entry.exec_ns >= STAYED_UP_NS or entry.exit_code == 0:
+        return False
+    return not _stopped_before(inputs, cid, entry.end_ns)
+
+
 def build_pod(
-    host: str, inputs: PodInputs, ctx: Context, image_calls: Sequence[Call]
+    host: str, inputs: PodInputs, ctx: Context, image_calls: Sequence[tuple[Call, str | None]]
 ) -> Pod | None:
+    """One pod's phases. ``image_calls`` are the image calls matched to this pod (see
+    ``assign_image_calls``), each with the container it was for."""
     procs = inputs.procs
     calls = sorted(inputs.calls, key=lambda c: c.start_ns)
     rps = next((c for c in calls if c.method == RUN_POD_SANDBOX), None)
@@ -612,8 +782,24 @@ def build_pod(
     ]
     sandbox_procs = [p for p in procs if p.container_id in (None, inputs.sandbox_id)]
     sandbox_rt = [p for p in sandbox_procs if p.runtime_verb in ("create", "start", "run")]
-    if rps is None and not cni_top and not sandbox_rt:
-        return None  # only tear-down work of a pod that started before the recording
+    # containers: CRI first, else runtime creates of non-sandbox container ids
+    container_ids = [c.container_id for c in creates if c.container_id]
+    for p in sorted(procs, key=lambda p: p.start_ns):
+        if (
+            p.runtime_verb == "create"
+            and p.container_id
+            and p.container_id != inputs.sandbox_id
+            and p.container_id not in container_ids
+        ):
+            container_ids.append(p.container_id)
+    # the sandbox was made before the recording: no RunPodSandbox, CNI ADD or sandbox create
+    began_before = (
+        rps is None
+        and not cni_top
+        and not any(p.runtime_verb in ("create", "run") for p in sandbox_rt)
+    )
+    if began_before and not container_ids:
+        return None  # only tear-down or status work of a pod that started before the recording
 
     names = _names(inputs, rps, cni_top)
     status: PodStatus = "ok"
@@ -624,101 +810,98 @@ def build_pod(
     kernel_points = [p.exec_ns for p in cni_top + sandbox_rt if p.exec_ns is not None]
     if inputs.netns:
         kernel_points.append(inputs.netns[0])
-    sandbox_entry = _entrypoint(q for p in sandbox_rt for q in _subtree(ctx, p))
-    kernel_end = _exec_end(sandbox_entry)
+    kernel_end = _exec_end(_runtime_entrypoint(sandbox_rt, ctx))
     if rps is not None:
         sb_start = rps.start_ns
         sb_end = rps.end_ns
     else:
         sb_start = min(kernel_points) if kernel_points else 0
         sb_end = kernel_end
-    incomplete = sb_end is None
+    incomplete = sb_end is None and not began_before
     sb_end_v = sb_end if sb_end is not None else ctx.recording_end_ns
-
-    # containers: CRI first, else runtime creates of non-sandbox container ids
-    container_ids = [c.container_id for c in creates if c.container_id]
-    for p in procs:
-        if (
-            p.runtime_verb == "create"
-            and p.container_id
-            and p.container_id != inputs.sandbox_id
-            and p.container_id not in container_ids
-        ):
-            container_ids.append(p.container_id)
 
     b = PhaseBuilder()
     # pod bounds are fixed after the children are known; start with a wide placeholder
-    pod = b.add(None, "pod", sb_start, ctx.recording_end_ns)
-    sandbox = b.add(
-        pod,
-        "sandbox",
-        sb_start,
-        sb_end_v,
-        status="ok" if rps is None or rps.ok else "error",
-        error=None if rps is None or rps.ok else f"RunPodSandbox {rps.status}",
-        source=source,
-        runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
-        traceparent=rps.attrs.get("traceparent") if rps else None,
+    first_seen = min(
+        [c.start_ns for c in calls] + [_proc_span(p, ctx)[0] for p in procs if not p.seeded],
+        default=sb_start,
     )
-    if inputs.netns:
-        b.add(sandbox, "sandbox.netns", *inputs.netns)
-    if cni_top:
-        cni = b.add(
-            sandbox,
-            "cni.add",
-            min(_proc_span(p, ctx)[0] for p in cni_top),
-            max(_proc_span(p, ctx)[1] for p in cni_top),
+    pod = b.add(None, "pod", sb_start if not began_before else first_seen, ctx.recording_end_ns)
+    runtime: str | None = None
+    if not began_before:
+        sandbox = b.add(
+            pod,
+            "sandbox",
+            sb_start,
+            sb_end_v,
+            status="ok" if rps is None or rps.ok else "error",
+            error=None if rps is None or rps.ok else _call_error(rps),
+            source=source,
+            runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
+            traceparent=rps.attrs.get("traceparent") if rps else None,
         )
-        for plugin in sorted(cni_top, key=lambda p: p.exec_ns or 0):
-            _add_cni_plugin(b, cni, plugin, ctx)
-    runtime, _ = _add_runtime(b, sandbox, sandbox_procs, inputs.sandbox_id, ctx)
+        if inputs.netns:
+            b.add(sandbox, "sandbox.netns", *inputs.netns)
+        if cni_top:
+            cni = b.add(
+                sandbox,
+                "cni.add",
+                min(_proc_span(p, ctx)[0] for p in cni_top),
+                max(_proc_span(p, ctx)[1] for p in cni_top),
+            )
+            for plugin in sorted(cni_top, key=lambda p: p.exec_ns or 0):
+                _add_cni_plugin(b, cni, plugin, ctx)
+        runtime, _ = _add_runtime(b, sandbox, sandbox_procs, inputs.sandbox_id, ctx)
 
-    # image: the image calls of this pod's kubelet between its sandbox and first container
-    first_create = creates[0].start_ns if creates else None
-    if rps is not None and rps.end_ns is not None and first_create is not None:
-        # image calls are sorted by start: bisect, not a scan of every pod's calls
-        lo = bisect_left(ctx.image_starts, rps.end_ns)
-        hi = bisect_left(ctx.image_starts, first_create)
-        for call in image_calls[lo:hi]:
-            if call.end_ns is not None and call.end_ns <= first_create:
-                b.add(
-                    pod,
-                    "image",
-                    call.start_ns,
-                    call.end_ns,
-                    source="cri",
-                    method=call.method.rsplit("/", 1)[-1],
-                    image=call.attrs.get("image"),
-                )
+    # image: the calls that named this pod (PullImage's sandbox_config) or its containers'
+    # images, each right before its container's create
+    for call, for_container in image_calls:
+        if call.end_ns is None:
+            continue
+        b.add(
+            pod,
+            "image",
+            call.start_ns,
+            call.end_ns,
+            status="ok" if call.ok else "error",
+            error=None if call.ok else _call_error(call),
+            source="cri",
+            method=call.method.rsplit("/", 1)[-1],
+            image=call.attrs.get("image"),
+            container=for_container,
+        )
 
-    container_names: list[str] = []
+    attempts: list[_Attempt] = []
     last_end = sb_end_v
     create_starts = [c.start_ns for c in creates]
+    by_id = {c.container_id: c for c in creates if c.container_id}
     for cid in container_ids:
-        create = next((c for c in creates if c.container_id == cid), None)
+        create = by_id.get(cid)
         next_create = next((t for t in create_starts if create and t > create.start_ns), None)
         start_call = starts.get(cid)
-        name = (create.container if create else None) or cid[:12]
-        container_names.append(name)
+        name = (create.container if create else None) or inputs.container_names.get(cid) or cid[:12]
+        attempt = sum(a.name == name for a in attempts)
         c_procs = [p for p in procs if p.container_id == cid]
         rt = [
             p for p in c_procs if p.runtime_verb in ("create", "start", "run") or _is_shim_start(p)
         ]
         k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
         c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
-        entry = _entrypoint(q for p in rt for q in _subtree(ctx, p))
+        entry = _runtime_entrypoint(rt, ctx)
+        ok = all(c.ok for c in (create, start_call) if c is not None)
+        crashed = _crash(inputs, cid, entry, ok)
         ends = [
             x
             for x in (start_call.end_ns if start_call else None, _exec_end(entry))
             if x is not None
         ]
-        # an init container runs to completion before the next container is created: its
-        # entrypoint's exit, not StartContainer's reply, is when the pod could go on
+        # an init container runs to completion before the next container is created (its
+        # entrypoint's exit, not StartContainer's reply, is when the pod could go on); a
+        # crashed one runs to its exit
         if (
             entry is not None
             and entry.end_ns is not None
-            and next_create is not None
-            and entry.end_ns <= next_create
+            and ((next_create is not None and entry.end_ns <= next_create) or crashed)
         ):
             ends.append(entry.end_ns)
         c_end = max(ends) if ends else None
@@ -726,22 +909,27 @@ def build_pod(
         if c_end is None or (create is not None and not started):
             incomplete = True
         c_end_v = c_end if c_end is not None else ctx.recording_end_ns
-        ok = all(c.ok for c in (create, start_call) if c is not None)
+        code = entry.exit_code if entry is not None else None
+        if not ok:
+            error: str | None = "; ".join(
+                _call_error(c) for c in (create, start_call) if c is not None and not c.ok
+            )
+        elif crashed and entry is not None and entry.exec_ns is not None and entry.end_ns:
+            how = f"with code {code}" if code is not None else "on a signal"
+            error = f"exited {how} {(entry.end_ns - entry.exec_ns) / 1e6:.1f} ms after its exec"
+        else:
+            error = None
         container = b.add(
             pod,
             f"container {name}",
             c_start,
             c_end_v,
-            status="ok" if ok else "error",
-            error=None
-            if ok
-            else "; ".join(
-                f"{c.method.rsplit('/', 1)[-1]} {c.status}"
-                for c in (create, start_call)
-                if c is not None and not c.ok
-            ),
+            status="ok" if error is None else "error",
+            error=error,
             container_id=cid,
             container=name,
+            attempt=attempt or None,  # the kubelet's metadata.attempt: restarts only
+            exit_code=code if crashed else None,
             source="cri" if create else "kernel",
         )
         if create is not None and create.end_ns is not None:
@@ -780,26 +968,64 @@ def build_pod(
                 filename=entry.image,
                 argv=list(entry.argv),
             )
+        attempts.append(_Attempt(name, cid, container, entry, crashed, code))
         last_end = max(last_end, c_end_v)
 
     phases = b.phases
+    if rps is not None and not rps.ok:
+        _blame(phases, "pod/sandbox", rps)
+    for a in attempts:
+        failed_start = starts.get(a.container_id)
+        if failed_start is not None and not failed_start.ok:
+            _blame(phases, a.phase.id, failed_start)
+
+    # crash loops: a crashed attempt followed by one that stayed up was recovered from; one
+    # that never stayed up fails the pod, with how often it was tried
+    restarts = 0
+    recovered: list[str] = []
+    names_seen = list(dict.fromkeys(a.name for a in attempts))
+    for name in names_seen:
+        mine = [a for a in attempts if a.name == name]
+        restarts += len(mine) - 1
+        if not mine[-1].crashed:
+            recovered += [a.phase.id for a in mine[:-1] if a.crashed]
+        elif len(mine) > 1:
+            last = mine[-1]
+            codes = {a.exit_code for a in mine}
+            how = f"with code {codes.pop()}" if len(codes) == 1 else "every time"
+            i = next(i for i, p in enumerate(phases) if p.id == last.phase.id)
+            phases[i] = replace(
+                phases[i],
+                status="error",
+                error=f"exited {how} at each of its {len(mine)} starts (crash loop)",
+            )
+
     pod_end = max((p.end_ns for p in phases[1:]), default=sb_end_v)
     pod_start = min((p.start_ns for p in phases[1:]), default=sb_start)
     phases[0] = replace(phases[0], start_ns=pod_start, end_ns=pod_end)
     phases = _clip_to_parents(phases)
     phases = _add_waits(phases)
 
-    errors = [p for p in phases if p.status == "error"]
+    def was_recovered(p: Phase) -> bool:
+        return any(p.id == r or p.id.startswith(r + "/") for r in recovered)
+
+    errors = [p for p in phases if p.status == "error" and not was_recovered(p)]
     incomplete_reason: str | None = None
+    pod_error: str | None = None
     if errors:
         status = "failed"
-        deepest = max(errors, key=lambda p: p.id.count("/"))
+        # the deepest failing phase; of equals, the last (a crash loop's last start)
+        deepest = max(reversed(errors), key=lambda p: p.id.count("/"))
         failed_phase = deepest.name
+        pod_error = deepest.error
+    elif began_before:
+        status = "incomplete"
+        incomplete_reason = STARTED_BEFORE
     elif incomplete or not container_ids:
         status = "incomplete"
-        incomplete_reason = (
-            "still starting when the recording ended" if container_ids else "no container seen"
-        )
+        incomplete_reason = STILL_STARTING if container_ids else "no container seen"
+    elif restarts:
+        status = "restarted"
     phases_t, steps = apply_critical_path(phases)
     return Pod(
         host=host,
@@ -816,8 +1042,10 @@ def build_pod(
         runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
         runtime=runtime,
         failed_phase=failed_phase,
-        containers=tuple(container_names),
+        containers=tuple(names_seen),
         incomplete_reason=incomplete_reason,
+        restarts=restarts,
+        error=pod_error,
     )
 
 
@@ -877,17 +1105,19 @@ def _add_waits(phases: list[Phase]) -> list[Phase]:
     return phases + extra
 
 
-def _sandbox_of_failed_call(procs: Sequence[Proc], call: Call) -> str | None:
-    """A failed RunPodSandbox replies no sandbox id: it is the sandbox whose CNI plugins ran
-    for the same pod uid (CNI_ARGS K8S_POD_UID) during the call."""
+def _sandbox_of_failed_call(
+    procs: Sequence[Proc], call: Call, sandbox_uids: Mapping[str, str]
+) -> str | None:
+    """A failed RunPodSandbox replies no sandbox id: it is the sandbox of the same pod uid
+    whose CNI plugins (CNI_ARGS K8S_POD_UID) or OCI runtime (bundle annotations) ran during
+    the call."""
     end = call.end_ns if call.end_ns is not None else float("inf")
     for p in procs:
-        if (
-            p.sandbox_id
-            and call.start_ns <= p.start_ns <= end
-            and p.is_cni_plugin
-            and _cni_args(p.env).get("K8S_POD_UID") == call.uid
-        ):
+        if not p.sandbox_id or not call.start_ns <= p.start_ns <= end:
+            continue
+        if p.is_cni_plugin and _cni_args(p.env).get("K8S_POD_UID") == call.uid:
+            return p.sandbox_id
+        if p.runtime_verb == "create" and sandbox_uids.get(p.sandbox_id) == call.uid:
             return p.sandbox_id
     return None
 
@@ -912,6 +1142,112 @@ def _assign_windows(
     return out
 
 
+def assign_image_calls(
+    pods: Mapping[str, PodInputs], image_calls: Sequence[Call]
+) -> dict[str, list[tuple[Call, str | None]]]:
+    """Each image call to the pod, and container, it was for: with 10-50 pods starting at
+    once, time alone blames one pod's pull on all of them.
+
+    - A PullImage names its pod (``sandbox_config``: pod uid, else name and namespace).
+    - The kubelet ensures each container's image right before creating it (ImageStatus, then
+      PullImage when missing): the ImageStatus of a pull is the latest of its image before
+      it; every other create takes the latest ImageStatus (and PullImage) of its own image
+      between the pod's previous step and the create. One call goes to one container.
+    """
+    out: dict[str, list[tuple[Call, str | None]]] = defaultdict(list)
+    taken: set[int] = set()
+    ordered = sorted(range(len(image_calls)), key=lambda i: image_calls[i].start_ns)
+    by_uid: dict[str, str] = {}
+    by_name: dict[tuple[str, str], str] = {}
+    slots: list[tuple[int, int, str | None, str | None, str]] = []  # lo, hi, image, name, sid
+    ready: dict[str, int] = {}  # sandbox id -> end of its RunPodSandbox
+    for sid, inputs in pods.items():
+        calls = sorted(inputs.calls, key=lambda c: c.start_ns)
+        rps = next((c for c in calls if c.method == RUN_POD_SANDBOX), None)
+        uid = (rps.uid if rps else None) or inputs.annotations.get("uid")
+        name = (rps.pod if rps else None) or inputs.annotations.get("name")
+        namespace = (rps.namespace if rps else None) or inputs.annotations.get("namespace")
+        if uid:
+            by_uid.setdefault(uid, sid)
+        if name and namespace:
+            by_name.setdefault((namespace, name), sid)
+        lo = rps.end_ns if rps is not None and rps.end_ns is not None else None
+        if lo is not None:
+            ready[sid] = lo
+        for create in (c for c in calls if c.method == CREATE_CONTAINER):
+            image = create.attrs.get("image")
+            start = lo if lo is not None else create.start_ns - STAYED_UP_NS
+            slots.append((start, create.start_ns, image, create.container, sid))
+            lo = create.start_ns
+
+    def same_image(call: Call, image: str | None) -> bool:
+        named = call.attrs.get("image")
+        return image is None or named is None or named == image
+
+    starts = [image_calls[i].start_ns for i in ordered]
+
+    def pick(method: str, lo: int, hi: int, image: str | None, last: bool) -> int | None:
+        """The first (or ``last``) call of ``method`` for ``image`` inside (lo, hi) that no
+        other container took. Calls are sorted by start: bisect to the window, then walk."""
+        window = range(bisect_left(starts, lo), bisect_left(starts, hi))
+        for k in reversed(window) if last else window:
+            i = ordered[k]
+            call = image_calls[i]
+            if (
+                i not in taken
+                and call.method == method
+                and call.end_ns is not None
+                and call.end_ns <= hi
+                and same_image(call, image)
+            ):
+                return i
+        return None
+
+    # pulls that name their pod
+    pulled: dict[tuple[str, int], int] = {}
+    for i in ordered:
+        call = image_calls[i]
+        if call.method != PULL_IMAGE:
+            continue
+        owner = by_uid.get(call.uid or "") or by_name.get((call.namespace or "", call.pod or ""))
+        if owner is None:
+            continue
+        taken.add(i)
+        pulled[(owner, call.start_ns)] = i
+        mine = [s for s in slots if s[4] == owner]
+        after = [s for s in mine if s[1] >= call.start_ns]
+        lo = max((s[1] for s in mine if s[1] < call.start_ns), default=ready.get(owner, 0))
+        # the kubelet asks ImageStatus right before it pulls
+        status = pick(IMAGE_STATUS, lo, call.start_ns, call.attrs.get("image"), last=True)
+        for_container = min(after, key=lambda s: s[1])[3] if after else None
+        if status is not None:
+            taken.add(status)
+            out[owner].append((image_calls[status], for_container))
+        out[owner].append((call, for_container))
+    # the other containers, in the order their pods got to them: a pod worker asks for the
+    # image as soon as its previous step returned, so the first call after that step is its
+    for lo, hi, image, name, sid in sorted(slots, key=lambda s: (s[0], s[1])):
+        if any(p[0] == sid and lo <= p[1] < hi for p in pulled):
+            continue  # its image calls came with its pull
+        for method in (IMAGE_STATUS, PULL_IMAGE):
+            found = pick(method, lo, hi, image, last=False)
+            if found is not None:
+                taken.add(found)
+                out[sid].append((image_calls[found], name))
+    for matched in out.values():
+        matched.sort(key=lambda pair: pair[0].start_ns)
+    return out
+
+
+@dataclass(frozen=True)
+class Built:
+    """What ``build`` found in one recording."""
+
+    pods: list[Pod]
+    foreign_containers: dict[str, int]
+    """Containers of containerd namespaces other than CRI's, per namespace (no pods)."""
+
+
 def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
     """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
     calls = cri_calls(ev)
@@ -928,7 +1264,14 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for group in _records(groups, list(groups.columns)):
         netlink[int(group["proc_id"])].append(group)
     end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
-    ctx = Context(children=children, netlink=netlink, recording_end_ns=end_ns, ops=netlink_ops(ev))
+    ctx = Context(
+        children=children,
+        netlink=netlink,
+        recording_end_ns=end_ns,
+        ops=netlink_ops(ev),
+        procs={p.proc_id: p for p in procs},
+        foreign=foreign_containers(table),
+    )
 
     pods: dict[str, PodInputs] = {}
 
@@ -937,6 +1280,13 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
             pods[sid] = PodInputs(sid)
         return pods[sid]
 
+    notes = _records(
+        ev[ev["kind"] == "annotation"],
+        ["sandbox_id", "pod", "namespace", "uid", "container", "container_id"],
+    )
+    sandbox_uids = {
+        str(n["sandbox_id"]): str(n["uid"]) for n in notes if n["sandbox_id"] and n["uid"]
+    }
     for p in procs:
         if p.sandbox_id:
             get(p.sandbox_id).procs.append(p)
@@ -944,60 +1294,74 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         if c.method == RUN_POD_SANDBOX and c.sandbox_id:
             get(c.sandbox_id).calls.append(c)
         elif c.method == RUN_POD_SANDBOX and c.uid:
-            failed_sandbox = _sandbox_of_failed_call(procs, c)
+            failed_sandbox = _sandbox_of_failed_call(procs, c, sandbox_uids)
             if failed_sandbox:
                 get(failed_sandbox).calls.append(c)
     for c in calls:
-        if c.method in (CREATE_CONTAINER, START_CONTAINER):
+        if c.method in (CREATE_CONTAINER, START_CONTAINER, STOP_CONTAINER):
             sid = c.sandbox_id or by_container.get(c.container_id or "")
-            if sid:
+            if sid and (c.method != STOP_CONTAINER or sid in pods):
                 get(sid).calls.append(c)
-    for rec in _records(ev[ev["kind"] == "annotation"], ["sandbox_id", "pod", "namespace", "uid"]):
+    for rec in notes:
         if rec["sandbox_id"] in pods:
-            note = pods[rec["sandbox_id"]].annotations
+            inputs = pods[rec["sandbox_id"]]
             for key, col in (("name", "pod"), ("namespace", "namespace"), ("uid", "uid")):
                 if rec[col]:
-                    note.setdefault(key, rec[col])
+                    inputs.annotations.setdefault(key, rec[col])
+            if rec["container"] and rec["container_id"]:
+                inputs.container_names.setdefault(rec["container_id"], rec["container"])
 
-    # netns creations: each to the RunPodSandbox whose window holds it, in order
+    # netns creations: each to the RunPodSandbox whose window holds it, in order; only pods
+    # with a network of their own get one (hostNetwork pods run no CNI ADD and make none)
     containerd = {
         p.proc_id
         for p in procs
         if p.program == "containerd" or (p.argv and os.path.basename(p.argv[0]) == "containerd")
     }
+    networked = {
+        p.sandbox_id for p in procs if p.is_cni_plugin and p.env.get("CNI_COMMAND") == "ADD"
+    }
     creations = sorted(_netns_creations(ev, containerd))
     windows = sorted(
         (c.start_ns, c.end_ns or end_ns, c.sandbox_id)
         for c in calls
-        if c.method == RUN_POD_SANDBOX and c.sandbox_id
+        if c.method == RUN_POD_SANDBOX and c.sandbox_id in networked
     )
     for (start, end), sid in zip(creations, _assign_windows(creations, windows), strict=True):
         if sid is not None:
             get(sid).netns = (start, end)
     image_calls = sorted((c for c in calls if c.method in IMAGE_METHODS), key=lambda c: c.start_ns)
-    ctx.image_starts = [c.start_ns for c in image_calls]
     return pods, ctx, image_calls
 
 
-def build_pods(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> list[Pod]:
-    """Every pod start in the events. ``lossy`` are the drop windows (same clock as ``ev``):
-    a sandbox with too little left to build is still reported, as ``incomplete``, when its
-    events touch one (its start may be among what was lost)."""
+def build(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> Built:
+    """Every pod start in the events, and the containers of other containerd namespaces.
+    ``lossy`` are the drop windows (same clock as ``ev``): a sandbox with too little left to
+    build is still reported, as ``incomplete``, when its events touch one (its start may be
+    among what was lost)."""
     pods, ctx, image_calls = pod_inputs(ev)
+    images = assign_image_calls(pods, image_calls)
     out = []
     for inputs in pods.values():
-        pod = build_pod(host, inputs, ctx, image_calls)
+        pod = build_pod(host, inputs, ctx, images.get(inputs.sandbox_id, []))
         if pod is None and lossy:
             pod = _partial_pod(host, inputs, lossy)
         if pod is not None:
             out.append(pod)
-    return out
+    return Built(out, ctx.foreign)
+
+
+def build_pods(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> list[Pod]:
+    """The pods of :func:`build`."""
+    return build(ev, host, lossy).pods
 
 
 def _partial_pod(host: str, inputs: PodInputs, lossy: Sequence[tuple[int, int]]) -> Pod | None:
     """What is left of a pod whose start events may have been lost (a drop window began before
     its last event): its span and names, no phases."""
-    times = [t for p in inputs.procs for t in (p.start_ns, p.end_ns) if t is not None]
+    times = [
+        t for p in inputs.procs if not p.seeded for t in (p.start_ns, p.end_ns) if t is not None
+    ]
     times += [t for c in inputs.calls for t in (c.start_ns, c.end_ns) if t is not None]
     if not times:
         return None

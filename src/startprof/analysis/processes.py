@@ -7,20 +7,36 @@ its pid that began last before it (``merge_asof``), so a reused pid never mixes 
 Attribution (DESIGN.md): a process's own evidence — ``CNI_CONTAINERID`` in its environment (CNI
 plugins and the iptables they run), ``-id`` of a containerd shim, the container id an OCI runtime
 is told to create/start/delete — and else its parent's, inherited down the tree.
+
+An OCI runtime is known by what it is asked to do, not by its name: a ``create`` (or ``run``)
+with ``--bundle``. runc and crun are known by name as well; a wrapper such as
+nvidia-container-runtime, or runsc, kata-runtime and youki, are known once they create one.
+
+containerd also runs containers for other clients (ctr, nerdctl, moby), each in its own
+namespace; the shim's ``-namespace`` and the runtime's bundle path say which. Only CRI's
+namespace (``k8s.io``) holds pods: processes of the others get no pod.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 RUNTIMES = frozenset({"runc", "crun"})
+"""OCI runtimes known by name; any other is known by a ``create --bundle`` (runtime_programs)."""
 RUNTIME_VERBS = frozenset({"create", "start", "run", "delete", "kill", "state", "exec", "features"})
+BUNDLE_OPTIONS = frozenset({"--bundle", "-b"})
 SHIM_PREFIX = "containerd-shim"
+CRI_NAMESPACE = "k8s.io"
+"""The containerd namespace of the CRI plugin: the kubelet's pods live there, and only there."""
+SEEDED_START_NS = int(np.iinfo(np.int64).min // 2)
+"""The ``start_ns`` of a process alive when recording began: before any event."""
+_TASK_DIR = re.compile(r"io\.containerd\.runtime\.v2\.task/([^/]+)/")
 
 
 def missing(value: Any) -> bool:
@@ -30,6 +46,14 @@ def missing(value: Any) -> bool:
 
 def _int(series: pd.Series) -> pd.Series:
     return series.astype("int64")
+
+
+def _map(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+    """``fn`` of every cell (None for an empty one), as an object column. ``Series.map`` keeps
+    an Arrow-backed column's type: a result of nothing but None is then an Arrow *null* column,
+    which ``where`` cannot fill with strings (NotImplementedError, e.g. with no CNI plugin)."""
+    values = [fn(None if missing(v) else v) for v in series.astype(object)]
+    return pd.Series(values, index=series.index, dtype=object)
 
 
 def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +72,7 @@ def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
         {
             "pid": _int(procs["pid"]),
             "ppid": _int(procs["ppid"].fillna(0)),
-            "start_ns": np.int64(np.iinfo(np.int64).min // 2),
+            "start_ns": np.int64(SEEDED_START_NS),
             "seeded": True,
         }
     )
@@ -61,7 +85,7 @@ def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
         {
             "pid": first.index.astype("int64"),
             "ppid": 0,
-            "start_ns": np.int64(np.iinfo(np.int64).min // 2),
+            "start_ns": np.int64(SEEDED_START_NS),
             "seeded": True,
         }
     )
@@ -94,9 +118,40 @@ _VALUE_OPTIONS = frozenset(
 )  # fmt: skip
 
 
-def _runtime_target(argv: Any) -> str | None:
+def _verb(args: list[str]) -> int | None:
+    """Index of an OCI runtime's verb: the first operand that is one (options come first)."""
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in RUNTIME_VERBS:
+            return i
+        i += 2 if arg in _VALUE_OPTIONS else 1
+    return None
+
+
+def creates_bundle(argv: Any) -> bool:
+    """Whether a command line is an OCI runtime's ``create``/``run`` of a bundle."""
+    if missing(argv) or len(argv) < 3:
+        return False
+    args = [str(a) for a in argv]
+    verb = _verb(args)
+    return (
+        verb is not None
+        and args[verb] in ("create", "run")
+        and any(a in BUNDLE_OPTIONS or a.startswith("--bundle=") for a in args[verb + 1 :])
+    )
+
+
+def runtime_programs(argvs: Any) -> frozenset[str]:
+    """The programs acting as OCI runtimes in a recording: runc, crun, and every program seen
+    creating a bundle (nvidia-container-runtime, runsc, kata-runtime, youki, a wrapper)."""
+    found = {os.path.basename(str(a[0])) for a in argvs if creates_bundle(a)}
+    return RUNTIMES | frozenset(found)
+
+
+def _runtime_target(argv: Any, runtimes: frozenset[str] = RUNTIMES) -> str | None:
     """Container id an OCI runtime invocation acts on: the first operand after its verb."""
-    if missing(argv) or len(argv) < 2 or os.path.basename(argv[0]) not in RUNTIMES:
+    if missing(argv) or len(argv) < 2 or os.path.basename(argv[0]) not in runtimes:
         return None
     args = list(argv)
     verb = next((i for i, a in enumerate(args) if a in RUNTIME_VERBS), None)
@@ -111,6 +166,23 @@ def _runtime_target(argv: Any) -> str | None:
             i += 1
         else:
             return str(arg)
+    return None
+
+
+def containerd_namespace(argv: Any) -> str | None:
+    """The containerd namespace a shim (``-namespace``) or a runtime call (its bundle or log
+    path, ``.../io.containerd.runtime.v2.task/<namespace>/<id>``) works in."""
+    if missing(argv) or len(argv) < 2:
+        return None
+    args = [str(a) for a in argv]
+    if os.path.basename(args[0]).startswith(SHIM_PREFIX):
+        for i, a in enumerate(args[:-1]):
+            if a == "-namespace":
+                return args[i + 1]
+    for a in args[1:]:
+        found = _TASK_DIR.search(a)
+        if found:
+            return found.group(1)
     return None
 
 
@@ -217,6 +289,16 @@ def _is_shim_daemon(argv: Any) -> bool:
     return _shim_id(argv) is not None and list(argv)[-1] not in ("start", "delete")
 
 
+def foreign_containers(table: pd.DataFrame) -> dict[str, int]:
+    """Containers seen in containerd namespaces other than CRI's, per namespace: the distinct
+    ids their shims and runtimes acted on (``attribute`` gives them no pod)."""
+    if "foreign_id" not in table:
+        return {}
+    rows = table.loc[table["foreign_id"].notna(), ["containerd_namespace", "foreign_id"]]
+    counts = rows.drop_duplicates().groupby("containerd_namespace").size()
+    return {str(ns): int(n) for ns, n in counts.items()}
+
+
 def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.DataFrame:
     """Add ``sandbox_id`` and ``container_id`` columns: own evidence first, else the parent's.
 
@@ -226,12 +308,22 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     id, and every runtime call of the pod's containers is its child.
     """
     table = table.copy()
-    own_cni = table["env"].map(_cni_container)
-    own_shim = table["argv"].map(_shim_id)
-    own_runtime = table["argv"].map(_runtime_target)
+    runtimes = runtime_programs(table["argv"].astype(object).dropna())
+    table["containerd_namespace"] = _map(table["argv"], containerd_namespace)
+    _inherit(table, ("containerd_namespace",))
+    namespace = table["containerd_namespace"]
+    foreign = (namespace.notna() & (namespace != CRI_NAMESPACE)).astype(bool)
+    own_cni = _map(table["env"], _cni_container)
+    own_shim = _map(table["argv"], _shim_id)
+    own_runtime = _map(table["argv"], lambda a: _runtime_target(a, runtimes))
     container = own_runtime.where(own_runtime.notna(), own_shim)
+    table["foreign_id"] = container.where(foreign, None)
+    # a container of another namespace is no pod's, nor is anything it starts
+    own_shim, own_runtime, container = (
+        s.where(~foreign, None) for s in (own_shim, own_runtime, container)
+    )
 
-    table["_pod_shim"] = own_shim.where(table["argv"].map(_is_shim_daemon), None).astype(object)
+    table["_pod_shim"] = own_shim.where(_map(table["argv"], _is_shim_daemon).astype(bool), None)
     _inherit(table, ("_pod_shim",))
     mapping = dict(container_sandbox)
     for cid, shim in zip(own_runtime, table["_pod_shim"], strict=True):
@@ -240,9 +332,12 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     for sid in set(mapping.values()):
         mapping.setdefault(sid, sid)  # a sandbox's own (pause) container
 
-    from_container = container.map(lambda cid: mapping.get(cid) if isinstance(cid, str) else None)
+    from_container = _map(container, lambda cid: mapping.get(cid) if isinstance(cid, str) else None)
     sandbox = own_cni.where(own_cni.notna(), from_container)
     table["sandbox_id"] = sandbox.astype(object)
     table["container_id"] = container.astype(object)
+    # inherited down the tree like the rest, then cleared again below a foreign namespace
     _inherit(table, ("sandbox_id", "container_id"))
+    for column in ("sandbox_id", "container_id"):
+        table[column] = table[column].where(~foreign, None)
     return table.drop(columns="_pod_shim")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from startprof.analysis.model import Pod, RecordingInfo
+from startprof.analysis.model import POD_STATUSES, Pod, RecordingInfo
 
 
 def phase_table(pods: Sequence[Pod]) -> pd.DataFrame:
@@ -64,9 +64,7 @@ def phase_key(phase_id: str, name: str) -> str:
 
 def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
     table = phase_table(pods)
-    counts = {
-        status: sum(p.status == status for p in pods) for status in ("ok", "failed", "incomplete")
-    }
+    counts = {status: sum(p.status == status for p in pods) for status in POD_STATUSES}
     durations = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
     summary: dict[str, Any] = {
         "pods": len(pods),
@@ -75,10 +73,17 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
         "pod_ms": _stats(durations),
         "phases": {},
         "failures": [
-            {"pod": p.name, "sandbox_id": p.sandbox_id, "failed_phase": p.failed_phase}
+            {
+                "pod": p.name,
+                "sandbox_id": p.sandbox_id,
+                "failed_phase": p.failed_phase,
+                "error": p.error,
+            }
             for p in pods
             if p.status == "failed"
         ],
+        "restarts": sum(p.restarts for p in pods),
+        "foreign_containers": dict(info.foreign_containers),
     }
     if table.empty:
         return summary

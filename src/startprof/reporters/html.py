@@ -56,7 +56,12 @@ HOVER_WIDTH = 100
 COLOR_CRITICAL = "#1971c2"
 COLOR_OFF_PATH = "#adb5bd"
 COLOR_FAILED = "#e03131"
-STATUS_COLORS = {"ok": "#2b8a3e", "failed": "#c92a2a", "incomplete": "#e67700"}
+STATUS_COLORS = {
+    "ok": "#2b8a3e",
+    "restarted": "#7048e8",
+    "failed": "#c92a2a",
+    "incomplete": "#e67700",
+}
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8",
@@ -478,7 +483,7 @@ def timeline_figure(analysis: Analysis) -> dict[str, Any] | None:
     ]
     series += [
         (status, STATUS_COLORS[status], "x", [p for p in analysis.pods if p.status == status])
-        for status in ("failed", "incomplete")
+        for status in ("restarted", "failed", "incomplete")
     ]
     data: list[dict[str, Any]] = []
     for name, color, symbol, members in series:
@@ -524,7 +529,7 @@ def _pod_anchor(index: int) -> str:
 def header_html(analysis: Analysis, generated: datetime) -> str:
     rec = analysis.recording
     pods = analysis.pods
-    counts = {s: sum(p.status == s for p in pods) for s in ("ok", "failed", "incomplete")}
+    counts = {s: sum(p.status == s for p in pods) for s in STATUS_COLORS}
     done = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
     starts = (
         f"median {_fmt_ms(float(np.median(done)))}, p95 {_fmt_ms(float(np.percentile(done, 95)))}"
@@ -554,11 +559,12 @@ def header_html(analysis: Analysis, generated: datetime) -> str:
         if counts["incomplete"]
         else "0 incomplete"
     )
+    restarted = f"{counts['restarted']} restarted, " if counts["restarted"] else ""
     facts = [
         ("hosts", ", ".join(esc(h) for h in rec.hosts) or "-"),
         ("kernels", ", ".join(esc(k) for k in rec.kernels) or "-"),
         ("recording window", window),
-        ("pods", f"{len(pods)}: {counts['ok']} ok, {failed}, {incomplete}"),
+        ("pods", f"{len(pods)}: {counts['ok']} ok, {restarted}{failed}, {incomplete}"),
         ("pod start time", starts),
         ("dropped events", drops),
         ("complete", complete),
@@ -576,7 +582,7 @@ def header_html(analysis: Analysis, generated: datetime) -> str:
 
 
 def _pod_error(pod: Pod) -> str | None:
-    return next((p.error for p in reversed(pod.phases) if p.error), None)
+    return pod.error or next((p.error for p in reversed(pod.phases) if p.error), None)
 
 
 def _callout(
@@ -709,6 +715,12 @@ def pod_section_html(pod: Pod, anchor: str, figure_id: str) -> str:
             f'<div class="callout"><b>Failed in {esc(pod.failed_phase or "?")}</b>'
             + (f": <code>{esc(error)}</code>" if error else "")
             + "</div>"
+        )
+    elif pod.status == "restarted":
+        parts.append(
+            f'<div class="callout"><b>Restarted {pod.restarts} time'
+            f"{'' if pod.restarts == 1 else 's'}</b>: containers crashed and were re-created "
+            "before one stayed up; the start runs to that one.</div>"
         )
     elif pod.status == "incomplete":
         parts.append(

@@ -17,7 +17,7 @@ from rich.text import Text
 from startprof.analysis.critical_path import subtree_path_ns
 from startprof.analysis.model import Analysis, Phase, Pod
 
-STATUS_STYLE = {"ok": "green", "failed": "bold red", "incomplete": "yellow"}
+STATUS_STYLE = {"ok": "green", "restarted": "magenta", "failed": "bold red", "incomplete": "yellow"}
 MIN_SHARE = 0.01  # hide path pieces worth less than 1% of the pod
 
 
@@ -74,9 +74,16 @@ def pod_block(pod: Pod) -> RenderableType:
     head.append(f"  [{', '.join(details)}]", style="dim")
     parts: list[RenderableType] = [head]
     if pod.failed_phase:
-        error = next((p.error for p in pod.phases if p.name == pod.failed_phase and p.error), None)
+        error = pod.error or next(
+            (p.error for p in pod.phases if p.name == pod.failed_phase and p.error), None
+        )
         why = f": {error}" if error else ""
         parts.append(Text(f"  failed in {pod.failed_phase}{why}", style="red"))
+    if pod.restarts:
+        times = "time" if pod.restarts == 1 else "times"
+        parts.append(
+            Text(f"  restarted {pod.restarts} {times} (crashed containers)", style="magenta")
+        )
     if pod.incomplete_reason:
         parts.append(Text(f"  incomplete: {pod.incomplete_reason}", style="yellow"))
     if pod.bottleneck:
@@ -91,7 +98,9 @@ def summary_table(analysis: Analysis) -> Table:
     status = s.get("status", {})
     pod_ms = s.get("pod_ms", {})
     title = (
-        f"{s.get('pods', 0)} pods ({status.get('ok', 0)} ok, {status.get('failed', 0)} failed, "
+        f"{s.get('pods', 0)} pods ({status.get('ok', 0)} ok, "
+        + (f"{status['restarted']} restarted, " if status.get("restarted") else "")
+        + f"{status.get('failed', 0)} failed, "
         f"{status.get('incomplete', 0)} incomplete) on {', '.join(rec.hosts) or '-'}; "
         f"pod start median {pod_ms.get('median_ms')} ms, p95 {pod_ms.get('p95_ms')} ms; "
         f"drops {rec.drops}"
@@ -125,7 +134,16 @@ def render(analysis: Analysis, pods: Sequence[Pod], console: Console) -> None:
     console.print(summary_table(analysis))
     failures = analysis.summary.get("failures", [])
     for f in failures:
-        console.print(Text(f"failed: {f['pod']} in {f['failed_phase']}", style="red"))
+        why = f": {f['error']}" if f.get("error") else ""
+        console.print(Text(f"failed: {f['pod']} in {f['failed_phase']}{why}", style="red"))
+    for namespace, n in sorted(analysis.recording.foreign_containers.items()):
+        console.print(
+            Text(
+                f"ignored {n} container{'s' if n != 1 else ''} of containerd namespace "
+                f"{namespace} (not CRI's k8s.io: ctr, nerdctl or moby, no pods)",
+                style="dim",
+            )
+        )
     if analysis.recording.drops:
         lossy = sum(
             p.status == "incomplete" and "dropped" in (p.incomplete_reason or "")

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,6 +110,9 @@ type client struct {
 	measured atomic.Bool
 	calls    atomic.Int64
 	recorded atomic.Int64
+	// traces holds each pod's trace id: the kubelet's syncPod span is the parent of every
+	// CRI client span of that pod's start.
+	traces sync.Map
 }
 
 // monotonicNs reads CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
@@ -200,9 +204,9 @@ func (c *client) call(conn *grpc.ClientConn, timeout time.Duration, method strin
 func (c *client) do(ctx context.Context, conn *grpc.ClientConn, method string, req, resp proto.Message, about callFor) error {
 	tp := ""
 	if c.traceparent {
-		// What the kubelet's otelgrpc client handler injects: a new span (and here a new
-		// trace) per call, sampled.
-		tp = newTraceparent()
+		// What the kubelet's otelgrpc client handler injects: a new client span per call, in
+		// the trace of the pod's syncPod (a call about no pod gets a trace of its own), sampled.
+		tp = newTraceparent(c.traceOf(about.pod))
 		ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", tp)
 	}
 	measured := c.measured.Load()
@@ -271,12 +275,24 @@ func learn(resp proto.Message, about *callFor) {
 	}
 }
 
-func newTraceparent() string {
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
 		panic(err)
 	}
-	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+	return hex.EncodeToString(b)
+}
+
+func (c *client) traceOf(p *pod) string {
+	if p == nil {
+		return randomHex(16)
+	}
+	id, _ := c.traces.LoadOrStore(p, randomHex(16))
+	return id.(string)
+}
+
+func newTraceparent(traceID string) string {
+	return "00-" + traceID + "-" + randomHex(8) + "-01"
 }
 
 // isNotFound is crierror.IsNotFound: the kubelet ignores NotFound where an object may have

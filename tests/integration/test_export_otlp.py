@@ -321,6 +321,15 @@ def test_cli_sends_and_reports(
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 
 
+def _kubelet_context(phase: dict[str, Any]) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of the kubelet's traceparent on a phase of `analyze --json`."""
+    raw = phase.get("attributes", {}).get("traceparent")
+    if not raw:
+        return None
+    _, trace, span, flags = raw.split("-")
+    return int(trace, 16), int(span, 16), bool(int(flags, 16) & 1)
+
+
 def test_stored_recordings_export_as_their_analysis(
     receiver: tuple[str, Receiver], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -342,7 +351,13 @@ def test_stored_recordings_export_as_their_analysis(
         by_trace.setdefault(span.trace_id, {})[span.span_id] = span
     assert len(by_trace) == len(doc["pods"]) >= 12
     for pod in doc["pods"]:
-        trace = by_trace[trace_id_for(pod["host"], pod["sandbox_id"]).to_bytes(16, "big")]
+        # a pod whose RunPodSandbox carried the kubelet's sampled trace context joins its trace
+        sandbox = next(p for p in pod["phases"] if p["name"] == "sandbox")
+        joined = _kubelet_context(sandbox)
+        trace_id = trace_id_for(pod["host"], pod["sandbox_id"])
+        if joined is not None and joined[2]:
+            trace_id = joined[0]
+        trace = by_trace[trace_id.to_bytes(16, "big")]
         assert len(trace) == len(pod["phases"])
         for phase in pod["phases"]:
             span = trace[
@@ -353,7 +368,10 @@ def test_stored_recordings_export_as_their_analysis(
                 phase["start_wall_ns"],
                 phase["end_wall_ns"],
             )
-            if phase["parent_id"] is None:
+            context = _kubelet_context(phase)
+            if context is not None and context[2] and context[0] == trace_id:
+                assert span.parent_span_id == context[1].to_bytes(8, "big")
+            elif phase["parent_id"] is None:
                 assert not span.parent_span_id
             else:
                 assert span.parent_span_id in trace

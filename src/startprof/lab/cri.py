@@ -13,60 +13,33 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from startprof.cri.api import path_of, short_method
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError
 
-RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
-IMAGE_SERVICE = "/runtime.v1.ImageService/"
-
-VERSION = RUNTIME_SERVICE + "Version"
-RUN_POD_SANDBOX = RUNTIME_SERVICE + "RunPodSandbox"
-STOP_POD_SANDBOX = RUNTIME_SERVICE + "StopPodSandbox"
-REMOVE_POD_SANDBOX = RUNTIME_SERVICE + "RemovePodSandbox"
-POD_SANDBOX_STATUS = RUNTIME_SERVICE + "PodSandboxStatus"
-LIST_POD_SANDBOX = RUNTIME_SERVICE + "ListPodSandbox"
-CREATE_CONTAINER = RUNTIME_SERVICE + "CreateContainer"
-START_CONTAINER = RUNTIME_SERVICE + "StartContainer"
-STOP_CONTAINER = RUNTIME_SERVICE + "StopContainer"
-REMOVE_CONTAINER = RUNTIME_SERVICE + "RemoveContainer"
-LIST_CONTAINERS = RUNTIME_SERVICE + "ListContainers"
-CONTAINER_STATUS = RUNTIME_SERVICE + "ContainerStatus"
-LIST_IMAGES = IMAGE_SERVICE + "ListImages"
-IMAGE_STATUS = IMAGE_SERVICE + "ImageStatus"
-PULL_IMAGE = IMAGE_SERVICE + "PullImage"
-REMOVE_IMAGE = IMAGE_SERVICE + "RemoveImage"
-
-# Request and response types of every method, so the wire format of a method is declared once
-# (the containerd-socket probe decodes captured bodies with the same table).
-METHODS: dict[str, tuple[type[Message], type[Message]]] = {
-    VERSION: (api.VersionRequest, api.VersionResponse),
-    RUN_POD_SANDBOX: (api.RunPodSandboxRequest, api.RunPodSandboxResponse),
-    STOP_POD_SANDBOX: (api.StopPodSandboxRequest, api.StopPodSandboxResponse),
-    REMOVE_POD_SANDBOX: (api.RemovePodSandboxRequest, api.RemovePodSandboxResponse),
-    POD_SANDBOX_STATUS: (api.PodSandboxStatusRequest, api.PodSandboxStatusResponse),
-    LIST_POD_SANDBOX: (api.ListPodSandboxRequest, api.ListPodSandboxResponse),
-    CREATE_CONTAINER: (api.CreateContainerRequest, api.CreateContainerResponse),
-    START_CONTAINER: (api.StartContainerRequest, api.StartContainerResponse),
-    STOP_CONTAINER: (api.StopContainerRequest, api.StopContainerResponse),
-    REMOVE_CONTAINER: (api.RemoveContainerRequest, api.RemoveContainerResponse),
-    LIST_CONTAINERS: (api.ListContainersRequest, api.ListContainersResponse),
-    CONTAINER_STATUS: (api.ContainerStatusRequest, api.ContainerStatusResponse),
-    LIST_IMAGES: (api.ListImagesRequest, api.ListImagesResponse),
-    IMAGE_STATUS: (api.ImageStatusRequest, api.ImageStatusResponse),
-    PULL_IMAGE: (api.PullImageRequest, api.PullImageResponse),
-    REMOVE_IMAGE: (api.RemoveImageRequest, api.RemoveImageResponse),
-}
+# The paths the lab calls (the vocabulary of every method is startprof.cri.api).
+VERSION = path_of("Version")
+RUN_POD_SANDBOX = path_of("RunPodSandbox")
+STOP_POD_SANDBOX = path_of("StopPodSandbox")
+REMOVE_POD_SANDBOX = path_of("RemovePodSandbox")
+POD_SANDBOX_STATUS = path_of("PodSandboxStatus")
+LIST_POD_SANDBOX = path_of("ListPodSandbox")
+CREATE_CONTAINER = path_of("CreateContainer")
+START_CONTAINER = path_of("StartContainer")
+STOP_CONTAINER = path_of("StopContainer")
+REMOVE_CONTAINER = path_of("RemoveContainer")
+LIST_CONTAINERS = path_of("ListContainers")
+CONTAINER_STATUS = path_of("ContainerStatus")
+LIST_IMAGES = path_of("ListImages")
+IMAGE_STATUS = path_of("ImageStatus")
+PULL_IMAGE = path_of("PullImage")
+REMOVE_IMAGE = path_of("RemoveImage")
 
 DEFAULT_TIMEOUT = 60.0
 # A cold pull or a pod stop (CNI DEL plus a grace period) can take much longer than a status call.
 SLOW_TIMEOUT = 180.0
 
 _Resp = TypeVar("_Resp", bound=Message)
-
-
-def short_method(method: str) -> str:
-    """``/runtime.v1.RuntimeService/RunPodSandbox`` -> ``RunPodSandbox``."""
-    return method.rsplit("/", 1)[-1]
 
 
 def status_name(exc: BaseException) -> str:

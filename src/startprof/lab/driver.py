@@ -37,7 +37,8 @@ from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
 from startprof.lab.config import LAB_CGROUP
 from startprof.lab.containerd import app_image, import_archive, load_state
-from startprof.lab.cri import CriCallError, CriClient, short_method, status_name
+from startprof.cri.api import short_method
+from startprof.lab.cri import CriCallError, CriClient, status_name
 from startprof.lab.foreign import run_foreign_container
 from startprof.lab.host import remove_pod_cgroups
 from startprof.lab.images import APP, REGISTRY_HOST

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -193,6 +194,7 @@ class Lab:
         handlers = self._preflight()
         runs = versions.resolve(choice, self.containerd_cache, _which, say)
         say(f"containerd {runs.version} ({runs.source}), config version {runs.config_version}")
+        handlers = self._crun_front(runs, handlers, say)
         if self.paths.pid_file.exists() or self.paths.state_dir.exists():
             say("cleaning up after a lab that was not taken down")
             self._cleanup(say)
@@ -290,6 +292,23 @@ class Lab:
                 fix="startprof lab down --dir <that lab's dir>",
             )
         return handlers
+
+    def _crun_front(
+        self, runs: Containerd, handlers: list[Handler], say: Progress
+    ) -> list[Handler]:
+        """crun handlers run the lab's crun front when their crun is too old for this
+        containerd's runtime-spec version (docs/containerd.md); the others are unchanged."""
+        crun = next((h.binary for h in handlers if h.runtime.name == "crun"), None)
+        if crun is None or not versions.needs_old_spec(runs, versions.runtime_version(crun)):
+            return handlers
+        front = str(versions.old_spec_front(crun, self.paths.images_dir / "bin"))
+        say(f"crun is older than 1.14.3: its handlers run {front} (ociVersion 1.N -> 1.0)")
+        return [
+            dataclasses.replace(h, binary=front)
+            if h.runtime.name == "crun" and h.binary == crun
+            else h
+            for h in handlers
+        ]
 
     def _split_hybrid_cgroups(self, say: Progress) -> list[str]:
         """Move controllers off cgroup2 in a hybrid layout so that crun accepts it.

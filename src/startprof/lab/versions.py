@@ -403,3 +403,48 @@ def recording_metadata(cri_socket: str | None, containerd_pids: Sequence[int]) -
         except (OSError, EnvironmentProblem):
             continue
     return {}
+
+
+# --- crun and newer runtime-spec versions ---------------------------------------------------
+
+CRUN_ACCEPTS_ANY_SPEC = (1, 14, 3)
+"""crun before 1.14.3 refuses any ``ociVersion`` but 1.0.x ("unknown version specified");
+containerd 1.7 writes runtime-spec 1.2.0 and 2.1 writes 1.2.1 (Debian 12's crun is 1.8.1).
+containerd's ``base_runtime_spec`` cannot help: pause containers never use it."""
+FRONT_SOURCE = "crun-oldspec.c"
+
+
+def runtime_version(binary: str) -> tuple[int, ...] | None:
+    """``crun --version``'s first line as numbers: (1, 8, 1); None when it cannot tell."""
+    try:
+        proc = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"version (\d+(?:\.\d+)*)", proc.stdout)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def needs_old_spec(containerd: Containerd, crun_version: tuple[int, ...] | None) -> bool:
+    """Whether this containerd's specs must be labelled 1.0.x for this crun."""
+    if crun_version is None or crun_version >= CRUN_ACCEPTS_ANY_SPEC:
+        return False
+    major, minor = (int(x) for x in containerd.version.split(".")[:2])
+    return (major, minor) >= (1, 7)
+
+
+def old_spec_front(crun: str, bin_dir: Path) -> Path:
+    """The lab's ``crun`` front (lab/images/crun-oldspec.c) for the real ``crun``, compiled
+    once into ``bin_dir/crun-oldspec-<hash>/crun`` (named crun: the profiler and crun's own
+    messages see the runtime's name)."""
+    from importlib import resources
+
+    from startprof.lab.images import compile_static
+
+    source = (Path(str(resources.files("startprof.lab"))) / "images" / FRONT_SOURCE).read_bytes()
+    source = f"#define REAL_CRUN {json.dumps(crun)}\n".encode() + source
+    out = bin_dir / f"crun-oldspec-{hashlib.sha256(source).hexdigest()[:12]}" / "crun"
+    if not out.exists():
+        compile_static(source, out)
+    return out

@@ -57,7 +57,8 @@ cleanup() {
 	for m in run dev/pts dev sys proc; do
 		mountpoint -q "$root/$m" && umount -R "$root/$m"
 	done
-	left=$(awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/mounts)
+	mountpoint -q "$root" && umount "$root"
+	left=$(awk -v r="$root" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/mounts)
 	if [ -n "$left" ]; then
 		echo "check-debian13: mounts left under $root: $left" >&2
 		code=1
@@ -96,6 +97,9 @@ if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
 	chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
 fi
 
+# The chroot's / must be a mount point: runc makes the root's propagation rslave
+# (mount("", "/", MS_SLAVE|MS_REC)), which fails with EINVAL on a plain directory.
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"

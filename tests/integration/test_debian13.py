@@ -29,4 +29,4 @@ def test_setup_and_a_recorded_run_on_debian_13() -> None:
     assert "truth check: 5/5 pods found, 5 ok" in proc.stdout
     root = os.environ.get("STARTPROF_D13_ROOT", "/var/tmp/startprof-debian13")
     mounts = Path("/proc/mounts").read_text()
-    assert f" {root}/" not in mounts, "the chroot's mounts were not all undone"
+    assert f" {root}/" not in mounts and f" {root} " not in mounts, "chroot mounts left"

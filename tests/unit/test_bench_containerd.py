@@ -14,13 +14,12 @@ from startprof.analysis import analyze
 from startprof.bench import stats
 from startprof.bench.report import render_html, terminal_report
 from startprof.bench.runner import (
-    RECORDING,
     BenchOptions,
     Combination,
     StartedPod,
     containerd_change,
     parse_containerds,
-    prepare_output,
+    plan_visits,
     results_table,
     summarize_combinations,
     truth_agreement,
@@ -39,11 +38,27 @@ def test_one_group_per_containerd_in_the_order_given(tmp_path: Path) -> None:
         ["runc-bridge@1.6", "crun-bridge@1.6"],
         ["runc-bridge@2.1", "crun-bridge@2.1"],
     ]
-    assert options.recording("2.1") == "recording-2.1.arrows"
-    assert options.record_log("/opt/c d/containerd") == "record-opt_c_d_containerd.log"
     plain = BenchOptions(tmp_path, ("runc",), ("bridge",))
     assert [c.name for c in plain.combinations] == ["runc-bridge"]
-    assert plain.recording("") == RECORDING
+
+
+def test_several_containerds_take_turns_round_by_round(tmp_path: Path) -> None:
+    options = BenchOptions(
+        tmp_path, ("runc", "crun"), ("bridge",), pods=7, warmup=1, round_size=3,
+        containerds=("1.6", "2.1"),
+    )  # fmt: skip
+    visits = plan_visits(options)
+    assert [v.containerd for v in visits] == ["1.6", "2.1", "2.1", "1.6", "1.6", "2.1"]
+    for v in visits:
+        # each visit restarts the lab: its own warm-up first, then one round of each combination
+        assert [b.warmup for b in v.batches] == [True, True, False, False]
+        assert {b.combination.containerd for b in v.batches} == {v.containerd}
+    for version in ("1.6", "2.1"):
+        measured = [b for v in visits if v.containerd == version for b in v.batches if not b.warmup]
+        assert sum(b.pods for b in measured) == 2 * 7
+        assert sorted({b.round for b in measured}) == [0, 1, 2]
+    single = plan_visits(BenchOptions(tmp_path, ("runc",), ("bridge",), pods=7, round_size=3))
+    assert len(single) == 1 and len(single[0].batches) == 1 + 3  # warm-up, then 3 rounds
 
 
 def test_containerd_lists_are_checked() -> None:
@@ -52,12 +67,6 @@ def test_containerd_lists_are_checked() -> None:
         parse_containerds("1.6,9.9")
     with pytest.raises(InputError, match="--containerd is empty"):
         parse_containerds(" , ")
-
-
-def test_an_output_dir_with_a_versioned_recording_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "recording-2.1.arrows").write_text("")
-    with pytest.raises(InputError, match=r"already holds a bench \(recording-2\.1\.arrows\)"):
-        prepare_output(tmp_path)
 
 
 def _two_versions(tmp_path: Path) -> tuple[BenchOptions, dict[str, Any], pd.DataFrame]:

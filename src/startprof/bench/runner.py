@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import re
 import select
 import signal
 import socket
@@ -126,21 +125,6 @@ class BenchOptions:
             [Combination(r, c, version) for r in self.runtimes for c in self.cnis]
             for version in self.containerds or ("",)
         ]
-
-    def recording(self, containerd: str) -> str:
-        """recording.arrows, or one recording-<version>.arrows per containerd of several."""
-        if len(self.containerds) < 2:
-            return RECORDING
-        return f"recording-{_file_label(containerd)}.arrows"
-
-    def record_log(self, containerd: str) -> str:
-        if len(self.containerds) < 2:
-            return RECORD_LOG
-        return f"record-{_file_label(containerd)}.log"
-
-
-def _file_label(containerd: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", containerd).strip("_") or "lab"
 
 
 @dataclass(frozen=True)
@@ -259,7 +243,6 @@ def prepare_output(directory: Path) -> Path:
     if directory.exists() and not directory.is_dir():
         raise InputError(f"-o {directory} exists and is not a directory")
     taken = [name for name in OUTPUTS if (directory / name).exists()]
-    taken += sorted(p.name for p in directory.glob("recording-*.arrows"))
     if taken:
         raise InputError(
             f"-o {directory} already holds a bench ({', '.join(taken)})",
@@ -393,11 +376,45 @@ class RecorderProcess:
 # --- the run ---------------------------------------------------------------------------------
 
 
+FOLLOW_WAIT_S = 2.5
+"""After a lab restart, how long bench waits before the next pods: the recorder looks for a new
+containerd on the CRI socket once a second (recorder.HOUSEKEEPING_S) and follows it."""
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One stretch of pods on one containerd: the lab (re)started on it, then its batches."""
+
+    containerd: str
+    batches: tuple[Batch, ...]
+
+
+def plan_visits(options: BenchOptions) -> list[Visit]:
+    """One containerd: one visit with every round. Several: every measured round visits each
+    containerd in turn (the order rotating by one each round, as combinations do inside a
+    round), each visit after a lab restart and with its own warm-up pods (a restarted lab is
+    cold again), so the machine's drift hits every version alike."""
+    groups = options.groups
+    plans = [plan_batches(g, options.pods, options.warmup, options.pods_per_round) for g in groups]
+    if len(groups) == 1:
+        return [Visit(groups[0][0].containerd, tuple(plans[0]))]
+    rounds = max(b.round for b in plans[0] if not b.warmup) + 1
+    visits: list[Visit] = []
+    for r in range(rounds):
+        shift = r % len(groups)
+        for i in [*range(shift, len(groups)), *range(shift)]:
+            warm = [b for b in plans[i] if b.warmup]
+            measured = [b for b in plans[i] if not b.warmup and b.round == r]
+            visits.append(Visit(groups[i][0].containerd, tuple(warm + measured)))
+    return visits
+
+
 def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> BenchResult:
     """Run the whole bench and write every output into ``options.output``.
 
-    On the containerd axis, each containerd in turn: the lab up on it, one recorder, its
-    combinations' warm-up and measured rounds, the recorder stopped, the lab down.
+    One recording for the whole bench. On the containerd axis the lab is restarted on each
+    containerd in turn, round by round (:func:`plan_visits`); the recorder follows each new
+    containerd on the same socket.
     """
     from startprof.lab.containerd import Lab, require_root
 
@@ -420,88 +437,85 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
             )
     started_wall = datetime.now(UTC)
     t0 = time.monotonic()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"lab_up_s": 0.0, "lab_down_s": 0.0}
     pods: list[StartedPod] = []
     truth: list[dict[str, Any]] = []
     brought_up = False
+    up_on: str | None = None  # the containerd label of a lab bench brought up
     versions: dict[str, str] = {}  # --containerd label -> the version that ran
-    turns = 0
-    for group in options.groups:
-        label = group[0].containerd
-        suffix = f"_{_file_label(label)}" if len(options.containerds) > 1 else ""
-        recorder = RecorderProcess(
-            out / options.recording(label), str(paths.socket), out / options.record_log(label)
-        )
-        failed: BaseException | None = None
-        code: int | None = None
-        up_here = False
-        try:
-            t = time.monotonic()
+    visits = plan_visits(options)
+    failed: BaseException | None = None
+    recorder = RecorderProcess(out / RECORDING, str(paths.socket), out / RECORD_LOG)
+    code: int | None = None
+    try:
+        say.pods_planned(sum(b.pods for v in visits for b in v.batches))
+        for visit in visits:
+            if up_on is not None and up_on != visit.containerd:
+                say.step(f"taking the lab down (next: containerd {visit.containerd})")
+                t = time.monotonic()
+                lab.down(progress=say.step)
+                timings["lab_down_s"] += time.monotonic() - t
+                up_on = None
             if lab.status() is None:
-                say.step(f"bringing the lab up{f' on containerd {label}' if label else ''}")
-                lab.up(progress=say.step, containerd=label or "system")
-                up_here = brought_up = True
-                timings[f"lab_up{suffix}_s"] = time.monotonic() - t
+                what = f" on containerd {visit.containerd}" if visit.containerd else ""
+                say.step(f"bringing the lab up{what}")
+                t = time.monotonic()
+                lab.up(progress=say.step, containerd=visit.containerd or "system")
+                timings["lab_up_s"] += time.monotonic() - t
+                brought_up = True
+                up_on = visit.containerd
+                if recorder.running:
+                    time.sleep(FOLLOW_WAIT_S)
             info = lab.status()
             if info is not None and info.containerd is not None:
-                versions[label] = info.containerd.version
+                versions[visit.containerd] = info.containerd.version
             # The lab may be an older one, up before crun was installed.
-            _check_installed(group, lab.handlers())
-            say.step("starting the recorder (compiling the BPF probes)")
-            t = time.monotonic()
-            recorder.start()
-            timings[f"recorder_ready{suffix}_s"] = time.monotonic() - t
+            _check_installed({b.combination for b in visit.batches}, lab.handlers())
+            if not recorder.running:
+                say.step("starting the recorder (compiling the BPF probes)")
+                t = time.monotonic()
+                recorder.start()
+                timings["recorder_ready_s"] = time.monotonic() - t
             t = time.monotonic()
             more_pods, more_truth = _run_batches(
-                options, group, str(paths.socket), out / TRUTH, say, turns
+                options, visit.batches, str(paths.socket), out / TRUTH, say
             )
             pods += more_pods
             truth += more_truth
-            turns += 1
-            timings[f"pods{suffix}_s"] = time.monotonic() - t
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            # Whatever happened (Ctrl-C included), in this order: the recording drains and
-            # closes while containerd still runs, then the lab goes if bench brought it up.
-            if recorder.running:
-                say.step("stopping the recorder")
-                t = time.monotonic()
-                code = recorder.stop()
-                timings[f"recorder_stop{suffix}_s"] = time.monotonic() - t
-            if up_here:
-                say.step("taking the lab down (bench brought it up)")
-                t = time.monotonic()
-                try:
-                    lab.down(progress=say.step)
-                except StartprofError:
-                    if failed is None:
-                        raise
-                timings[f"lab_down{suffix}_s"] = time.monotonic() - t
-        if code != 0:
-            raise StartprofError(
-                f"the recorder failed (exit {code}): {recorder.log_tail()}",
-                fix=f"see {out / options.record_log(label)}",
-            )
-    say.step("analysing the recording" + ("s" if len(options.groups) > 1 else ""))
+            timings["pods_s"] = timings.get("pods_s", 0.0) + time.monotonic() - t
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        # Whatever happened (Ctrl-C included), in this order: the recording drains and
+        # closes while containerd still runs, then the lab goes if bench brought it up.
+        if recorder.running:
+            say.step("stopping the recorder")
+            t = time.monotonic()
+            code = recorder.stop()
+            timings["recorder_stop_s"] = time.monotonic() - t
+        if up_on is not None:
+            say.step("taking the lab down (bench brought it up)")
+            t = time.monotonic()
+            try:
+                lab.down(progress=say.step)
+            except StartprofError:
+                if failed is None:
+                    raise
+            timings["lab_down_s"] += time.monotonic() - t
+    if code != 0:
+        raise StartprofError(
+            f"the recorder failed (exit {code}): {recorder.log_tail()}",
+            fix=f"see {out / RECORD_LOG}",
+        )
+    say.step("analysing the recording")
     t = time.monotonic()
+    rec = read_recording(out / RECORDING)
+    source = source_of(rec)
+    analysis = analyze([source])
     by_sandbox = {p.sandbox_id: p for p in pods if p.sandbox_id}
-    frames: list[pd.DataFrame] = []
-    agreement: dict[str, list[float]] = {}
-    analyses: list[Analysis] = []
-    for group in options.groups:
-        rec = read_recording(out / options.recording(group[0].containerd))
-        source = source_of(rec)
-        analysis = analyze([source])
-        analyses.append(analysis)
-        mine = {s: p for s, p in by_sandbox.items() if p.combination in group}
-        frames.append(results_table(analysis.pods, mine))
-        for name, diffs in truth_agreement(
-            analysis.pods, mine, truth, source.clock_offset_ns
-        ).items():
-            agreement.setdefault(name, []).extend(diffs)
-    results = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    results = results_table(analysis.pods, by_sandbox)
+    agreement = truth_agreement(analysis.pods, by_sandbox, truth, source.clock_offset_ns)
     combos = options.combinations
     combinations = summarize_combinations(
         combos, results, by_sandbox, agreement, options.seed, versions
@@ -510,7 +524,9 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
     timings["wall_s"] = time.monotonic() - t0
     summary: dict[str, Any] = {
         "combinations": combinations,
-        "bench": _bench_info(options, analyses, pods, started_wall, timings, brought_up),
+        "bench": _bench_info(
+            options, analysis, pods, started_wall, timings, brought_up, len(visits)
+        ),
     }
     if len(options.containerds) > 1:
         summary["containerd_change"] = containerd_change(options, results, summary)
@@ -521,7 +537,7 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
     say.step("writing results")
     results.to_parquet(out / RESULTS, index=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _pods_frame(pods, analyses).to_csv(out / PODS, index=False)
+    _pods_frame(pods, analysis).to_csv(out / PODS, index=False)
     from startprof.bench.report import write_report
 
     write_report(summary, results, out / REPORT, changes)
@@ -542,17 +558,13 @@ def _check_installed(combos: Iterable[Combination], handlers: Sequence[str]) -> 
 
 def _run_batches(
     options: BenchOptions,
-    group: Sequence[Combination],
+    batches: Sequence[Batch],
     cri_socket: str,
     truth_path: Path,
     say: BenchProgress,
-    turn: int = 0,
 ) -> tuple[list[StartedPod], list[dict[str, Any]]]:
     from startprof.lab.driver import run_pods
 
-    batches = plan_batches(group, options.pods, options.warmup, options.pods_per_round)
-    if turn == 0:
-        say.pods_planned(sum(b.pods for b in batches) * len(options.groups))
     started: list[StartedPod] = []
     truth: list[dict[str, Any]] = []
     for b in batches:
@@ -810,32 +822,14 @@ def _durations(ok: pd.DataFrame, combo: Combination, phase: str) -> list[float]:
 
 def _bench_info(
     options: BenchOptions,
-    analyses: Sequence[Analysis],
+    analysis: Analysis,
     pods: Sequence[StartedPod],
     started_wall: datetime,
     timings: Mapping[str, float],
     brought_up: bool,
+    visits: int,
 ) -> dict[str, Any]:
     measured = [p for p in pods if not p.warmup]
-    recordings = [
-        {
-            "file": options.recording(group[0].containerd),
-            "containerd": group[0].containerd,
-            "drops": analysis.recording.drops,
-            "complete": analysis.recording.complete,
-            "pods_seen": len(analysis.pods),
-        }
-        for group, analysis in zip(options.groups, analyses, strict=True)
-    ]
-    recording: dict[str, Any] = {
-        "file": ", ".join(str(r["file"]) for r in recordings),
-        "truth": TRUTH,
-        "drops": sum(r["drops"] for r in recordings),
-        "complete": all(r["complete"] for r in recordings),
-        "pods_seen": sum(r["pods_seen"] for r in recordings),
-    }
-    if len(recordings) > 1:
-        recording["per_containerd"] = recordings
     return {
         "startprof": __version__,
         "host": socket.gethostname(),
@@ -854,10 +848,18 @@ def _bench_info(
             "seed": options.seed,
             "bootstrap_resamples": stats.RESAMPLES,
         },
+        # lab (re)starts: 1, or one per containerd per round on the containerd axis
+        "lab_visits": visits,
         "pods_started": len(pods),
         "pods_measured": len(measured),
         "pods_failed": sum(p.error is not None for p in pods),
-        "recording": recording,
+        "recording": {
+            "file": RECORDING,
+            "truth": TRUTH,
+            "drops": analysis.recording.drops,
+            "complete": analysis.recording.complete,
+            "pods_seen": len(analysis.pods),
+        },
         "lab_brought_up": brought_up,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -888,9 +890,9 @@ def _baseline_info(options: BenchOptions, changes: Sequence[stats.PhaseChange]) 
     }
 
 
-def _pods_frame(pods: Sequence[StartedPod], analyses: Sequence[Analysis]) -> pd.DataFrame:
+def _pods_frame(pods: Sequence[StartedPod], analysis: Analysis) -> pd.DataFrame:
     """pods.csv: every pod the bench started, warm-up included, and what became of it."""
-    status = {p.sandbox_id: p.status for a in analyses for p in a.pods}
+    status = {p.sandbox_id: p.status for p in analysis.pods}
     rows = [
         {
             **{k: v for k, v in asdict(p).items() if k != "combination"},

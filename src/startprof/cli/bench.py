@@ -229,8 +229,7 @@ def bench_command(
         err.print(f"bench: warning: the recorder dropped {drops} events; phases may be missing")
     err.print(
         f"bench: {bench['pods_started']} pods in {bench['timings_s']['wall_s']:.0f} s; wrote "
-        f"{result.output}/{{results.parquet, summary.json, report.html, "
-        f"{bench['recording']['file']}}}"
+        f"{result.output}/{{results.parquet, summary.json, report.html, recording.arrows}}"
     )
     if base_doc is not None and not result.changes:
         err.print(f"bench: warning: nothing to compare: {baseline} has none of these combinations")

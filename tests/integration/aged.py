@@ -221,11 +221,13 @@ def match_calls(
     truth: Iterable[dict[str, Any]], calls: Sequence[dict[str, Any]]
 ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[dict[str, Any]]]:
     """Pairs each truth call with the decoded call that is it: same method, inside the client's
-    window, same id where the call has one; calls without an id (ImageStatus) are paired in
-    start order. Returns the pairs and the truth calls nothing was found for."""
+    window, same id where the call has one. Calls without an id (ImageStatus, two per pod, five
+    pods at once) are paired earliest window end first, each with the fitting call that ended
+    first, so a short window is not left without the one call that fits it. Returns the pairs
+    and the truth calls nothing was found for."""
     used: set[int] = set()
     pairs, missing = [], []
-    for t in sorted(truth, key=lambda t: t["start_monotonic_ns"]):
+    for t in sorted(truth, key=lambda t: t["end_monotonic_ns"]):
         lo, hi = _window(t)
         key = MATCH_KEY.get(t["method"])
         found = [
@@ -240,7 +242,7 @@ def match_calls(
         if not found:
             missing.append(t)
             continue
-        i, c = min(found, key=lambda ic: ic[1]["start_ns"])
+        i, c = min(found, key=lambda ic: ic[1]["end_ns"])
         used.add(i)
         pairs.append((t, c))
     return pairs, missing

@@ -52,3 +52,20 @@ class CriError(StartprofError):
 
 class ExportError(StartprofError):
     """An export target did not accept the traces."""
+
+
+class InternalError(StartprofError):
+    """A bug: an unexpected exception, e.g. inside the analysis of a file. One line names what
+    was being done; ``startprof --debug`` shows the traceback (``__cause__``)."""
+
+    exit_code = 70  # EX_SOFTWARE: distinct from bad input (2), so tests and scripts tell them apart
+
+    @classmethod
+    def of(cls, what: str, exc: BaseException) -> InternalError:
+        """``<what> failed (<ExceptionType>: <first line>); this is a bug``."""
+        text = str(exc).strip()
+        detail = text.splitlines()[0] if text else "no message"
+        return cls(
+            f"{what} failed ({type(exc).__name__}: {detail}); this is a bug",
+            fix="run `startprof --debug ...` for the traceback and report it",
+        )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from startprof.analysis import Source, analyze
 from startprof.analysis.model import Analysis
-from startprof.errors import InputError
+from startprof.errors import InputError, InternalError
 from startprof.recording import Recording, read_recording
 
 
@@ -35,6 +35,24 @@ def _last_drops(rec: Recording) -> int:
 
 
 def analyze_files(paths: Sequence[str | os.PathLike[str]]) -> Analysis:
+    """The analysis of the recordings. A damaged file is a RecordingError; anything the
+    analysis raises is a bug, reported as one InternalError naming the file it failed on."""
     if not paths:
         raise InputError("no recording given")
-    return analyze([source_of(read_recording(p)) for p in paths])
+    sources = [source_of(read_recording(p)) for p in paths]
+    try:
+        return analyze(sources)
+    except Exception as exc:
+        culprit = _culprit(sources) if len(sources) > 1 else sources[0]
+        name = culprit.name if culprit is not None else ", ".join(s.name for s in sources)
+        raise InternalError.of(f"{name}: analysis", exc) from exc
+
+
+def _culprit(sources: Sequence[Source]) -> Source | None:
+    """The first source the analysis fails on alone (merging is not what failed otherwise)."""
+    for src in sources:
+        try:
+            analyze([src])
+        except Exception:
+            return src
+    return None

@@ -24,6 +24,7 @@ from typing import Any
 
 from startprof import __version__
 from startprof.clock import sample_offset
+from startprof.config import same_socket
 from startprof.enrichment import annotation_event
 from startprof.errors import InputError, PrivilegeError, StartprofError
 from startprof.events import Event
@@ -194,7 +195,7 @@ def _shims_of(socket_path: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if socket_path.encode() in argv:
+        if any(same_socket(os.fsdecode(a), socket_path) for a in argv if a.endswith(b".sock")):
             shims.append(pid)
     return shims
 

@@ -29,6 +29,29 @@ def test_unix_socket_inodes(tmp_path: Path) -> None:
     assert cri.unix_socket_inodes("/nope", listening=True, proc_net_unix=str(table)) == set()
 
 
+def test_a_socket_is_the_same_however_it_is_spelled(tmp_path: Path) -> None:
+    """``/var/run/...`` vs ``/run/...`` (a symlink on most nodes) and the kubelet's ``unix://``
+    prefix name one socket (issue 14)."""
+    from startprof.config import canonical_socket, resolve_cri_socket, same_socket
+
+    real = tmp_path / "run" / "containerd"
+    real.mkdir(parents=True)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to(tmp_path / "run")
+    via_link = str(tmp_path / "var" / "run" / "containerd" / "containerd.sock")
+    direct = str(real / "containerd.sock")
+    assert canonical_socket(via_link) == canonical_socket(direct)
+    assert canonical_socket(f"unix://{via_link}") == canonical_socket(direct)
+    assert same_socket(f"unix://{direct}", via_link)
+    assert not same_socket(direct, str(real / "other.sock"))
+    assert resolve_cri_socket(f"unix://{direct}") == canonical_socket(direct)
+    table = tmp_path / "unix"
+    table.write_text(PROC_NET_UNIX.replace("/run/sp/containerd.sock", via_link))
+    assert cri.unix_socket_inodes(f"unix://{direct}", listening=True, proc_net_unix=str(table)) == {
+        1001
+    }
+
+
 def test_sock_tracepoints_need_both_events_and_x86_64(tmp_path: Path) -> None:
     events = tmp_path / "events"
     roots = [str(tmp_path / "absent"), str(events)]

@@ -348,7 +348,8 @@ def test_figures_from_stored_recordings_follow_the_analysis(path: Path) -> None:
     from startprof.pipeline import analyze_files
 
     analysis = analyze_files([path])
-    assert analysis.pods, "a stored recording holds pod starts"
+    # every stored recording holds pod starts but the quiet node's (issue 14)
+    assert bool(analysis.pods) != (path.stem == "quiet"), "a stored recording holds pod starts"
     pods = select_pods(analysis, 20, None)
     figures = html.build_figures(analysis, pods)
     waterfalls = [f for f in figures if f["id"].startswith("fig-pod-")]

@@ -1106,20 +1106,26 @@ def _add_waits(phases: list[Phase]) -> list[Phase]:
 
 
 def _sandbox_of_failed_call(
-    procs: Sequence[Proc], call: Call, sandbox_uids: Mapping[str, str]
+    procs: Sequence[Proc], call: Call, sandbox_uids: Mapping[str, str], claimed: set[str]
 ) -> str | None:
     """A failed RunPodSandbox replies no sandbox id: it is the sandbox of the same pod uid
     whose CNI plugins (CNI_ARGS K8S_POD_UID) or OCI runtime (bundle annotations) ran during
-    the call."""
+    the call; else, when the runtime failed before its bundle could be read, the one sandbox
+    no other call claims whose runtime created it during the call."""
     end = call.end_ns if call.end_ns is not None else float("inf")
+    unnamed: set[str] = set()
     for p in procs:
         if not p.sandbox_id or not call.start_ns <= p.start_ns <= end:
             continue
         if p.is_cni_plugin and _cni_args(p.env).get("K8S_POD_UID") == call.uid:
             return p.sandbox_id
-        if p.runtime_verb == "create" and sandbox_uids.get(p.sandbox_id) == call.uid:
-            return p.sandbox_id
-    return None
+        if p.runtime_verb == "create" and p.container_id == p.sandbox_id:
+            uid = sandbox_uids.get(p.sandbox_id)
+            if uid == call.uid:
+                return p.sandbox_id
+            if uid is None and p.sandbox_id not in claimed:
+                unnamed.add(p.sandbox_id)
+    return unnamed.pop() if len(unnamed) == 1 else None
 
 
 def _assign_windows(
@@ -1290,12 +1296,14 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for p in procs:
         if p.sandbox_id:
             get(p.sandbox_id).procs.append(p)
+    claimed = {c.sandbox_id for c in calls if c.method == RUN_POD_SANDBOX and c.sandbox_id}
     for c in calls:
         if c.method == RUN_POD_SANDBOX and c.sandbox_id:
             get(c.sandbox_id).calls.append(c)
         elif c.method == RUN_POD_SANDBOX and c.uid:
-            failed_sandbox = _sandbox_of_failed_call(procs, c, sandbox_uids)
+            failed_sandbox = _sandbox_of_failed_call(procs, c, sandbox_uids, claimed)
             if failed_sandbox:
+                claimed.add(failed_sandbox)
                 get(failed_sandbox).calls.append(c)
     for c in calls:
         if c.method in (CREATE_CONTAINER, START_CONTAINER, STOP_CONTAINER):

@@ -309,22 +309,22 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     """
     table = table.copy()
     runtimes = runtime_programs(table["argv"].astype(object).dropna())
-    table["containerd_namespace"] = _map(table["argv"], containerd_namespace)
-    _inherit(table, ("containerd_namespace",))
+    namespace = _map(table["argv"], containerd_namespace)
+    # a shim says its namespace, and so does every runtime call (bundle and log paths)
+    foreign_own = (namespace.notna() & (namespace != CRI_NAMESPACE)).astype(bool)
+    own_cni = _map(table["env"], _cni_container)
+    shims = _map(table["argv"], _shim_id)
+    targets = _map(table["argv"], lambda a: _runtime_target(a, runtimes))
+    ids = targets.where(targets.notna(), shims)
+    own_shim, own_runtime, container = (x.where(~foreign_own, None) for x in (shims, targets, ids))
+
+    table["containerd_namespace"] = namespace
+    table["_pod_shim"] = own_shim.where(_map(table["argv"], _is_shim_daemon).astype(bool), None)
+    _inherit(table, ("containerd_namespace", "_pod_shim"))
+    # what a foreign container starts is foreign too: no pod's, counted per namespace
     namespace = table["containerd_namespace"]
     foreign = (namespace.notna() & (namespace != CRI_NAMESPACE)).astype(bool)
-    own_cni = _map(table["env"], _cni_container)
-    own_shim = _map(table["argv"], _shim_id)
-    own_runtime = _map(table["argv"], lambda a: _runtime_target(a, runtimes))
-    container = own_runtime.where(own_runtime.notna(), own_shim)
-    table["foreign_id"] = container.where(foreign, None)
-    # a container of another namespace is no pod's, nor is anything it starts
-    own_shim, own_runtime, container = (
-        s.where(~foreign, None) for s in (own_shim, own_runtime, container)
-    )
-
-    table["_pod_shim"] = own_shim.where(_map(table["argv"], _is_shim_daemon).astype(bool), None)
-    _inherit(table, ("_pod_shim",))
+    table["foreign_id"] = ids.where(foreign, None)
     mapping = dict(container_sandbox)
     for cid, shim in zip(own_runtime, table["_pod_shim"], strict=True):
         if isinstance(cid, str) and isinstance(shim, str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
 
@@ -14,14 +16,19 @@ from startprof.cli.export import export_command
 from startprof.cli.lab import lab_group
 from startprof.cli.record import record_command
 from startprof.cli.report import report_command
-from startprof.errors import StartprofError
+from startprof.errors import InternalError, StartprofError
 
 EXIT_USAGE = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="startprof")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="On an internal error, print the whole traceback (also: STARTPROF_DEBUG=1).",
+)
+def cli(debug: bool) -> None:
     """startprof: why did this pod take that long to start?
 
     Traces a node's container runtime from the kernel with eBPF, cuts every pod start into
@@ -49,8 +56,17 @@ cli.add_command(report_command)
 cli.add_command(bench_command)
 
 
+def _debug(argv: list[str] | None) -> bool:
+    args = sys.argv[1:] if argv is None else argv
+    commands = [i for i, a in enumerate(args) if a in cli.commands]
+    before = args[: commands[0]] if commands else args  # --debug is the group's option
+    return "--debug" in before or os.environ.get("STARTPROF_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; map startprof errors to one line on stderr and an exit code."""
+    """Run the CLI; map startprof errors to one line on stderr and an exit code. Anything else
+    is a bug: one line too (exit 70), and the traceback with --debug."""
+    debug = _debug(argv)
     try:
         result = cli.main(args=argv, prog_name="startprof", standalone_mode=False)
     except click.exceptions.Abort:
@@ -60,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except StartprofError as exc:
+        if debug and isinstance(exc, InternalError) and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
         click.echo(f"startprof: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -73,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         click.echo(f"startprof: cannot write output{where}: {exc.strerror or exc}", err=True)
         return 1
+    except Exception as exc:
+        if debug:
+            traceback.print_exception(exc)
+        bug = InternalError.of("startprof", exc)
+        click.echo(f"startprof: {bug}", err=True)
+        return bug.exit_code
     return result if isinstance(result, int) else 0
 
 

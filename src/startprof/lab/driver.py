@@ -32,12 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from startprof.cri.api import short_method
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
 from startprof.lab.config import LAB_CGROUP
 from startprof.lab.containerd import app_image, import_archive, load_state
-from startprof.cri.api import short_method
 from startprof.lab.cri import CriCallError, CriClient, status_name
 from startprof.lab.foreign import run_foreign_container
 from startprof.lab.host import remove_pod_cgroups

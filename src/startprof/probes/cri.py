@@ -17,6 +17,7 @@ import platform
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from startprof.config import same_socket
 from startprof.events import Event
 from startprof.probes.abi import (
     SP_CRI_GAP,
@@ -61,14 +62,13 @@ def unix_socket_inodes(
 ) -> set[int]:
     """Inodes of the unix sockets bound to ``socket_path``: the listening socket, or the
     connections the server accepted on it (they carry the path; clients do not)."""
-    wanted = {socket_path, os.path.realpath(socket_path)}
     inodes: set[int] = set()
     try:
         with open(proc_net_unix) as f:
             next(f, None)
             for line in f:
                 parts = line.split()
-                if len(parts) < 8 or parts[7] not in wanted:
+                if len(parts) < 8 or not same_socket(parts[7], socket_path):
                     continue
                 flags, state, inode = int(parts[3], 16), int(parts[5], 16), int(parts[6])
                 is_listener = bool(flags & SO_ACCEPTCON)

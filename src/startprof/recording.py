@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -249,3 +249,12 @@ def _is_arrow_file(path: Path) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def events_frame(events: Sequence[Event]) -> Any:
+    """Events as the DataFrame ``Recording.frame()`` gives for the same events in a file: the
+    agent analyses what it holds in memory exactly as ``analyze`` would read it back."""
+    import pandas as pd
+
+    table = pa.Table.from_pylist(list(events), schema=EVENT_SCHEMA)
+    return table.to_pandas(types_mapper=pd.ArrowDtype)

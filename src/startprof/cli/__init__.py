@@ -9,6 +9,7 @@ import traceback
 import click
 
 from startprof import __version__
+from startprof.cli.agent import agent_command
 from startprof.cli.analyze import analyze_command
 from startprof.cli.bench import bench_command
 from startprof.cli.doctor import doctor_command
@@ -54,6 +55,7 @@ cli.add_command(analyze_command)
 cli.add_command(export_command)
 cli.add_command(report_command)
 cli.add_command(bench_command)
+cli.add_command(agent_command)
 
 
 def _debug(argv: list[str] | None) -> bool:

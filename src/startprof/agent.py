@@ -1,0 +1,431 @@
+"""``startprof agent``: the recorder, always on, with each pod start sent over OTLP as it ends.
+
+The probe session, the CRI decoder, the enrichment and the handling of containerd restarts are
+the recorder's (``Agent`` is a ``Recorder`` with another loop); the analysis is the incremental
+core's (``startprof.incremental``); the traces are the ``export`` mapping and sender
+(``exporters.spans``, ``exporters.otlp``). Nothing is printed here: messages go to ``on_message``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from startprof import __version__
+from startprof.clock import sample_offset
+from startprof.errors import EnvironmentProblem, InputError, StartprofError
+from startprof.events import Event
+from startprof.exporters.otlp import (
+    OtlpTraceSender,
+    SdkSpanBuilder,
+    _address,
+    make_span_exporter,
+    resolve_endpoint,
+    resolve_protocol,
+)
+from startprof.exporters.spans import describe_pod
+from startprof.incremental import POD_TIMEOUT_S, Emitted, IncrementalAnalyzer
+from startprof.lab.versions import recording_metadata
+from startprof.metrics import AgentMetrics, otlp_metric_reader, prometheus_reader
+from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
+from startprof.probes.cri import unix_socket_inodes
+from startprof.probes.session import ProbeSession
+from startprof.recorder import (
+    ALL_PROBES,
+    BEHIND_FRACTION,
+    HOUSEKEEPING_S,
+    KUBELET_COMMS,
+    POLL_MS,
+    Recorder,
+    RecordOptions,
+    _ensure_privileges,
+    _ensure_tracefs,
+    _pids_by_comm,
+    _read_proc,
+    _shims_of,
+    _signals,
+    _Stop,
+    seed_processes,
+)
+from startprof.recording import SUFFIX, RecordingHeader, RecordingWriter, events_frame
+
+ANALYSIS_INTERVAL_S: Final = 0.5
+DRAIN_S: Final = 0.3
+INIT_PID_NS_INO: Final = 0xEFFFFFFC
+"""The inode of the initial pid namespace (the kernel's PROC_PID_INIT_INO, fixed since 3.8)."""
+EXPORT_TIMEOUT_S: Final = 2.0
+ROTATE_SHARE: Final = 4
+"""--keep rotates a file at this fraction of --max-size, so the newest files always fit."""
+
+MessageCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    cri_socket: str
+    otlp_url: str | None = None
+    """None: no OTLP at all; "": the endpoint from the environment or the default."""
+    otlp_protocol: str | None = None
+    keep_dir: Path | None = None
+    max_size: int = 1 << 30
+    duration: float | None = None
+    pod_timeout: float = POD_TIMEOUT_S
+    metrics_port: int | None = None
+    ringbuf_pages: int = 1024
+    probes: Sequence[str] = ALL_PROBES
+    interval: float = ANALYSIS_INTERVAL_S
+
+
+@dataclass
+class AgentSummary:
+    pods_sent: int = 0
+    export_failures: int = 0
+    analysis_failures: int = 0
+    drops: int = 0
+    stop_reason: str = ""
+    kept: tuple[Path, ...] = ()
+    export_latency_s: tuple[float, ...] = ()
+    """Per pod sent as done: from the pod's end to the export's completion."""
+
+
+def ensure_host_pid_namespace(ns_path: str = "/proc/self/ns/pid") -> None:
+    """Refuse to run outside the host's pid namespace: the pids the probes report and the
+    ``/proc`` the recorder reads would be another namespace's, and containerd invisible."""
+    try:
+        ino = os.stat(ns_path).st_ino
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot read {ns_path}: {exc.strerror}") from exc
+    if ino != INIT_PID_NS_INO:
+        raise EnvironmentProblem(
+            "startprof agent runs in a pid namespace that is not the host's",
+            fix="run it on the host, or in a pod with hostPID: true (deploy/daemonset.yaml)",
+        )
+
+
+def containerd_pids(proc: str = "/proc") -> list[int]:
+    pids = []
+    for entry in os.scandir(proc):
+        if entry.name.isdigit():
+            try:
+                with open(f"{proc}/{entry.name}/comm") as f:
+                    if f.read().strip() == "containerd":
+                        pids.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+def cri_socket_in_containerd_netns(socket_path: str, proc: str = "/proc") -> bool | None:
+    """Does a containerd listen on ``socket_path``, as its own network namespace's
+    ``/proc/<pid>/net/unix`` says (not the caller's, which in a pod may be another)?
+    None when no containerd runs."""
+    pids = containerd_pids(proc)
+    if not pids:
+        return None
+    return any(
+        unix_socket_inodes(socket_path, listening=True, proc_net_unix=f"{proc}/{pid}/net/unix")
+        for pid in pids
+    )
+
+
+class TraceSink:
+    """Sends pod starts as OTLP traces through one long-lived SDK exporter."""
+
+    def __init__(self, url: str, protocol: str | None) -> None:
+        self.protocol = resolve_protocol(protocol)
+        self.endpoint = resolve_endpoint(self.protocol, url or None)
+        transport = "gRPC" if self.protocol == "grpc" else "HTTP"
+        self.target = f"{self.endpoint} over OTLP/{transport}"
+        self._exporter = make_span_exporter(self.protocol, self.endpoint, EXPORT_TIMEOUT_S)
+        self._sender = OtlpTraceSender(self._exporter, self.target, _address(self.endpoint))
+
+    def send(self, pods: Sequence[Emitted]) -> None:
+        spans = SdkSpanBuilder().build([describe_pod(e.pod) for e in pods])
+        self._sender.send(spans)
+
+    def close(self) -> None:
+        self._exporter.shutdown()
+
+
+class RotatingRecordings:
+    """``--keep DIR --max-size N``: recordings of what the agent saw, for ``analyze`` later.
+
+    Each file is a whole recording (its own header and the processes alive when it began) and
+    is closed at ``max_size / 4``; the oldest files go while the directory holds more than
+    ``max_size``.
+    """
+
+    def __init__(
+        self, directory: Path, max_size: int, header: Callable[[], RecordingHeader]
+    ) -> None:
+        self.directory = directory
+        self.max_size = max_size
+        self._header = header
+        self._writer: RecordingWriter | None = None
+        self._serial = 0
+        self.kept: list[Path] = []
+
+    def open(self, first_events: Sequence[Event]) -> None:
+        self._serial += 1
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.directory / f"startprof-agent-{stamp}-{self._serial:04d}{SUFFIX}"
+        self._writer = RecordingWriter(path, self._header())
+        self._writer.write(first_events)
+        self._writer.flush()
+        self.kept.append(path)
+
+    def write(self, events: Sequence[Event]) -> None:
+        if self._writer is not None and events:
+            self._writer.write(events)
+
+    def rotate_if_full(
+        self, end: dict[str, Any], first_events: Callable[[], Sequence[Event]]
+    ) -> None:
+        if self._writer is None:
+            return
+        try:
+            size = self._writer.path.stat().st_size
+        except OSError:
+            size = 0
+        if size < self.max_size // ROTATE_SHARE:
+            return
+        self._writer.close(end)
+        self.open(first_events())
+        while len(self.kept) > 1 and sum(_size(p) for p in self.kept) > self.max_size:
+            old = self.kept.pop(0)
+            old.unlink(missing_ok=True)
+
+    def close(self, end: dict[str, Any] | None) -> None:
+        if self._writer is not None:
+            self._writer.close(end)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class Agent(Recorder):
+    """The recorder's probes and decoding, with incremental analysis in place of a file."""
+
+    def __init__(
+        self,
+        options: AgentOptions,
+        on_message: MessageCallback | None = None,
+        session_factory: Callable[..., ProbeSession] = ProbeSession,
+        on_ready: Callable[[], None] | None = None,
+        on_sent: Callable[[Sequence[Emitted]], None] | None = None,
+    ) -> None:
+        super().__init__(
+            RecordOptions(
+                output=Path(os.devnull),
+                cri_socket=options.cri_socket,
+                probes=options.probes,
+                ringbuf_pages=options.ringbuf_pages,
+            ),
+            session_factory=session_factory,
+            on_ready=on_ready,
+        )
+        self.agent_options = options
+        self.on_message = on_message or (lambda _m: None)
+        self.on_sent = on_sent
+        self.summary = AgentSummary()
+        self._buffer: list[Event] = []
+        self._keeper: RotatingRecordings | None = None
+
+    def run_agent(self) -> AgentSummary:
+        opts = self.agent_options
+        # a bad endpoint is an error before anything is loaded (and without root)
+        sink = TraceSink(opts.otlp_url, opts.otlp_protocol) if opts.otlp_url is not None else None
+        _ensure_privileges()
+        ensure_host_pid_namespace()
+        _ensure_tracefs()
+        if cri_socket_in_containerd_netns(opts.cri_socket) is False:
+            raise InputError(
+                f"no containerd listens on the CRI socket {opts.cri_socket}",
+                fix="pass --cri-socket (or mount the node's /run/containerd into the pod)",
+            )
+        metrics = self._metrics(sink)
+        seeds, listeners = self._initial_targets()
+        self._listeners = listeners
+        self.stats.followed_containerd = sorted({pid for pid, _ in listeners})
+        session = self.session_factory(
+            seed_pids=seeds,
+            cri_socket=opts.cri_socket,
+            ringbuf_pages=opts.ringbuf_pages,
+            probes=tuple(opts.probes),
+        )
+        stop = _Stop()
+        end_attrs: dict[str, Any] | None = None
+        try:
+            with _signals(stop):
+                self._drops_read_ns = time.monotonic_ns()
+                session.start()
+                offset = sample_offset()
+                start_mono = time.monotonic_ns()
+                core = IncrementalAnalyzer(
+                    host=socket.gethostname(),
+                    kernel=platform.release(),
+                    clock_offset_ns=offset,
+                    start_monotonic_ns=start_mono,
+                    pod_timeout_s=opts.pod_timeout,
+                )
+                if opts.keep_dir is not None:
+                    self._keeper = RotatingRecordings(
+                        opts.keep_dir, opts.max_size, lambda: self._header(offset)
+                    )
+                    self._keeper.open(self._alive())
+                self._take(self._alive())
+                if self.on_ready is not None:
+                    self.on_ready()
+                self._priority.yield_to_workload()
+                behind = BEHIND_FRACTION * opts.ringbuf_pages * mmap.PAGESIZE
+                deadline = None if opts.duration is None else time.monotonic() + opts.duration
+                housekeeping = analysed = time.monotonic()
+                while stop.reason is None:
+                    self._take(self._process(session.poll(POLL_MS)))
+                    if session.last_poll_bytes >= behind and self._priority.catch_up():
+                        self.on_message("fell behind: leaving SCHED_IDLE for nice 10")
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        stop.reason = "duration reached"
+                    if now - housekeeping >= HOUSEKEEPING_S:
+                        housekeeping = now
+                        self._take(self._housekeeping(session))
+                        if metrics is not None:
+                            metrics.set_drops(self.stats.drops)
+                        if self._keeper is not None:
+                            self._keeper.rotate_if_full(self._file_end(session), self._alive)
+                    if now - analysed >= opts.interval:
+                        analysed = now
+                        self._analyse(core, sink, metrics, flush=False)
+                until = time.monotonic() + DRAIN_S
+                while time.monotonic() < until:
+                    self._take(self._process(session.poll(50)))
+                self._take(self._decoder.finish())
+                self._take([self._drops_event(session)])
+                self._analyse(core, sink, metrics, flush=True)
+                self.summary.stop_reason = stop.reason or ""
+                end_attrs = self._file_end(session)
+        finally:
+            if self._keeper is not None:
+                self._keeper.close(end_attrs)
+                self.summary.kept = tuple(self._keeper.kept)
+            session.close()
+            if sink is not None:
+                sink.close()
+            if metrics is not None:
+                metrics.set_drops(self.stats.drops)
+                metrics.shutdown()
+        self.summary.drops = self.stats.drops
+        return self.summary
+
+    def _metrics(self, sink: TraceSink | None) -> AgentMetrics | None:
+        readers = []
+        if sink is not None:
+            readers.append(otlp_metric_reader(sink.protocol, sink.endpoint))
+        if self.agent_options.metrics_port is not None:
+            try:
+                readers.append(prometheus_reader(self.agent_options.metrics_port))
+            except OSError as exc:
+                raise InputError(
+                    f"cannot serve metrics on port {self.agent_options.metrics_port}: "
+                    f"{exc.strerror or exc}",
+                    fix="choose another --metrics-port",
+                ) from exc
+        return AgentMetrics(socket.gethostname(), readers) if readers else None
+
+    def _header(self, offset: int) -> RecordingHeader:
+        start_mono = time.monotonic_ns()
+        return RecordingHeader(
+            host=socket.gethostname(),
+            kernel=platform.release(),
+            abi_version=ABI_VERSION,
+            probes=tuple(self.agent_options.probes),
+            cri_socket=self.agent_options.cri_socket,
+            clock_offset_ns=offset,
+            start_wall_ns=start_mono + offset,
+            start_monotonic_ns=start_mono,
+            startprof_version=__version__,
+            extra={
+                "agent": True,
+                "containerd": recording_metadata(
+                    self.agent_options.cri_socket, self.stats.followed_containerd
+                ),
+            },
+        )
+
+    def _alive(self) -> list[Event]:
+        """``proc`` events of the followed containerd, shims and kubelet, and their trees."""
+        roots = sorted({pid for pid, _ in self._listeners})
+        roots += _shims_of(self.agent_options.cri_socket) + _pids_by_comm(KUBELET_COMMS)
+        return [e for pid in seed_processes(roots) if (e := _read_proc(pid)) is not None]
+
+    def _take(self, events: Sequence[Event]) -> None:
+        if events:
+            self._buffer.extend(events)
+            if self._keeper is not None:
+                self._keeper.write(events)
+
+    def _analyse(
+        self,
+        core: IncrementalAnalyzer,
+        sink: TraceSink | None,
+        metrics: AgentMetrics | None,
+        *,
+        flush: bool,
+    ) -> None:
+        if self._buffer:
+            core.add(events_frame(self._buffer))
+            self._buffer = []
+        core.drops = self.stats.drops
+        now = time.monotonic_ns()
+        unnamed = core.stats.unnamed_calls
+        try:
+            sent = core.flush(now) if flush else core.step(now)
+        except Exception as exc:  # a bug in the analysis must not stop the node's agent
+            self.summary.analysis_failures += 1
+            self.on_message(f"analysis failed ({type(exc).__name__}: {exc}); this is a bug")
+            return
+        if metrics is not None and core.stats.unnamed_calls > unnamed:
+            metrics.add_unnamed(core.stats.unnamed_calls - unnamed)
+        if not sent:
+            return
+        if sink is not None:
+            try:
+                sink.send(sent)
+            except StartprofError as exc:
+                self.summary.export_failures += 1
+                self.on_message(f"{len(sent)} pod start(s) not sent: {exc}")
+                if metrics is not None:
+                    metrics.export_failures.add(1)
+        done = time.time_ns()
+        if metrics is not None:
+            metrics.observe(e.pod for e in sent)
+        self.summary.pods_sent += len(sent)
+        self.summary.export_latency_s += tuple(
+            (done - e.pod.end_ns) / 1e9 for e in sent if e.reason == "done"
+        )
+        if self.on_sent is not None:
+            self.on_sent(sent)
+
+    def _file_end(self, session: ProbeSession) -> dict[str, Any]:
+        return {
+            "end_monotonic_ns": time.monotonic_ns(),
+            "stop_reason": "rotated" if self.summary.stop_reason == "" else "agent stopped",
+            "drops": self.stats.drops,
+            "drops_per_cpu": session.drops(),
+            "kernel_errors": session.kernel_errors(),
+            "cri_calls": self.stats.cri_calls,
+            "followed_containerd": self.stats.followed_containerd,
+            "recorder_priority": self._priority.mode,
+        }

@@ -1,0 +1,213 @@
+"""The agent's incremental core: a bounded window of events, analysed again and again, that
+hands each pod start out once, as soon as it is over.
+
+No kernel and no network here: the live agent (``startprof.agent``) feeds it what the probes
+deliver, and the unit tests replay stored recordings through it in time order. The analysis is
+the one ``startprof analyze`` runs (``analysis.analyze``), over the window instead of a file, so
+a pod's trace is the one ``export`` gives from a recording of the same events.
+
+When is a pod start over? The analysis cannot know how many containers a pod will have (the
+kubelet creates them one after another), so a pod is *done* once the analysis calls it ``ok``,
+``restarted`` or ``failed`` and nothing has happened to it for ``settle_s``. A pod the analysis
+still calls incomplete is given up ``pod_timeout_s`` after its start, and sent as it is.
+
+What the window keeps: every event at or after the start of the oldest pod not yet sent, and
+the last ``horizon_s`` seconds in any case (a pod becomes visible to the analysis only when
+enough of it has arrived, e.g. its RunPodSandbox reply). Everything older goes, except the few
+events that describe long-lived state rather than a moment: ``proc`` (processes alive at
+start-up or found after a containerd restart) and ``cri_accept`` (the CRI connections).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+import pandas as pd
+
+from startprof.analysis import Source, analyze
+from startprof.analysis.cri_naming import name_calls
+from startprof.analysis.model import STILL_STARTING, Analysis, Pod
+
+SETTLE_S: Final = 0.5
+POD_TIMEOUT_S: Final = 120.0
+HORIZON_S: Final = 10.0
+EMITTED_MEMORY: Final = 10_000
+"""Sandbox ids remembered as sent; far more than a node starts within a window's reach."""
+LONG_LIVED_KINDS: Final = ("proc", "cri_accept")
+ACTIVITY_KINDS: Final = ("cri_call", "exec")
+"""Kinds that can begin or advance a pod start: without them, a new analysis changes nothing."""
+GIVEN_UP = "given up after {timeout:g}s"
+SHUT_DOWN = "the agent stopped while it was starting"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """A pod start handed out, and why now."""
+
+    pod: Pod
+    reason: str
+    """``done``, ``timeout`` or ``shutdown``."""
+    done_at_ns: int
+    """Monotonic ns of the analysis that decided it."""
+
+
+@dataclass
+class WindowStats:
+    events: int = 0
+    """Events in the window now."""
+    received: int = 0
+    pruned: int = 0
+    analyses: int = 0
+    emitted: int = 0
+    unnamed_calls: int = 0
+    """CRI calls that reached the analysis without a method and that it could not name,
+    counted once per analysis of a new window (the same call may count in several)."""
+
+
+class IncrementalAnalyzer:
+    """``add`` event frames as they arrive, ``step`` regularly, ``flush`` at the end."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        kernel: str,
+        clock_offset_ns: int,
+        start_monotonic_ns: int,
+        settle_s: float = SETTLE_S,
+        pod_timeout_s: float = POD_TIMEOUT_S,
+        horizon_s: float = HORIZON_S,
+    ) -> None:
+        self.host = host
+        self.kernel = kernel
+        self.clock_offset_ns = clock_offset_ns
+        self.start_monotonic_ns = start_monotonic_ns
+        self.settle_ns = int(settle_s * 1e9)
+        self.pod_timeout_s = pod_timeout_s
+        self.horizon_ns = int(horizon_s * 1e9)
+        self.stats = WindowStats()
+        self.drops = 0
+        self._chunks: list[pd.DataFrame] = []
+        self._fresh = False
+        """Activity arrived since the last analysis."""
+        self._pending: dict[str, Pod] = {}
+        """Pods the last analysis saw and that are not sent yet, by sandbox id."""
+        self._emitted: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        self._chunks.append(frame)
+        self.stats.received += len(frame)
+        self.stats.events += len(frame)
+        if bool(frame["kind"].isin(ACTIVITY_KINDS).any()):
+            self._fresh = True
+
+    @property
+    def pending(self) -> tuple[Pod, ...]:
+        return tuple(self._pending.values())
+
+    def was_emitted(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._emitted
+
+    def step(self, now_ns: int) -> list[Emitted]:
+        """Analyse the window if anything could have changed; the pods whose start is over."""
+        if not self._fresh and not self._pending:
+            self._prune(now_ns)
+            return []
+        analysis = self._analyze(now_ns)
+        out: list[Emitted] = []
+        now_wall = now_ns + self.clock_offset_ns
+        self._pending = {}
+        for pod in analysis.pods:
+            if pod.sandbox_id in self._emitted:
+                continue
+            if pod.status != "incomplete" and now_wall - pod.end_ns >= self.settle_ns:
+                out.append(Emitted(pod, "done", now_ns))
+            elif pod.status == "incomplete" and now_wall - pod.start_ns >= self.pod_timeout_s * 1e9:
+                reason = GIVEN_UP.format(timeout=self.pod_timeout_s)
+                out.append(Emitted(_incomplete(pod, reason), "timeout", now_ns))
+            elif pod.status == "incomplete" and pod.incomplete_reason not in (
+                STILL_STARTING,
+                "no container seen",
+            ):
+                # started before the agent, or events lost: no later event makes it whole
+                if now_wall - pod.end_ns >= self.settle_ns:
+                    out.append(Emitted(pod, "done", now_ns))
+                else:
+                    self._pending[pod.sandbox_id] = pod
+            else:
+                self._pending[pod.sandbox_id] = pod
+        self._remember(out)
+        self._prune(now_ns)
+        return out
+
+    def flush(self, now_ns: int) -> list[Emitted]:
+        """Every pod start not sent yet, finished or not (the agent is stopping)."""
+        self._fresh = True
+        out = self.step(now_ns)
+        rest = [
+            Emitted(
+                _incomplete(p, SHUT_DOWN) if p.status == "incomplete" else p, "shutdown", now_ns
+            )
+            for p in self._pending.values()
+        ]
+        self._pending = {}
+        self._remember(rest)
+        return out + rest
+
+    def _analyze(self, now_ns: int) -> Analysis:
+        window = self._window()
+        self._fresh = False
+        self.stats.analyses += 1
+        source = Source(
+            name="agent",
+            host=self.host,
+            kernel=self.kernel,
+            clock_offset_ns=self.clock_offset_ns,
+            start_monotonic_ns=self.start_monotonic_ns,
+            end_monotonic_ns=now_ns,
+            drops=self.drops,
+            complete=False,
+            events=window,
+        )
+        _, naming = name_calls(window)
+        self.stats.unnamed_calls = naming.unnamed - naming.named
+        return analyze([source])
+
+    def _window(self) -> pd.DataFrame:
+        if len(self._chunks) > 1:
+            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
+        return self._chunks[0] if self._chunks else pd.DataFrame({"kind": [], "ts_ns": []})
+
+    def _prune(self, now_ns: int) -> None:
+        """Drop what no pod still to be sent needs (see the module's docstring)."""
+        keep_from = now_ns - self.horizon_ns
+        for pod in self._pending.values():
+            keep_from = min(keep_from, pod.start_ns - self.clock_offset_ns)
+        window = self._window()
+        if not len(window):
+            return
+        first = window["ts_ns"]
+        if "start_ns" in window:
+            first = first.where(window["start_ns"].isna(), window["start_ns"])
+        old = (first < keep_from).fillna(False) & ~window["kind"].isin(LONG_LIVED_KINDS)
+        n = int(old.sum())
+        if n:
+            self._chunks = [window.loc[~old].reset_index(drop=True)]
+            self.stats.pruned += n
+        self.stats.events = len(self._chunks[0])
+
+    def _remember(self, sent: Sequence[Emitted]) -> None:
+        for e in sent:
+            self._emitted[e.pod.sandbox_id] = None
+            self.stats.emitted += 1
+        while len(self._emitted) > EMITTED_MEMORY:
+            self._emitted.popitem(last=False)
+
+
+def _incomplete(pod: Pod, reason: str) -> Pod:
+    return replace(pod, status="incomplete", incomplete_reason=reason)

@@ -1,0 +1,159 @@
+"""The agent's incremental core, from stored real recordings replayed in time order (no BPF),
+its metrics, and the checks and options around it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from agent_replay import replay
+from click.testing import CliRunner
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+from startprof.agent import INIT_PID_NS_INO, ensure_host_pid_namespace
+from startprof.cli import cli
+from startprof.cli.agent import parse_size
+from startprof.errors import EnvironmentProblem
+from startprof.exporters.spans import describe_pod
+from startprof.incremental import GIVEN_UP, LONG_LIVED_KINDS, SHUT_DOWN
+from startprof.metrics import POD_START, AgentMetrics
+
+# every kind of pod start the stored recordings hold: fresh and aged connections, failures in
+# each phase, crash loops, sidecars, pulls, pods seen mid-start
+KINDS = [
+    "concurrent",
+    "aged-go",
+    "aged-go-traceparent",
+    "multi-container",
+    "sidecar",
+    "mid-start",
+    "bad-image",
+    "cni-fail",
+    "runtime-fail",
+    "no-entrypoint",
+    "crash-loop",
+    "crash-then-up",
+    "host-network",
+    "slow-pull",
+]
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_each_pod_start_is_sent_once_with_the_spans_export_gives(name: str) -> None:
+    r = replay(name)
+    sent = [e.pod.sandbox_id for e in r.emitted]
+    assert len(sent) == len(set(sent)), "a pod start was sent twice"
+    whole = {p.sandbox_id: p for p in r.whole.pods}
+    assert set(sent) == set(whole)
+    for e in r.emitted:
+        assert e.reason == "done"
+        assert e.pod.status == whole[e.pod.sandbox_id].status
+        assert describe_pod(e.pod) == describe_pod(whole[e.pod.sandbox_id])
+
+
+@pytest.mark.parametrize("name", ["concurrent", "aged-go", "slow-pull"])
+def test_a_pod_start_is_sent_after_it_settled_and_within_a_step_of_it(name: str) -> None:
+    settle_s, step_s = 0.5, 0.25
+    r = replay(name, step_s=step_s, settle_s=settle_s)
+    for e in r.emitted:
+        end_mono = e.pod.end_ns - r.offset_ns
+        waited = (r.sent_at[e.pod.sandbox_id] - end_mono) / 1e9
+        assert settle_s <= waited < settle_s + step_s + 1e-9
+
+
+def test_the_window_forgets_what_no_pod_still_to_be_sent_needs() -> None:
+    r = replay("slow-pull", horizon_s=0.5)
+    assert r.core.stats.pruned > 0
+    assert r.max_window < r.total_events
+    # after the last pod went, only the long-lived events and the horizon's are left
+    assert not r.core.pending
+    assert r.core.stats.events < r.total_events // 4
+
+
+def test_pruning_changes_no_trace() -> None:
+    tight = replay("concurrent", horizon_s=0.2)
+    assert tight.core.stats.pruned > 0
+    loose = {e.pod.sandbox_id: describe_pod(e.pod) for e in replay("concurrent").emitted}
+    assert {e.pod.sandbox_id: describe_pod(e.pod) for e in tight.emitted} == loose
+
+
+def test_long_lived_events_stay() -> None:
+    r = replay("concurrent", horizon_s=0.1)
+    window = r.core._window()
+    old = window["ts_ns"] < int(window["ts_ns"].max()) - int(0.1e9)
+    assert set(window.loc[old, "kind"].dropna()) <= set(LONG_LIVED_KINDS)
+
+
+def test_a_pod_start_that_never_ends_is_given_up_after_the_timeout() -> None:
+    # the recording cut while its pods start: their ends never come
+    r = replay("concurrent", cut_s=0.5, pod_timeout_s=0.3)
+    assert r.emitted and {e.reason for e in r.emitted} == {"timeout"}
+    for e in r.emitted:
+        assert e.pod.status == "incomplete"
+        assert e.pod.incomplete_reason == GIVEN_UP.format(timeout=0.3)
+
+
+def test_pods_still_starting_at_shutdown_are_flushed_as_incomplete() -> None:
+    r = replay("multi-container", settle_s=60)
+    assert [e.reason for e in r.emitted] == ["shutdown"]
+    assert r.emitted[0].pod.status == "ok"  # complete, only not settled: sent as it is
+    r = replay("concurrent", settle_s=60, pod_timeout_s=3600, step_s=0.1)
+    assert len(r.emitted) == 4 and all(e.reason == "shutdown" for e in r.emitted)
+
+
+def test_nothing_is_analysed_while_nothing_happens() -> None:
+    r = replay("quiet", step_s=0.1)
+    assert r.emitted == []
+    assert r.core.stats.analyses <= 2
+
+
+def test_the_pod_start_histogram_counts_every_pod_sent() -> None:
+    reader = InMemoryMetricReader()
+    metrics = AgentMetrics("node-1", [reader])
+    r = replay("concurrent")
+    metrics.observe(e.pod for e in r.emitted)
+    metrics.set_drops(3)
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = {
+        m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    }
+    points = found[POD_START].data.data_points
+    assert sum(p.count for p in points if isinstance(p, HistogramDataPoint)) == 4
+    labels = dict(next(iter(points)).attributes or {})
+    assert labels["startprof.pod.status"] == "ok"
+    assert labels["startprof.runtime_handler"] == r.whole.pods[0].runtime_handler
+    assert labels["k8s.namespace.name"] == "startprof"
+    phases = {
+        dict(p.attributes or {})["startprof.phase"]
+        for p in found["startprof.phase.critical.duration"].data.data_points
+    }
+    assert {"sandbox", "container.start"} <= phases
+    assert next(iter(found["startprof.drops"].data.data_points)).value == 3
+    assert next(iter(found["startprof.recorder.cpu.time"].data.data_points)).value > 0
+    metrics.shutdown()
+
+
+def test_the_agent_refuses_another_pid_namespace(tmp_path: Path) -> None:
+    other = tmp_path / "pid"
+    other.write_text("")
+    assert os.stat(other).st_ino != INIT_PID_NS_INO
+    with pytest.raises(EnvironmentProblem, match="not the host's"):
+        ensure_host_pid_namespace(str(other))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1048576", 1 << 20), ("500M", 500 << 20), ("2G", 2 << 30), ("1.5k", 1536)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_agent_needs_an_output_and_a_good_url() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["agent"])
+    assert result.exit_code == 2 and "at least one of" in result.output
+    result = runner.invoke(cli, ["agent", "--max-size", "lots", "--keep", "/tmp"])
+    assert result.exit_code == 2
+    assert SHUT_DOWN  # the reason flushed pods carry is a sentence, not empty

@@ -270,7 +270,9 @@ def _int_or_none(value: Any) -> int | None:
 
 def _procs(table: pd.DataFrame) -> list[Proc]:
     columns = [_values(table[c]) for c in PROC_COLUMNS]
-    runtimes = runtime_programs(a for a in columns[PROC_COLUMNS.index("argv")] if a)
+    runtimes = table.attrs.get("runtimes") or runtime_programs(
+        a for a in columns[PROC_COLUMNS.index("argv")] if a
+    )
     return [
         Proc(
             int(proc_id),

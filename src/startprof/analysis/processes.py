@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 RUNTIMES = frozenset({"runc", "crun"})
 """OCI runtimes known by name; any other is known by a ``create --bundle`` (runtime_programs)."""
@@ -48,12 +49,21 @@ def _int(series: pd.Series) -> pd.Series:
     return series.astype("int64")
 
 
-def _map(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+def _cells(series: pd.Series) -> list[Any]:
+    """A column as Python objects (lists for list columns), None for every empty cell."""
+    try:
+        return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
+    except (pa.ArrowException, TypeError, ValueError):
+        return [None if missing(v) else v for v in series.tolist()]
+
+
+def _map(series: pd.Series | list[Any], fn: Callable[[Any], Any], index: Any = None) -> pd.Series:
     """``fn`` of every cell (None for an empty one), as an object column. ``Series.map`` keeps
     an Arrow-backed column's type: a result of nothing but None is then an Arrow *null* column,
     which ``where`` cannot fill with strings (NotImplementedError, e.g. with no CNI plugin)."""
-    values = [fn(None if missing(v) else v) for v in series.astype(object)]
-    return pd.Series(values, index=series.index, dtype=object)
+    cells = _cells(series) if isinstance(series, pd.Series) else series
+    where = series.index if isinstance(series, pd.Series) else index
+    return pd.Series([fn(v) for v in cells], index=where, dtype=object)
 
 
 def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
@@ -134,6 +144,12 @@ def creates_bundle(argv: Any) -> bool:
     if missing(argv) or len(argv) < 3:
         return False
     args = [str(a) for a in argv]
+    if (
+        "--bundle" not in args
+        and "-b" not in args
+        and not any(a.startswith("--bundle=") for a in args)
+    ):
+        return False
     verb = _verb(args)
     return (
         verb is not None
@@ -308,18 +324,21 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     id, and every runtime call of the pod's containers is its child.
     """
     table = table.copy()
-    runtimes = runtime_programs(table["argv"].astype(object).dropna())
-    namespace = _map(table["argv"], containerd_namespace)
+    argvs = _cells(table["argv"])
+    runtimes = runtime_programs(a for a in argvs if a)
+    table.attrs["runtimes"] = runtimes  # for the pod builder: found once per recording
+    namespace = _map(argvs, containerd_namespace, table.index)
     # a shim says its namespace, and so does every runtime call (bundle and log paths)
     foreign_own = (namespace.notna() & (namespace != CRI_NAMESPACE)).astype(bool)
     own_cni = _map(table["env"], _cni_container)
-    shims = _map(table["argv"], _shim_id)
-    targets = _map(table["argv"], lambda a: _runtime_target(a, runtimes))
+    shims = _map(argvs, _shim_id, table.index)
+    targets = _map(argvs, lambda a: _runtime_target(a, runtimes), table.index)
     ids = targets.where(targets.notna(), shims)
     own_shim, own_runtime, container = (x.where(~foreign_own, None) for x in (shims, targets, ids))
 
     table["containerd_namespace"] = namespace
-    table["_pod_shim"] = own_shim.where(_map(table["argv"], _is_shim_daemon).astype(bool), None)
+    daemons = _map(argvs, lambda a: a is not None and _is_shim_daemon(a), table.index)
+    table["_pod_shim"] = own_shim.where(daemons.astype(bool), None)
     _inherit(table, ("containerd_namespace", "_pod_shim"))
     # what a foreign container starts is foreign too: no pod's, counted per namespace
     namespace = table["containerd_namespace"]

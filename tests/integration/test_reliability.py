@@ -287,7 +287,10 @@ def test_failing_cni_plugin_reports_the_phase_and_exit_code(
     (pod,) = [p for p in analysis.pods if p.status == "failed"]
     assert pod.failed_phase == "cni.plugin bridge"
     bridge = next(p for p in pod.phases if p.name == "cni.plugin bridge")
-    assert (bridge.status, bridge.error) == ("error", "exit code 1")
+    assert bridge.status == "error"
+    # the exit code, then the plugin's own words as containerd relayed them (issue 14)
+    assert bridge.error == pod.error
+    assert (bridge.error or "").startswith("exit code 1: failed to create bridge")
     assert bridge.attributes["exit_code"] == 1
     sandbox = next(p for p in pod.phases if p.name == "sandbox")
     assert sandbox.status == "error" and "RunPodSandbox" in (sandbox.error or "")

@@ -318,3 +318,27 @@ def test_a_quiet_node_has_no_pods_and_no_error() -> None:
     assert analysis.pods == ()
     assert analysis.summary["pods"] == 0
     assert read_recording(DATA / "quiet.arrows").frame()["kind"].eq("proc").sum() >= 2
+
+
+def test_a_runtime_of_any_name_is_known_by_its_create_bundle() -> None:
+    """runc renamed kata-runtime (its argv, filenames and re-execs): the same phases, by name."""
+    src = source_of(read_recording(DATA / "runc-bridge.arrows"))
+    ev = src.events.copy()
+
+    def renamed(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("/usr/sbin/runc", "/opt/kata/bin/kata-runtime")
+        if value is None or value is pd.NA:
+            return value
+        return [renamed(v) for v in value]
+
+    for column in ("argv", "filename"):
+        ev[column] = pd.Series(
+            [renamed(v) for v in ev[column].astype(object)], dtype=ev[column].dtype, index=ev.index
+        )
+    kata = analyze([Source(**{**src.__dict__, "events": ev})])
+    runc = analysis_of("runc-bridge")
+    for pod, before in zip(kata.pods, runc.pods, strict=True):
+        assert pod.runtime == "kata-runtime"
+        assert [p.name for p in pod.phases] == [p.name for p in before.phases]
+        assert [p.attributes["filename"] for p in named(pod, "process.exec")] == ["/app"]

@@ -536,6 +536,23 @@ def _facts_html(summary: Mapping[str, Any]) -> str:
         ("host", f"{bench.get('host', '-')} (kernel {bench.get('kernel', '-')})"),
         ("started", bench.get("started", "-")),
         ("combinations", ", ".join(combination_names(summary))),
+        *(
+            [
+                (
+                    "containerd",
+                    ", ".join(
+                        dict.fromkeys(
+                            f"{c['containerd']} ({c.get('containerd_version') or '?'})"
+                            for c in summary.get("combinations", ())
+                        )
+                    )
+                    + f"; the lab brought up {bench.get('lab_visits', '-')} times, each "
+                    "containerd once per round",
+                )
+            ]
+            if settings.get("containerds")
+            else []
+        ),
         (
             "pods",
             f"{settings.get('pods', '-')} measured per combination after "

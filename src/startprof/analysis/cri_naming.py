@@ -15,7 +15,7 @@ recording, so a method identified late names the key's earlier calls too:
    (Not CNI DEL: containerd runs it in RemovePodSandbox as well as in StopPodSandbox.) A
    candidate wins when it alone has its effect, in at least half of the key's calls.
 4. **Lifecycle**: a call after its container's or sandbox's StopX that is the last call to
-   name that id, running no OCI runtime on it, is its RemoveX.
+   name that id successfully (after it ended), running no OCI runtime on it, is its RemoveX.
 
 Anything still ambiguous stays unnamed, with its candidates listed: a wrong name is worse than
 none. Named calls carry ``attrs.method_inferred`` with the evidence.
@@ -62,6 +62,7 @@ class _Call:
     start_ns: int
     end_ns: int
     candidates: dict[str, dict[str, str]]
+    ok: bool = True  # succeeded, or its status is unknown
 
 
 @dataclass
@@ -90,6 +91,10 @@ def _attrs(raw: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _ok(status: Any) -> bool:
+    return missing(status) or status == "OK"
 
 
 def _id_of(fields: Mapping[str, str]) -> tuple[str, str] | None:
@@ -140,7 +145,7 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     is_call = ev["kind"] == "cri_call"
     pending = ev.loc[is_call & ev["method"].isna() & ev["attrs"].notna(), ["attrs", "conn_id"]]
     keys: dict[tuple[Any, str], _Key] = defaultdict(_Key)
-    times = ev.loc[pending.index, ["start_ns", "end_ns"]]
+    times = ev.loc[pending.index, ["start_ns", "end_ns", "grpc_status"]]
     for row, raw, conn in pending.itertuples(name=None):
         unnamed = _attrs(raw).get("unnamed")
         if not isinstance(unnamed, dict) or not isinstance(unnamed.get("key"), str):
@@ -151,7 +156,8 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
         if not isinstance(candidates, dict) or missing(start):
             continue
         end_ns = int(start) if missing(end) else int(end)
-        keys[conn, unnamed["key"]].calls.append(_Call(row, int(start), end_ns, candidates))
+        ok = _ok(times.at[row, "grpc_status"])
+        keys[conn, unnamed["key"]].calls.append(_Call(row, int(start), end_ns, candidates, ok))
     if not keys:
         return ev, NamingStats(len(pending), 0, 0, 0)
 
@@ -160,9 +166,8 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
         methods = group.methods()
         if len(methods) == 1:
             decided[k] = (methods.pop(), {"by": "shape"})
-    known = ev.loc[
-        is_call & ev["method"].notna(), ["method", "start_ns", "sandbox_id", "container_id"]
-    ]
+    columns = ["method", "start_ns", "sandbox_id", "container_id", "grpc_status"]
+    known = ev.loc[is_call & ev["method"].notna(), columns]
     named_ids = _Ids.of(known, ev)
     effects = _effects(ev)
     for k, group in keys.items():
@@ -194,11 +199,11 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
 @dataclass
 class _Ids:
     """What is known about CRI ids: which are sandboxes and containers, and every call that
-    names each (method short name, or None while unnamed; start time)."""
+    names each (method short name, or None while unnamed; start time; whether it succeeded)."""
 
     sandboxes: set[str] = field(default_factory=set)
     containers: set[str] = field(default_factory=set)
-    calls: dict[str, list[tuple[str | None, int]]] = field(
+    calls: dict[str, list[tuple[str | None, int, bool]]] = field(
         default_factory=lambda: defaultdict(list)
     )
     stops_ended: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -207,11 +212,11 @@ class _Ids:
     @classmethod
     def of(cls, known: pd.DataFrame, ev: pd.DataFrame) -> _Ids:
         ids = cls()
-        for method, start, sandbox, container in known.itertuples(index=False, name=None):
+        for method, start, sandbox, container, status in known.itertuples(index=False, name=None):
             name = str(method).rsplit("/", 1)[-1]
             for value in (sandbox, container):
                 if not missing(value):
-                    ids.calls[str(value)].append((name, int(start)))
+                    ids.calls[str(value)].append((name, int(start), _ok(status)))
             if not missing(sandbox):
                 ids.sandboxes.add(str(sandbox))
             if not missing(container):
@@ -224,7 +229,7 @@ class _Ids:
         ids.containers -= ids.sandboxes
         stops = known[known["method"].isin([path_of(stop) for stop in _REMOVES.values()])]
         ends = ev.loc[stops.index, "end_ns"]
-        for (method, _, sandbox, container), end in zip(
+        for (method, _, sandbox, container, _), end in zip(
             stops.itertuples(index=False, name=None), ends, strict=True
         ):
             value = container if str(method).endswith("Container") else sandbox
@@ -242,7 +247,7 @@ class _Ids:
         for call in group.calls:
             readings = [call.candidates.get(method, {})] if method else call.candidates.values()
             for value in {v for r in readings for k, v in r.items() if k.endswith("_id")}:
-                entry = (method, call.start_ns)
+                entry = (method, call.start_ns, call.ok)
                 if method is None or entry not in self.calls[value]:
                     self.calls[value].append(entry)
             if method is None:
@@ -316,7 +321,8 @@ def _by_lifecycle(
     group: _Key, ids: _Ids, effects: Mapping[str, list[tuple[int, str]]]
 ) -> tuple[str, dict[str, Any]] | None:
     """RemoveX: every call names an id after that id's StopX ended, is the last call to name
-    it, and runs no OCI runtime on it (a RemovePodSandbox may run the CNI DEL again)."""
+    it that succeeded, and runs no OCI runtime on it (a RemovePodSandbox may run the CNI DEL
+    again)."""
     methods = group.methods()
     for remove, stop in _REMOVES.items():
         if remove not in methods or not group.calls:
@@ -334,7 +340,10 @@ def _removes(
         return False
     value = named[1]
     stopped = ids.stops_ended.get((stop, value))
-    later = any(start > call.start_ns for _, start in ids.calls.get(value, ()))
+    # a status poll may overlap the removal, or still ask for a removed sandbox and get
+    # NOT_FOUND: only a call that began after this one ended, and succeeded, shows the id
+    # still existed
+    later = any(start > call.end_ns and ok for _, start, ok in ids.calls.get(value, ()))
     runs_runtime = any(
         call.start_ns <= ts <= call.end_ns and what in _RUNTIME_VERBS
         for ts, what in effects.get(value, ())

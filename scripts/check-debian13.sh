@@ -10,7 +10,7 @@
 # usage: sudo scripts/check-debian13.sh [--remove]
 #   STARTPROF_D13_ROOT  the chroot [/var/tmp/startprof-debian13]; kept for the next run
 #                       (debootstrap and make setup are then skipped or fast); --remove deletes
-#                       it at the end.
+#                       it (2.2 GB after make setup) and its logs ($ROOT.*.log) at the end.
 #   STARTPROF_LAB_LOCK  lock held while the chroot's lab runs [/tmp/startprof-lab.lock]: one
 #                       lab per machine (a fixed bridge name and subnets); "-" when the caller
 #                       already holds it (flock would wait for itself).
@@ -64,6 +64,7 @@ cleanup() {
 		code=1
 	elif [ "$remove" = 1 ]; then
 		rm -rf --one-file-system "$root"
+		rm -f "$root".debootstrap.log "$root".setup.log "$root".doctor.log "$root".lab.log
 	fi
 	exit "$code"
 }

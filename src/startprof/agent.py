@@ -56,7 +56,7 @@ from startprof.recorder import (
 )
 from startprof.recording import SUFFIX, RecordingHeader, RecordingWriter, events_frame
 
-ANALYSIS_INTERVAL_S: Final = 0.5
+ANALYSIS_INTERVAL_S: Final = 0.3
 DRAIN_S: Final = 0.3
 INIT_PID_NS_INO: Final = 0xEFFFFFFC
 """The inode of the initial pid namespace (the kernel's PROC_PID_INIT_INO, fixed since 3.8)."""
@@ -81,6 +81,8 @@ class AgentOptions:
     ringbuf_pages: int = 1024
     probes: Sequence[str] = ALL_PROBES
     interval: float = ANALYSIS_INTERVAL_S
+    idle: bool = True
+    """SCHED_IDLE as ``record``; False: nice 10, which a saturated node cannot starve."""
 
 
 @dataclass
@@ -91,6 +93,8 @@ class AgentSummary:
     drops: int = 0
     stop_reason: str = ""
     kept: tuple[Path, ...] = ()
+    analysis_s: float = 0.0
+    """Wall time spent in the incremental analysis."""
     export_latency_s: tuple[float, ...] = ()
     """Per pod sent as done: from the pod's end to the export's completion."""
 
@@ -283,11 +287,15 @@ class Agent(Recorder):
                     self._keeper = RotatingRecordings(
                         opts.keep_dir, opts.max_size, lambda: self._header(offset)
                     )
-                    self._keeper.open(self._alive())
-                self._take(self._alive())
+                alive = self._alive()
+                self._buffer.extend(alive)
+                if self._keeper is not None:
+                    self._keeper.open(alive)
                 if self.on_ready is not None:
                     self.on_ready()
                 self._priority.yield_to_workload()
+                if not opts.idle:
+                    self._priority.catch_up()
                 behind = BEHIND_FRACTION * opts.ringbuf_pages * mmap.PAGESIZE
                 deadline = None if opts.duration is None else time.monotonic() + opts.duration
                 housekeeping = analysed = time.monotonic()
@@ -390,12 +398,15 @@ class Agent(Recorder):
         core.drops = self.stats.drops
         now = time.monotonic_ns()
         unnamed = core.stats.unnamed_calls
+        began = time.perf_counter()
         try:
             sent = core.flush(now) if flush else core.step(now)
         except Exception as exc:  # a bug in the analysis must not stop the node's agent
             self.summary.analysis_failures += 1
             self.on_message(f"analysis failed ({type(exc).__name__}: {exc}); this is a bug")
             return
+        finally:
+            self.summary.analysis_s += time.perf_counter() - began
         if metrics is not None and core.stats.unnamed_calls > unnamed:
             metrics.add_unnamed(core.stats.unnamed_calls - unnamed)
         if not sent:

@@ -11,11 +11,12 @@ kubelet creates them one after another), so a pod is *done* once the analysis ca
 ``restarted`` or ``failed`` and nothing has happened to it for ``settle_s``. A pod the analysis
 still calls incomplete is given up ``pod_timeout_s`` after its start, and sent as it is.
 
-What the window keeps: every event at or after the start of the oldest pod not yet sent, and
-the last ``horizon_s`` seconds in any case (a pod becomes visible to the analysis only when
-enough of it has arrived, e.g. its RunPodSandbox reply). Everything older goes, except the few
-events that describe long-lived state rather than a moment: ``proc`` (processes alive at
-start-up or found after a containerd restart) and ``cri_accept`` (the CRI connections).
+What the window keeps: every event from ``horizon_s`` before the start of the oldest pod not
+yet sent, and the last ``horizon_s`` seconds in any case (a pod becomes visible to the analysis
+only when enough of it has arrived, e.g. its first CNI exec or its RunPodSandbox reply).
+Everything older goes, except the few events that describe long-lived state rather than a
+moment: ``proc`` (processes alive at start-up or found after a containerd restart) and
+``cri_accept`` (the CRI connections).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from startprof.analysis import Source, analyze
 from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.model import STILL_STARTING, Analysis, Pod
 
-SETTLE_S: Final = 0.5
+SETTLE_S: Final = 0.3
 POD_TIMEOUT_S: Final = 120.0
-HORIZON_S: Final = 10.0
+HORIZON_S: Final = 1.0
 EMITTED_MEMORY: Final = 10_000
 """Sandbox ids remembered as sent; far more than a node starts within a window's reach."""
 LONG_LIVED_KINDS: Final = ("proc", "cri_accept")
@@ -174,9 +175,10 @@ class IncrementalAnalyzer:
             complete=False,
             events=window,
         )
-        _, naming = name_calls(window)
+        # named here once, for the count; analyze() then finds nothing left to name
+        named, naming = name_calls(window)
         self.stats.unnamed_calls = naming.unnamed - naming.named
-        return analyze([source])
+        return analyze([replace(source, events=named)])
 
     def _window(self) -> pd.DataFrame:
         if len(self._chunks) > 1:
@@ -187,7 +189,9 @@ class IncrementalAnalyzer:
         """Drop what no pod still to be sent needs (see the module's docstring)."""
         keep_from = now_ns - self.horizon_ns
         for pod in self._pending.values():
-            keep_from = min(keep_from, pod.start_ns - self.clock_offset_ns)
+            # a pod's start as analysed so far may be later than its real one (its first CNI
+            # exec seen before the RunPodSandbox reply): keep a horizon before it too
+            keep_from = min(keep_from, pod.start_ns - self.clock_offset_ns - self.horizon_ns)
         window = self._window()
         if not len(window):
             return

@@ -95,6 +95,12 @@ def parse_size(text: str) -> int:
     ),
 )
 @click.option(
+    "--no-idle",
+    is_flag=True,
+    help="Run at nice 10 instead of SCHED_IDLE: on a node whose CPUs are saturated while pods "
+    "start, SCHED_IDLE delays the traces by seconds.",
+)
+@click.option(
     "--ringbuf-pages",
     default=1024,
     show_default=True,
@@ -110,15 +116,17 @@ def agent_command(
     pod_timeout: float,
     duration: float | None,
     cri_socket: str | None,
+    no_idle: bool,
     ringbuf_pages: int,
 ) -> int:
     """Profile every pod start on this node, always: one OTLP trace per pod start, sent
     as soon as the start is over, plus metrics.
 
-    Records like `record` (same probes, SCHED_IDLE), analyses the last seconds every
-    half second, and sends a pod start once all its containers started, one failed,
-    or --pod-timeout passed. Spans are those `export` gives from a recording. Stops
-    on SIGTERM or Ctrl-C: pods still starting are sent as incomplete, exit 0.
+    Records like `record` (same probes, SCHED_IDLE), analyses what it holds every
+    0.3 s, and sends a pod start once it is over (all containers started or one
+    failed, then 0.3 s without news of it) or --pod-timeout passed. Spans are those
+    `export` gives from a recording. Stops on SIGTERM or Ctrl-C: pods still starting
+    are sent as incomplete, exit 0.
     OTLP honours OTEL_EXPORTER_OTLP_* (endpoint, headers, protocol, insecure,
     certificate) and OTEL_RESOURCE_ATTRIBUTES (e.g. k8s.node.name).
 
@@ -155,6 +163,7 @@ def agent_command(
         pod_timeout=pod_timeout,
         metrics_port=metrics_port,
         ringbuf_pages=ringbuf_pages,
+        idle=not no_idle,
     )
 
     def say(message: str) -> None:
@@ -178,9 +187,17 @@ def agent_command(
 
     agent = Agent(options, on_message=say, on_ready=on_ready, on_sent=on_sent)
     summary = agent.run_agent()
+    latency = sorted(summary.export_latency_s)
+    after = (
+        f", sent {latency[len(latency) // 2]:.2f}s (median) and {latency[-1]:.2f}s (max) "
+        "after their last event"
+        if latency
+        else ""
+    )
     say(
-        f"stopped ({summary.stop_reason}): {summary.pods_sent} pod starts sent, "
-        f"{summary.export_failures} failed exports, {summary.drops} dropped"
+        f"stopped ({summary.stop_reason}): {summary.pods_sent} pod starts sent{after}, "
+        f"{summary.export_failures} failed exports, {summary.drops} dropped, "
+        f"{summary.analysis_s:.1f}s in analysis"
     )
     sys.stderr.flush()
     return 0

@@ -157,3 +157,41 @@ def test_agent_needs_an_output_and_a_good_url() -> None:
     result = runner.invoke(cli, ["agent", "--max-size", "lots", "--keep", "/tmp"])
     assert result.exit_code == 2
     assert SHUT_DOWN  # the reason flushed pods carry is a sentence, not empty
+
+
+def test_keep_rotates_and_holds_at_most_max_size(tmp_path: Path) -> None:
+    from startprof.agent import RotatingRecordings
+    from startprof.recording import RecordingHeader, read_recording
+
+    def header() -> RecordingHeader:
+        return RecordingHeader(
+            host="node-1",
+            kernel="6.18",
+            abi_version=1,
+            probes=("exec",),
+            cri_socket="/run/containerd/containerd.sock",
+            clock_offset_ns=0,
+            start_wall_ns=0,
+            start_monotonic_ns=0,
+        )
+
+    alive = [{"kind": "proc", "ts_ns": 1, "pid": 1, "comm": "containerd"}]
+    keeper = RotatingRecordings(tmp_path, 64 * 1024, header)
+    keeper.open(alive)
+    for i in range(200):
+        keeper.write(
+            [
+                {"kind": "exec", "ts_ns": i * 1000 + j, "pid": i, "argv": [os.urandom(64).hex()]}
+                for j in range(50)
+            ]
+        )
+        keeper._writer.flush()  # type: ignore[union-attr]
+        keeper.rotate_if_full({"stop_reason": "rotated"}, lambda: alive)
+    keeper.close({"stop_reason": "agent stopped"})
+    files = sorted(tmp_path.glob("*.arrows"))
+    assert len(files) > 1 and files == keeper.kept
+    assert sum(f.stat().st_size for f in files) <= 64 * 1024 + 64 * 1024 // 4 * 2
+    for f in files:  # each file stands alone: its own header, the processes alive, a clean end
+        rec = read_recording(f)
+        assert rec.complete
+        assert rec.table.column("kind").to_pylist()[0] == "proc"

@@ -259,7 +259,14 @@ class Agent(Recorder):
                 fix="pass --cri-socket (or mount the node's /run/containerd into the pod)",
             )
         metrics = self._metrics(sink)
-        seeds, listeners = self._initial_targets()
+        try:
+            seeds, listeners = self._initial_targets()
+        except InputError as exc:
+            raise InputError(
+                f"nothing listens on the CRI socket {opts.cri_socket}",
+                fix="pass --cri-socket with containerd's socket (in a pod: mount the node's "
+                "/run/containerd)",
+            ) from exc
         self._listeners = listeners
         self.stats.followed_containerd = sorted({pid for pid, _ in listeners})
         session = self.session_factory(

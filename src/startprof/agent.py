@@ -318,6 +318,7 @@ class Agent(Recorder):
                         self._take(self._housekeeping(session))
                         if metrics is not None:
                             metrics.set_drops(self.stats.drops)
+                            metrics.set_kernel_errors(session.kernel_errors())
                         if self._keeper is not None:
                             self._keeper.rotate_if_full(self._file_end(session), self._alive)
                     if now - analysed >= opts.interval:

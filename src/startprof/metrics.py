@@ -10,6 +10,7 @@ protocol, headers and TLS, from the same ``OTEL_EXPORTER_OTLP_*`` rules) and, wi
   held the critical path; all three labelled ``startprof.runtime_handler``,
   ``k8s.namespace.name`` and ``startprof.pod.status``;
 - counters: ``startprof.pods`` (pod starts sent), ``startprof.drops`` (ring buffer records lost),
+  ``startprof.kernel.errors`` (other in-kernel losses, by kind),
   ``startprof.cri.unnamed_calls`` (calls on aged connections that could not be named),
   ``startprof.export.failures`` and ``startprof.recorder.cpu.time`` (s, user + system).
 """
@@ -42,6 +43,7 @@ PHASE_TOTAL: Final = "startprof.phase.duration"
 PHASE_CRITICAL: Final = "startprof.phase.critical.duration"
 RUNTIME_HANDLER: Final = "startprof.runtime_handler"
 PHASE_KIND: Final = "startprof.phase"
+KERNEL_ERROR: Final = "startprof.kernel_error"
 BUCKETS_S: Final = (
     0.001,
     0.0025,
@@ -70,6 +72,7 @@ class AgentMetrics:
     def __init__(self, host: str, readers: Sequence[MetricReader]) -> None:
         self._drops = 0
         self._unnamed = 0
+        self._kernel_errors: dict[str, int] = {}
         buckets = ExplicitBucketHistogramAggregation(boundaries=BUCKETS_S)
         self.provider = MeterProvider(
             metric_readers=list(readers),
@@ -97,6 +100,12 @@ class AgentMetrics:
             description="Ring buffer records lost (the kernel could not reserve space)",
         )
         meter.create_observable_counter(
+            "startprof.kernel.errors",
+            [self._observe_kernel_errors],
+            description="Other in-kernel losses, by kind: a full follow or pairing map, "
+            "failed reads of user memory (CRI bytes lost among them)",
+        )
+        meter.create_observable_counter(
             "startprof.cri.unnamed_calls",
             [self._observe_unnamed],
             description="CRI calls on aged connections the analysis could not name",
@@ -110,6 +119,9 @@ class AgentMetrics:
 
     def set_drops(self, total: int) -> None:
         self._drops = total
+
+    def set_kernel_errors(self, errors: dict[str, int]) -> None:
+        self._kernel_errors = dict(errors)
 
     def add_unnamed(self, n: int) -> None:
         self._unnamed += n
@@ -138,6 +150,9 @@ class AgentMetrics:
 
     def _observe_drops(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._drops)]
+
+    def _observe_kernel_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {KERNEL_ERROR: k}) for k, n in sorted(self._kernel_errors.items())]
 
     def _observe_unnamed(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._unnamed)]

@@ -114,6 +114,7 @@ def test_the_pod_start_histogram_counts_every_pod_sent() -> None:
     r = replay("concurrent")
     metrics.observe(e.pod for e in r.emitted)
     metrics.set_drops(3)
+    metrics.set_kernel_errors({"follow_full": 0, "read_failed": 2})
     data = reader.get_metrics_data()
     assert data is not None
     found = {
@@ -131,6 +132,11 @@ def test_the_pod_start_histogram_counts_every_pod_sent() -> None:
     }
     assert {"sandbox", "container.start"} <= phases
     assert next(iter(found["startprof.drops"].data.data_points)).value == 3
+    errors = {
+        dict(p.attributes or {})["startprof.kernel_error"]: p.value
+        for p in found["startprof.kernel.errors"].data.data_points
+    }
+    assert errors == {"follow_full": 0, "read_failed": 2}
     assert next(iter(found["startprof.recorder.cpu.time"].data.data_points)).value > 0
     metrics.shutdown()
 

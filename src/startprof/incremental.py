@@ -34,7 +34,7 @@ from startprof.analysis.model import STILL_STARTING, Analysis, Pod
 
 SETTLE_S: Final = 0.3
 POD_TIMEOUT_S: Final = 120.0
-HORIZON_S: Final = 1.0
+HORIZON_S: Final = 0.5
 EMITTED_MEMORY: Final = 10_000
 """Sandbox ids remembered as sent; far more than a node starts within a window's reach."""
 LONG_LIVED_KINDS: Final = ("proc", "cri_accept")

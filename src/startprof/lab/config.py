@@ -121,6 +121,35 @@ def _table(name: str, values: dict[str, object]) -> list[str]:
     return [f"[{name}]", *(f"  {k} = {_toml_value(v)}" for k, v in values.items()), ""]
 
 
+def _runtime_tables(plugin: str, paths: LabPaths, handlers: Sequence[Handler]) -> list[str]:
+    """One runtime table per handler under the CRI plugin that holds runtimes (the same keys
+    in config versions 2 and 3)."""
+    lines: list[str] = []
+    for h in handlers:
+        table = f"{plugin}.containerd.runtimes.{json.dumps(h.name)}"
+        lines += _table(
+            table,
+            {
+                "runtime_type": "io.containerd.runc.v2",
+                # Per-handler CNI networks: runtime x CNI combinations side by side.
+                "cni_conf_dir": str(paths.cni_conf_dir(h.network.name)),
+                "cni_max_conf_num": 1,
+                **h.runtime_options(),
+            },
+        )
+        lines += _table(
+            f"{table}.options",
+            {
+                "BinaryName": h.binary,
+                # Runtime state in the lab, not /run/containerd/runc or /run/crun.
+                "Root": str(paths.runtime_root / h.runtime.name),
+                # cgroupfs driver: there is no systemd on these machines.
+                "SystemdCgroup": False,
+            },
+        )
+    return lines
+
+
 def render_containerd_config(
     paths: LabPaths, handlers: Sequence[Handler], sandbox_image: str, version: int = 2
 ) -> str:
@@ -187,28 +216,7 @@ def render_containerd_config(
             },
         ),
     ]
-    for h in handlers:
-        table = f"{cri}.containerd.runtimes.{json.dumps(h.name)}"
-        lines += _table(
-            table,
-            {
-                "runtime_type": "io.containerd.runc.v2",
-                # Per-handler CNI networks: runtime x CNI combinations side by side.
-                "cni_conf_dir": str(paths.cni_conf_dir(h.network.name)),
-                "cni_max_conf_num": 1,
-                **h.runtime_options(),
-            },
-        )
-        lines += _table(
-            f"{table}.options",
-            {
-                "BinaryName": h.binary,
-                # Runtime state in the lab, not /run/containerd/runc or /run/crun.
-                "Root": str(paths.runtime_root / h.runtime.name),
-                # cgroupfs driver: there is no systemd on these machines.
-                "SystemdCgroup": False,
-            },
-        )
+    lines += _runtime_tables(cri, paths, handlers)
     lines += _table(
         f"{cri}.cni",
         {
@@ -275,25 +283,7 @@ def _render_v3(paths: LabPaths, handlers: Sequence[Handler], sandbox_image: str)
         ),
         *_table(f"{runtime}.containerd", {"default_runtime_name": handlers[0].name}),
     ]
-    for h in handlers:
-        table = f"{runtime}.containerd.runtimes.{json.dumps(h.name)}"
-        lines += _table(
-            table,
-            {
-                "runtime_type": "io.containerd.runc.v2",
-                "cni_conf_dir": str(paths.cni_conf_dir(h.network.name)),
-                "cni_max_conf_num": 1,
-                **h.runtime_options(),
-            },
-        )
-        lines += _table(
-            f"{table}.options",
-            {
-                "BinaryName": h.binary,
-                "Root": str(paths.runtime_root / h.runtime.name),
-                "SystemdCgroup": False,
-            },
-        )
+    lines += _runtime_tables(runtime, paths, handlers)
     lines += _table(
         f"{runtime}.cni",
         {

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from startprof.cli.options import cri_socket_option, otlp_protocol_option
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 
 if TYPE_CHECKING:
     from startprof.incremental import Emitted
 
-PROTOCOLS = ("grpc", "http/protobuf")
 _DEFAULT_ENDPOINT = ""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -46,12 +46,7 @@ def parse_size(text: str) -> int:
         "(gRPC) or localhost:4318 (HTTP)]."
     ),
 )
-@click.option(
-    "--otlp-protocol",
-    type=click.Choice(PROTOCOLS),
-    help="OTLP transport [default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "
-    "$OTEL_EXPORTER_OTLP_PROTOCOL, else grpc].",
-)
+@otlp_protocol_option
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -86,14 +81,7 @@ def parse_size(text: str) -> int:
     metavar="S",
     help="Stop after S seconds (tests, benchmarks).",
 )
-@click.option(
-    "--cri-socket",
-    metavar="PATH",
-    help=(
-        "containerd's CRI socket [default: $STARTPROF_CRI_SOCKET, the lab's when it is up, "
-        "else /run/containerd/containerd.sock]."
-    ),
-)
+@cri_socket_option
 @click.option(
     "--no-idle",
     is_flag=True,

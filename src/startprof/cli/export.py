@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from startprof.cli.options import otlp_protocol_option
 from startprof.errors import InputError
 
 if TYPE_CHECKING:
     from startprof.analysis.model import Analysis
     from startprof.exporters import ExportSummary
 
-PROTOCOLS = ("grpc", "http/protobuf")
 _DEFAULT_ENDPOINT = ""
 """``--otlp`` given without a URL: the endpoint comes from the environment or the default."""
 
@@ -34,12 +34,7 @@ _DEFAULT_ENDPOINT = ""
         "localhost:4318/v1/traces (HTTP)]. Without URL, put --otlp after the files."
     ),
 )
-@click.option(
-    "--otlp-protocol",
-    type=click.Choice(PROTOCOLS),
-    help="OTLP transport [default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "
-    "$OTEL_EXPORTER_OTLP_PROTOCOL, else grpc].",
-)
+@otlp_protocol_option
 @click.option(
     "--jaeger-json",
     "jaeger_out",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from startprof.cli.options import cri_socket_option
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 from startprof.probes import PROBES
@@ -50,14 +51,7 @@ def _status_line(stats: RecordStats) -> str:
     metavar="S",
     help="Stop after S seconds.",
 )
-@click.option(
-    "--cri-socket",
-    metavar="PATH",
-    help=(
-        "containerd's CRI socket [default: $STARTPROF_CRI_SOCKET, the lab's when it is up, "
-        "else /run/containerd/containerd.sock]."
-    ),
-)
+@cri_socket_option
 @click.option(
     "--all",
     "follow_all",

@@ -31,11 +31,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
             if os.geteuid() != 0:
                 item.add_marker(skip)
-    # bench, the containerd versions and the Debian 13 chroot bring their own labs up and down,
-    # so they run before the session's shared lab exists (only one lab can run on a machine);
-    # the sort is stable for everything else
-    own_labs = ("test_bench.py", "test_containerd_versions.py", "test_debian13.py")
-    items.sort(key=lambda item: Path(str(item.fspath)).name not in own_labs)
+    # The containerd versions, the Debian 13 chroot and bench bring their own labs up and down,
+    # so they run before the session's shared lab exists (only one lab can run on a machine).
+    # bench goes last of them: its regression-gate test starts the shared lab. The sort is
+    # stable for everything else.
+    own_labs = ("test_containerd_versions.py", "test_debian13.py", "test_bench.py")
+
+    def order(item: pytest.Item) -> int:
+        name = Path(str(item.fspath)).name
+        return own_labs.index(name) if name in own_labs else len(own_labs)
+
+    items.sort(key=order)
 
 
 @dataclass

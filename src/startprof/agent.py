@@ -321,7 +321,10 @@ class Agent(Recorder):
                             metrics.set_kernel_errors(session.kernel_errors())
                         if self._keeper is not None:
                             self._keeper.rotate_if_full(self._file_end(session), self._alive)
-                    if now - analysed >= opts.interval:
+                    due = core.next_due_ns()
+                    if now - analysed >= opts.interval or (
+                        due is not None and time.monotonic_ns() >= due
+                    ):
                         analysed = now
                         self._analyse(core, sink, metrics, flush=False)
                 until = time.monotonic() + DRAIN_S

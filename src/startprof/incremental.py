@@ -111,6 +111,20 @@ class IncrementalAnalyzer:
     def pending(self) -> tuple[Pod, ...]:
         return tuple(self._pending.values())
 
+    def next_due_ns(self) -> int | None:
+        """Monotonic ns at which a pending pod that looked over settles, if nothing changes.
+
+        The agent steps then rather than at its next regular interval, so a finished pod waits
+        ``settle_s`` and one analysis, not ``settle_s`` plus up to an interval.
+        """
+        due = [
+            p.end_ns - self.clock_offset_ns + self.settle_ns
+            for p in self._pending.values()
+            if p.status != "incomplete"
+            or p.incomplete_reason not in (STILL_STARTING, "no container seen")
+        ]
+        return min(due) if due else None
+
     def was_emitted(self, sandbox_id: str) -> bool:
         return sandbox_id in self._emitted
 

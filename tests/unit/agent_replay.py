@@ -27,12 +27,17 @@ class Replay:
 
 
 def replay(
-    name: str, step_s: float = 0.25, cut_s: float | None = None, **core_options: Any
+    name: str,
+    step_s: float = 0.25,
+    cut_s: float | None = None,
+    at_due: bool = False,
+    **core_options: Any,
 ) -> Replay:
     """Feed the events in the order they were recorded, one step's worth at a time (the time is
     the newest ``ts_ns`` seen, as the agent's clock runs ahead of every event it holds), then
     step once more a second later and flush, as a SIGTERM would. ``cut_s``: feed only the
-    first seconds, as if nothing more ever happened."""
+    first seconds, as if nothing more ever happened. ``at_due``: also step when the core says a
+    pending pod settles (``next_due_ns``), as the live agent does."""
     path = RECORDINGS / f"{name}.arrows"
     src = source_of(read_recording(path))
     events = src.events[src.events["kind"] != "end"].reset_index(drop=True)
@@ -53,13 +58,16 @@ def replay(
     sent_at: dict[str, int] = {}
     max_window = 0
     now = start
+    fed = now - step
     while now <= last + step:
-        core.add(events[(clock >= now - step) & (clock < now)])
+        core.add(events[(clock >= fed) & (clock < now)])
+        fed = now
         for e in core.step(now):
             emitted.append(e)
             sent_at.setdefault(e.pod.sandbox_id, now)
         max_window = max(max_window, core.stats.events)
-        now += step
+        due = core.next_due_ns() if at_due else None
+        now = due if due is not None and now < due < now + step else now + step
     for e in core.step(now + int(1e9)) + core.flush(now + int(1e9)):
         emitted.append(e)
         sent_at.setdefault(e.pod.sandbox_id, now + int(1e9))

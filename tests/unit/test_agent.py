@@ -62,6 +62,25 @@ def test_a_pod_start_is_sent_after_it_settled_and_within_a_step_of_it(name: str)
         assert settle_s <= waited < settle_s + step_s + 1e-9
 
 
+@pytest.mark.parametrize(("name", "sooner"), [("concurrent", True), ("aged-go", False)])
+def test_stepping_when_a_pod_settles_sends_it_sooner_and_never_before(
+    name: str, sooner: bool
+) -> None:
+    """aged-go: each pod's last event reaches the core only after its settle time passed."""
+    settle_s, step_s = 0.3, 0.5
+
+    def waits(at_due: bool) -> list[float]:
+        r = replay(name, step_s=step_s, settle_s=settle_s, at_due=at_due)
+        return sorted(
+            (r.sent_at[e.pod.sandbox_id] - (e.pod.end_ns - r.offset_ns)) / 1e9 for e in r.emitted
+        )
+
+    regular, due = waits(False), waits(True)
+    assert len(due) == len(regular) > 0
+    assert all(settle_s <= w < settle_s + step_s + 1e-9 for w in due)
+    assert sum(due) < sum(regular) if sooner else sum(due) == sum(regular)
+
+
 def test_the_window_forgets_what_no_pod_still_to_be_sent_needs() -> None:
     r = replay("slow-pull", horizon_s=0.5)
     assert r.core.stats.pruned > 0

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from startprof.analysis.model import POD_STATUSES, Pod, RecordingInfo
+from startprof.stats import median_p95_ms
 
 
 def phase_table(pods: Sequence[Pod]) -> pd.DataFrame:
@@ -70,7 +71,7 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
         "pods": len(pods),
         "status": counts,
         "drops": info.drops,
-        "pod_ms": _stats(durations),
+        "pod_ms": median_p95_ms(durations),
         "phases": {},
         "failures": [
             {
@@ -98,17 +99,7 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
     )
     for key, group in per_pod.groupby(level="key", sort=False):
         summary["phases"][str(key)] = {
-            **_stats(group["duration_ms"].to_numpy()),
+            **median_p95_ms(group["duration_ms"].to_numpy()),
             "critical_share": round(float(group["self_ms"].sum()) / total_ms, 4),
         }
     return summary
-
-
-def _stats(values: np.ndarray[Any, Any]) -> dict[str, Any]:
-    if len(values) == 0:
-        return {"n": 0, "median_ms": None, "p95_ms": None}
-    return {
-        "n": len(values),
-        "median_ms": round(float(np.median(values)), 3),
-        "p95_ms": round(float(np.percentile(values, 95)), 3),
-    }

@@ -21,7 +21,6 @@ import contextlib
 import gc
 import secrets
 import shutil
-import statistics
 import threading
 import time
 import uuid
@@ -57,6 +56,7 @@ from startprof.lab.oci import LayerFile, OciLayout, build_image, read_archive
 from startprof.lab.paths import LabPaths
 from startprof.lab.registry import Registry
 from startprof.lab.truth import STATUS_OK, TruthWriter
+from startprof.stats import median, p95
 
 NAMESPACE = "startprof"
 Progress = Callable[[str], None]
@@ -112,19 +112,17 @@ class RunResult:
             if r["status"] == STATUS_OK:
                 ms = (r["end_monotonic_ns"] - r["start_monotonic_ns"]) / 1e6
                 by_method.setdefault(short_method(r["method"]), []).append(ms)
-        out = [CallStat(k, len(v), *_median_p95(v)) for k, v in by_method.items()]
+        out = [CallStat(k, len(v), median(v), p95(v)) for k, v in by_method.items()]
         if self.pod_start_ms:
             out.append(
-                CallStat("pod start", len(self.pod_start_ms), *_median_p95(self.pod_start_ms))
+                CallStat(
+                    "pod start",
+                    len(self.pod_start_ms),
+                    median(self.pod_start_ms),
+                    p95(self.pod_start_ms),
+                )
             )
         return out
-
-
-def _median_p95(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    # Nearest-rank p95: an observed value, never an interpolation beyond the data.
-    rank = max(1, -(-95 * len(ordered) // 100))
-    return statistics.median(ordered), ordered[rank - 1]
 
 
 class _Recorder:

@@ -39,6 +39,7 @@ from startprof import __version__
 from startprof.analysis.model import Analysis, Phase, Pod
 from startprof.analysis.summary import phase_key, phase_table
 from startprof.errors import EnvironmentProblem
+from startprof.stats import median, p95
 
 MAX_COMPOSITION_KEYS = 10
 """Phase keys stacked one by one in the composition bars; the rest add up in ``other``."""
@@ -329,7 +330,7 @@ def composition_figure(pods: Sequence[Pod], per_pod: pd.DataFrame) -> dict[str, 
     labels = [f"{ptext(g)} ({counts[g]} pods)" for g in groups]
     data: list[dict[str, Any]] = []
     for key in [*shown, "other"]:
-        medians = [round(float(np.median(wide.loc[g][key])), 3) for g in groups]
+        medians = [round(median(wide.loc[g][key]), 3) for g in groups]
         if key == "other" and not any(medians):
             continue
         data.append(
@@ -437,16 +438,16 @@ def cdf_figure(pods: Sequence[Pod]) -> dict[str, Any] | None:
             }
         )
     durations = np.array([_ms(p.duration_ns) for p in done])
-    p50, p95 = float(np.median(durations)), float(np.percentile(durations, 95))
+    p50, p95_ms = median(durations), p95(durations)
     shapes = [
         {"type": "line", "xref": "x", "yref": "paper", "x0": v, "x1": v, "y0": 0, "y1": 1,
          "line": {"color": "#868e96", "dash": "dot", "width": 1}}
-        for v in (p50, p95)
+        for v in (p50, p95_ms)
     ]  # fmt: skip
     annotations = [
         {"x": v, "y": y, "xref": "x", "yref": "paper", "text": f"{label} {v:.1f} ms",
          "showarrow": False, "yanchor": "bottom", "font": {"size": 11, "color": "#495057"}}
-        for v, label, y in ((p50, "p50", 1.0), (p95, "p95", 1.07))
+        for v, label, y in ((p50, "p50", 1.0), (p95_ms, "p95", 1.07))
     ]  # fmt: skip
     return {
         "id": "fig-cdf",
@@ -532,7 +533,7 @@ def header_html(analysis: Analysis, generated: datetime) -> str:
     counts = {s: sum(p.status == s for p in pods) for s in STATUS_COLORS}
     done = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
     starts = (
-        f"median {_fmt_ms(float(np.median(done)))}, p95 {_fmt_ms(float(np.percentile(done, 95)))}"
+        f"median {_fmt_ms(median(done))}, p95 {_fmt_ms(p95(done))}"
         f", max {_fmt_ms(float(done.max()))}"
         if len(done)
         else "none completed"
@@ -649,8 +650,8 @@ def phase_stats_html(analysis: Analysis, per_pod: pd.DataFrame) -> str:
         share = float(values["self_ms"].sum()) / total if total else 0.0
         rows.append(
             f'<tr><td class="mono">{esc(key)}</td><td class="num">{len(durations)}</td>'
-            f'<td class="num">{np.median(durations):.2f}</td>'
-            f'<td class="num">{np.percentile(durations, 95):.2f}</td>'
+            f'<td class="num">{median(durations):.2f}</td>'
+            f'<td class="num">{p95(durations):.2f}</td>'
             f'<td class="num">{100 * share:.1f}%</td></tr>'
         )
     return (

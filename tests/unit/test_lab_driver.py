@@ -12,7 +12,6 @@ from startprof.errors import InputError, LabError
 from startprof.lab.driver import (
     PodResult,
     RunResult,
-    _median_p95,
     run_pods,
     sandbox_config,
 )
@@ -33,13 +32,6 @@ def test_sandbox_config_is_what_the_kubelet_sends() -> None:
     assert c.labels["io.kubernetes.pod.uid"] == "uid-1"
     # Round-trips through the wire format with the upstream field numbers.
     assert api.PodSandboxConfig.FromString(c.SerializeToString()) == c
-
-
-def test_median_and_nearest_rank_p95() -> None:
-    assert _median_p95([5.0]) == (5.0, 5.0)
-    values = [float(v) for v in range(1, 21)]  # 1..20
-    assert _median_p95(values) == (10.5, 19.0)
-    assert _median_p95(list(reversed(values))) == (10.5, 19.0)
 
 
 def _rec(method: str, ms: float, status: str = "ok") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Realistic analyses built by hand, for exporter and reporter tests.
 
 Shapes and timings follow a runc + bridge pod start measured on this kind of machine
-(STACK.md, "What a pod start looks like from the kernel"). Critical-path flags and self times
+(docs/stack.md, "What a pod start looks like from the kernel"). Critical-path flags and self times
 are written out by hand; ``test_factories_critical_self_times_tile_each_pod`` checks them
 against ``startprof.analysis.critical_path``. Wall-clock times carry sub-microsecond parts on
 purpose, so that exporters' µs rounding is exercised.

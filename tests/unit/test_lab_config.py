@@ -51,7 +51,7 @@ def test_containerd_config_keeps_everything_under_the_lab_dir() -> None:
     assert doc["ttrpc"]["address"] == f"{PATHS.socket}.ttrpc"
     assert doc["plugins"]["io.containerd.internal.v1.opt"]["path"].startswith("/tmp/lab x/")
     cri = doc["plugins"][CRI]
-    # Required on these machines (STACK.md): each one breaks pod starts when missing.
+    # Required on these machines (docs/stack.md): each one breaks pod starts when missing.
     assert cri["restrict_oom_score_adj"] is True
     assert cri["disable_apparmor"] is True
     assert cri["disable_hugetlb_controller"] is True

@@ -1,4 +1,4 @@
-"""Cut each pod start into the canonical phases of DESIGN.md.
+"""Cut each pod start into the canonical phases of docs/architecture.md.
 
 The heavy, per-event work is vectorised (process table, attribution, per-process spans, netlink
 grouping); what remains per pod is assembling a few dozen spans from pre-grouped rows.

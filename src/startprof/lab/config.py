@@ -2,7 +2,7 @@
 
 Pure functions of :class:`LabPaths` and the chosen handlers, so rendering is unit-tested
 without root. The values that matter on these machines are explained in docs/lab.md and
-../shared/STACK.md; each one carries its reason below.
+docs/stack.md; each one carries its reason below.
 """
 
 from __future__ import annotations

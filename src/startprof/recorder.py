@@ -25,6 +25,7 @@ from typing import Any
 from startprof import __version__
 from startprof.clock import sample_offset
 from startprof.config import same_socket
+from startprof.cri.stream import CriStreamDecoder
 from startprof.enrichment import annotation_event
 from startprof.errors import InputError, PrivilegeError, StartprofError
 from startprof.events import Event
@@ -32,7 +33,6 @@ from startprof.lab.versions import recording_metadata
 from startprof.probes import PROBES
 from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import find_cri_listeners
-from startprof.probes.grpc_decode import CriStreamDecoder
 from startprof.probes.session import ProbeSession
 from startprof.procfs import descendants
 from startprof.recording import RecordingHeader, RecordingWriter

@@ -102,7 +102,7 @@ def test_decode_accept_and_data_chunks() -> None:
     (ev,) = cri.decode_data(bytes(r)[: fixed + len(payload)])
     assert (ev["direction"], ev["data"], ev["ret"]) == ("in", payload, 24)
     assert ev["flags"] & abi.SP_CRI_PREEXISTING
-    assert json.loads(ev["attrs"]) == {"preexisting": True}  # as grpc_decode reads it
+    assert json.loads(ev["attrs"]) == {"preexisting": True}  # as cri.stream reads it
     r.flags = abi.SP_CRI_OUT | abi.SP_CRI_GAP | abi.SP_CRI_TRUNCATED
     (ev,) = cri.decode_data(bytes(r)[: fixed + len(payload)])
     assert ev["direction"] == "out" and ev["flags"] & abi.SP_CRI_GAP

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from startprof.events import COLUMN_NAMES, KINDS, Event
 from startprof.probes import abi, netlink
 from startprof.probes import exec as exec_probe
-from startprof.probes.grpc_decode import PREFACE, CriStreamDecoder, HeaderDecoder, TolerantHpack
+from startprof.cri.stream import PREFACE, CriStreamDecoder, HeaderDecoder, TolerantHpack
 from startprof.probes.session import ProbeSession
 from startprof.recording import EVENT_SCHEMA
 

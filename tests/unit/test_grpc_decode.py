@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from startprof.analysis.cri_naming import name_calls
-from startprof.probes.grpc_decode import PREFACE, CriStreamDecoder, TolerantHpack, decode_all
+from startprof.cri.stream import PREFACE, CriStreamDecoder, TolerantHpack, decode_all
 
 DATA_DIR = Path(__file__).parents[1] / "data" / "grpc"
 TOOL = Path(__file__).parents[1] / "tools" / "capture_grpc.py"

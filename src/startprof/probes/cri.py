@@ -1,5 +1,5 @@
 """The cri probe (``bpf/cri.bpf.c``): connections accepted on the CRI socket and the bytes read
-from and written to them. ``startprof.probes.grpc_decode`` turns those bytes into CRI calls.
+from and written to them. ``startprof.cri.stream`` turns those bytes into CRI calls.
 
 User space tells the kernel which socket is the CRI one: the inode of the path's listening unix
 socket in ``/proc/net/unix``, then the (pid, fd) that hold ``socket:[inode]`` in
@@ -129,7 +129,7 @@ _ATTR_NAMES: Final = (
     (SP_CRI_GAP, "gap"),
     (SP_CRI_TRUNCATED, "truncated"),
 )
-"""flags bits repeated in attrs, as startprof.probes.grpc_decode reads them."""
+"""flags bits repeated in attrs, as startprof.cri.stream reads them."""
 _ATTR_FLAGS: Final = SP_CRI_PREEXISTING | SP_CRI_GAP | SP_CRI_TRUNCATED
 
 

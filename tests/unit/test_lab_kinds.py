@@ -10,7 +10,12 @@ import pytest
 
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import InputError
-from startprof.lab.config import available_handlers, render_containerd_config
+from startprof.lab.config import (
+    BRIDGE_NAME,
+    available_handlers,
+    render_cni_confs,
+    render_containerd_config,
+)
 from startprof.lab.driver import _Pod, container_config, sandbox_config
 from startprof.lab.handlers import (
     HOOK_STAGES,
@@ -79,7 +84,11 @@ def test_a_restart_is_a_new_attempt() -> None:
 
 def test_the_wrapped_and_hooked_handlers_and_their_files() -> None:
     handlers = variant_handlers(PATHS, which)
-    assert [h.name for h in handlers] == ["runc-wrapped-bridge", "runc-hooked-bridge"]
+    assert [h.name for h in handlers] == [
+        "runc-wrapped-bridge",
+        "runc-hooked-bridge",
+        "runc-bridge-nomasq",
+    ]
     assert variant_handlers(PATHS, lambda _: None) == []
     files = render_handler_files(PATHS, handlers)
     wrapper, mode = files[str(wrapper_path(PATHS))]
@@ -97,3 +106,12 @@ def test_the_wrapped_and_hooked_handlers_and_their_files() -> None:
     assert runtimes["runc-hooked-bridge"]["base_runtime_spec"] == spec_path
     assert runtimes["runc-wrapped-bridge"]["options"]["BinaryName"] == str(wrapper_path(PATHS))
     assert "base_runtime_spec" not in runtimes["runc-bridge"]
+
+
+def test_the_no_masquerade_handler_has_its_own_bridge_and_no_nat() -> None:
+    handlers = [h for h in variant_handlers(PATHS, which) if h.name == "runc-bridge-nomasq"]
+    confs = render_cni_confs(PATHS, handlers)
+    (text,) = confs.values()
+    main = json.loads(text)["plugins"][0]
+    assert main["ipMasq"] is False and main["bridge"] == "sp-br1" != BRIDGE_NAME
+    assert main["ipam"]["ranges"][0][0]["subnet"] == "10.236.0.0/16"

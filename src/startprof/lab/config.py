@@ -21,6 +21,7 @@ CNI_PLUGINS_NEEDED = ("bridge", "ptp", "host-local", "loopback", "portmap")
 LAB_CGROUP = "startprof-lab"
 # The CRI namespace the kubelet uses; ctr must import into it for CRI to see the images.
 K8S_NAMESPACE = "k8s.io"
+BRIDGE_NAME = "sp-br0"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Network:
     cni_name: str  # CNI network name; also host-local's lease dir and CNI cache key
     subnet: str
     plugin: str  # main CNI plugin type
+    ip_masq: bool = True
+    bridge: str = BRIDGE_NAME  # the bridge plugin's bridge: one per subnet (its gateway address)
 
     def conflist(self, paths: LabPaths) -> dict[str, object]:
         ipam = {
@@ -49,9 +52,9 @@ class Network:
         # ipMasq as in containerd's default network and most clusters': the plugin's iptables
         # work (a per-pod CNI-* chain in nat, ~9 iptables execs) is part of a real pod start.
         # The pods send nothing beyond the lab's bridge, so the rules never match traffic.
-        main: dict[str, object] = {"type": self.plugin, "ipMasq": True, "ipam": ipam}
+        main: dict[str, object] = {"type": self.plugin, "ipMasq": self.ip_masq, "ipam": ipam}
         if self.plugin == "bridge":
-            main.update(bridge=BRIDGE_NAME, isGateway=True, hairpinMode=True)
+            main.update(bridge=self.bridge, isGateway=True, hairpinMode=True)
         return {
             "cniVersion": "0.4.0",
             "name": self.cni_name,
@@ -61,12 +64,27 @@ class Network:
         }
 
 
-BRIDGE_NAME = "sp-br0"
 NETWORKS: tuple[Network, ...] = (
     Network("bridge", "startprof-bridge", "10.234.0.0/16", "bridge"),
     Network("ptp", "startprof-ptp", "10.235.0.0/16", "ptp"),
 )
 RUNTIMES: tuple[Runtime, ...] = (Runtime("runc", "runc"), Runtime("crun", "crun"))
+# The bridge network without masquerade (no per-pod nat chain, fewer iptables execs), for
+# measurements that compare the two (benchmarks/probe_overhead.py --config bridge-nomasq). Not
+# one of NETWORKS, so `startprof bench` keeps its bridge x ptp matrix; handlers.py adds it.
+BRIDGE_NOMASQ = Network(
+    "bridge-nomasq",
+    "startprof-bridge-nomasq",
+    "10.236.0.0/16",
+    "bridge",
+    ip_masq=False,
+    bridge="sp-br1",
+)
+LAB_NETWORKS: tuple[Network, ...] = (*NETWORKS, BRIDGE_NOMASQ)
+"""Every network some lab handler may use: what clean-up looks for."""
+LAB_BRIDGES: tuple[str, ...] = tuple(
+    dict.fromkeys(n.bridge for n in LAB_NETWORKS if n.plugin == "bridge")
+)
 
 
 @dataclass(frozen=True)

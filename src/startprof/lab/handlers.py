@@ -11,6 +11,9 @@ runtime and a runtime with OCI hooks.
 Both use the bridge network. The files they need (wrapper, hook, base spec) are written by
 ``lab up`` into ``DIR/handlers`` (:func:`render_handler_files`); everything here is a pure
 function of :class:`LabPaths`, so it is unit-tested without root.
+
+``runc-bridge-nomasq`` is plain runc on a bridge network without masquerade
+(``config.BRIDGE_NOMASQ``, its own bridge ``sp-br1``): what the per-pod nat rules cost.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from startprof.lab.config import NETWORKS, RUNTIMES, Handler
+from startprof.lab.config import BRIDGE_NOMASQ, NETWORKS, RUNTIMES, Handler
 from startprof.lab.paths import LabPaths
 
 WRAPPED = "wrapped"
@@ -52,7 +55,7 @@ def base_spec_path(paths: LabPaths) -> Path:
 def variant_handlers(
     paths: LabPaths, which: Callable[[str], str | None] = shutil.which
 ) -> list[Handler]:
-    """The wrapped and hooked handlers, when runc is installed (both end in runc)."""
+    """The wrapped, hooked and no-masquerade handlers, when runc is installed (all run runc)."""
     runc = next(r for r in RUNTIMES if r.name == "runc")
     binary = which(runc.binary) or which(f"/usr/sbin/{runc.binary}")
     if not binary:
@@ -61,6 +64,7 @@ def variant_handlers(
     return [
         Handler(runc, str(wrapper_path(paths)), bridge, variant=WRAPPED, wraps=binary),
         Handler(runc, binary, bridge, variant=HOOKED, base_runtime_spec=str(base_spec_path(paths))),
+        Handler(runc, binary, BRIDGE_NOMASQ),
     ]
 
 

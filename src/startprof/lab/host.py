@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from startprof.lab.config import BRIDGE_NAME, K8S_NAMESPACE, LAB_CGROUP, NETWORKS
+from startprof.lab.config import K8S_NAMESPACE, LAB_BRIDGES, LAB_CGROUP, LAB_NETWORKS
 
 CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")
@@ -239,9 +239,11 @@ def lab_links() -> list[str]:
     names: dict[str, None] = {}
     for link in ip_json("link", "show"):
         name = str(link.get("ifname", ""))
-        if name == BRIDGE_NAME or link.get("master") == BRIDGE_NAME:
+        if name in LAB_BRIDGES or link.get("master") in LAB_BRIDGES:
             names.setdefault(name, None)
-    ptp_prefixes = tuple(n.subnet.split(".0.0/")[0] + "." for n in NETWORKS if n.plugin == "ptp")
+    ptp_prefixes = tuple(
+        n.subnet.split(".0.0/")[0] + "." for n in LAB_NETWORKS if n.plugin == "ptp"
+    )
     for link in ip_json("addr", "show", "type", "veth"):
         infos = link.get("addr_info")
         for a in infos if isinstance(infos, list) else []:
@@ -268,7 +270,7 @@ def lab_iptables() -> list[tuple[str, str]]:
 
     CNI plugins tag their rules with comments holding the network name and container id.
     """
-    needles = [n.cni_name for n in NETWORKS] + [n.subnet for n in NETWORKS]
+    needles = [n.cni_name for n in LAB_NETWORKS] + [n.subnet for n in LAB_NETWORKS]
     out = []
     for table in ("nat", "filter", "mangle"):
         for line in _iptables_save(table):
@@ -321,9 +323,9 @@ def lab_cni_cache_files(ipam_dir: Path, sandbox_ids: Iterable[str] = ()) -> list
     are host-local bookkeeping, not leases). libcni names a cache ``<network>-<id>-<ifname>``;
     the loopback network's name (``cni-loopback``) is shared with every CRI runtime, so those
     count only for the lab's own sandbox ids."""
-    prefixes = tuple(n.cni_name + "-" for n in NETWORKS)
+    prefixes = tuple(n.cni_name + "-" for n in LAB_NETWORKS)
     prefixes += tuple(f"cni-loopback-{i}-" for i in sandbox_ids)
-    names = tuple(n.cni_name for n in NETWORKS)
+    names = tuple(n.cni_name for n in LAB_NETWORKS)
     found: list[Path] = []
     if CNI_RESULTS_DIR.is_dir():
         found += [p for p in CNI_RESULTS_DIR.iterdir() if p.name.startswith(prefixes)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -29,8 +28,11 @@ from startprof.lab.config import (
 )
 from startprof.lab.cri import CriClient
 from startprof.lab.handlers import variant_handlers, write_handler_files
-from startprof.lab.images import APP, LAB_IMAGES, PAUSE, build_lab_image
+from startprof.lab.images import LAB_IMAGES, PAUSE, build_lab_image
+from startprof.lab.leaks import find_leaks
 from startprof.lab.paths import MAX_SOCKET_PATH, LabPaths
+from startprof.lab.state import LabState, load_state
+from startprof.lab.teardown import remove_pods
 from startprof.lab.versions import Containerd
 
 Progress = Callable[[str], None]
@@ -58,59 +60,12 @@ class LabInfo:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-@dataclass(frozen=True)
-class LabState:
-    """What ``up`` recorded in ``run/lab.json`` for ``run``, ``status`` and ``down``."""
-
-    handlers: tuple[str, ...]
-    images: dict[str, str]  # role (pause, app) -> image reference
-    archives: dict[str, str]  # role -> OCI archive path
-    v1_mounts: tuple[str, ...]  # cgroup v1 mounts made for crun, unmounted by down
-    created_run_containerd: bool  # whether up created /run/containerd (shim sockets' parent)
-    created_var_lib_cni: bool = False  # whether up created /var/lib/cni (libcni's caches)
-    containerd: dict[str, Any] | None = None  # versions.Containerd.to_dict() of what runs
-    # host.CONTAINERD_DEFAULT_PATHS that did not exist at up: any that appears is a leak
-    absent_at_up: tuple[str, ...] = ()
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> LabState | None:
-        try:
-            d = json.loads(path.read_text())
-            return cls(
-                handlers=tuple(d["handlers"]),
-                images=dict(d["images"]),
-                archives=dict(d["archives"]),
-                v1_mounts=tuple(d.get("v1_mounts", ())),
-                created_run_containerd=bool(d.get("created_run_containerd")),
-                created_var_lib_cni=bool(d.get("created_var_lib_cni")),
-                containerd=d.get("containerd"),
-                absent_at_up=tuple(d.get("absent_at_up", ())),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    @property
-    def runs(self) -> Containerd | None:
-        """The containerd this lab runs (None for a state written before versions)."""
-        try:
-            return Containerd.from_dict(self.containerd) if self.containerd else None
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise PrivilegeError(
             f"{what} needs root (it runs containerd, mounts and configures networks)",
             fix=f"sudo startprof {what}",
         )
-
-
-def load_state(paths: LabPaths) -> LabState | None:
-    return LabState.load(paths.lab_state)
 
 
 class Lab:
@@ -413,13 +368,11 @@ class Lab:
 
         Raises :class:`LabError` listing what could not be removed.
         """
-        from startprof.lab.leaks import find_leaks
-
         say = progress or _quiet
         require_root("lab down")
         pid = self.pid()
         if pid is not None:
-            self._remove_pods(say)
+            remove_pods(self.paths, say)
         self._cleanup(say)
         leaks = find_leaks(self.paths)
         if leaks:
@@ -428,19 +381,6 @@ class Lab:
                 fix="remove them by hand; `startprof lab down` again retries",
             )
         say("lab down: nothing left behind")
-
-    def _remove_pods(self, say: Progress) -> None:
-        from startprof.lab.driver import teardown_sandbox
-
-        try:
-            with CriClient(str(self.paths.socket), timeout=30.0) as cri:
-                sandboxes = cri.list_pod_sandbox()
-                if sandboxes:
-                    say(f"removing {len(sandboxes)} pod(s)")
-                for sb in sandboxes:
-                    teardown_sandbox(cri, sb.id, sb.metadata.uid)
-        except CriError as exc:
-            say(f"warning: could not remove pods over CRI ({exc}); cleaning up directly")
 
     def _cleanup(self, say: Progress) -> None:
         """Stop containerd and shims and undo host changes; tolerant of partial state."""
@@ -514,14 +454,6 @@ def import_archive(paths: LabPaths, archive: str | Path) -> None:
     )
     if proc.returncode != 0:
         raise LabError(f"importing {archive} failed: {' '.join(proc.stderr.split())}")
-
-
-def app_image(paths: LabPaths) -> tuple[str, str]:
-    """(reference, archive path) of the lab's app image."""
-    state = load_state(paths)
-    if state is None:
-        raise LabError(f"no lab state in {paths.root}", fix="sudo startprof lab up")
-    return state.images[APP.name], state.archives[APP.name]
 
 
 def _runs(paths: LabPaths) -> Containerd:

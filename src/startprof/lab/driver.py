@@ -36,7 +36,7 @@ from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
 from startprof.lab.config import LAB_CGROUP
-from startprof.lab.containerd import app_image, import_archive, load_state
+from startprof.lab.containerd import import_archive
 from startprof.lab.cri import CriCallError, CriClient, status_name
 from startprof.lab.foreign import run_foreign_container
 from startprof.lab.host import remove_pod_cgroups
@@ -55,6 +55,8 @@ from startprof.lab.kinds import (
 from startprof.lab.oci import LayerFile, OciLayout, build_image, read_archive
 from startprof.lab.paths import LabPaths
 from startprof.lab.registry import Registry
+from startprof.lab.state import app_image, load_state
+from startprof.lab.teardown import quiet_call
 from startprof.lab.truth import STATUS_OK, TruthWriter
 from startprof.stats import median, p95
 
@@ -398,12 +400,12 @@ def run_pods(
             if registry is not None:
                 registry.stop()
                 if pull and not keep:
-                    _quiet_call(
+                    quiet_call(
                         lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
                     )
                 if "slow" in images and not keep:
                     slow = images["slow"]
-                    _quiet_call(
+                    quiet_call(
                         lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(slow))
                     )
                 if pull:
@@ -529,11 +531,6 @@ def _for_each(plan: list[_Pod], concurrency: int, fn: Callable[[_Pod], None]) ->
         # On Ctrl-C, pods not yet begun are dropped; those in flight finish so they can be
         # torn down (a half-made sandbox would otherwise leak until lab down).
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _quiet_call(fn: Callable[[], object]) -> None:
-    with contextlib.suppress(CriError):
-        fn()
 
 
 def _start_pod(
@@ -696,17 +693,6 @@ def _teardown_pod(client: CriClient, rec: _Recorder, pod: _Pod) -> None:
     if left:
         pod.error = pod.error or f"pod cgroups not removed: {'; '.join(left)}"
     _remove_tree(Path(pod.config.log_directory))
-
-
-def teardown_sandbox(client: CriClient, sandbox_id: str, uid: str) -> None:
-    """Remove one sandbox and everything in it without ground truth (``lab down``)."""
-    for c in client.list_containers(sandbox_id):
-        _quiet_call(partial(client.stop_container, c.id, grace_seconds=2))
-        _quiet_call(partial(client.remove_container, c.id))
-    _quiet_call(lambda: client.stop_pod_sandbox(sandbox_id))
-    _quiet_call(lambda: client.remove_pod_sandbox(sandbox_id))
-    if uid:
-        remove_pod_cgroups(f"/{LAB_CGROUP}/pod{uid}")
 
 
 def _remove_tree(path: Path) -> None:

@@ -17,8 +17,8 @@ import subprocess
 from startprof.errors import LabError
 from startprof.lab import host
 from startprof.lab.config import LAB_CGROUP
-from startprof.lab.containerd import load_state
 from startprof.lab.paths import LabPaths
+from startprof.lab.state import load_state
 
 CTR_TIMEOUT = 60.0
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from startprof.lab import host
-from startprof.lab.containerd import load_state
 from startprof.lab.paths import LabPaths
+from startprof.lab.state import load_state
 
 
 def find_leaks(paths: LabPaths) -> list[str]:

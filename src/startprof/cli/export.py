@@ -13,7 +13,7 @@ from startprof.errors import InputError
 
 if TYPE_CHECKING:
     from startprof.analysis.model import Analysis
-    from startprof.exporters import ExportSummary
+    from startprof.exporters import Exporter, ExportSummary
 
 _DEFAULT_ENDPOINT = ""
 """``--otlp`` given without a URL: the endpoint comes from the environment or the default."""
@@ -102,25 +102,33 @@ def export_command(
             "no pod starts in " + ", ".join(str(f) for f in files) + ": nothing to export",
             fix="record while pods start, e.g. with `startprof lab run`",
         )
-    summary: ExportSummary
-    if otlp_url is not None:
-        from startprof.exporters.otlp import export_otlp
-
-        summary = export_otlp(analysis, url=otlp_url or None, protocol=otlp_protocol)
-        click.echo(f"sent {_traces(summary)} to {summary.target}")
-    elif jaeger_out is not None:
-        from startprof.exporters.jaeger_json import write_jaeger_json
-
-        summary = write_jaeger_json(analysis, jaeger_out)
-        click.echo(f"wrote {_traces(summary)} to {summary.target} (Jaeger UI: Search → JSON File)")
-    elif perfetto_out is not None:
-        from startprof.exporters.perfetto import write_perfetto
-
-        summary = write_perfetto(analysis, perfetto_out)
-        click.echo(
-            f"wrote {_traces(summary)} to {summary.target} (open in https://ui.perfetto.dev)"
-        )
+    for exporter in _exporters(otlp_url, otlp_protocol, jaeger_out, perfetto_out):
+        summary = exporter.export(analysis)
+        click.echo(f"{exporter.verb} {_traces(summary)} to {summary.target}{exporter.hint}")
     return 0
+
+
+def _exporters(
+    otlp_url: str | None,
+    otlp_protocol: str | None,
+    jaeger_out: Path | None,
+    perfetto_out: Path | None,
+) -> list[Exporter]:
+    """The exporters the options chose, imported only when chosen (OTLP pulls in the SDK)."""
+    exporters: list[Exporter] = []
+    if otlp_url is not None:
+        from startprof.exporters.otlp import OtlpTraceExporter
+
+        exporters.append(OtlpTraceExporter(url=otlp_url or None, protocol=otlp_protocol))
+    if jaeger_out is not None:
+        from startprof.exporters.jaeger_json import JaegerJsonTraceExporter
+
+        exporters.append(JaegerJsonTraceExporter(jaeger_out))
+    if perfetto_out is not None:
+        from startprof.exporters.perfetto import PerfettoTraceExporter
+
+        exporters.append(PerfettoTraceExporter(perfetto_out))
+    return exporters
 
 
 def _traces(summary: ExportSummary) -> str:

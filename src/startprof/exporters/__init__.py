@@ -1,8 +1,11 @@
-"""Exporters: one module per output format, all fed by the same span mapping (``spans``).
+"""Exporters: one module per output format, all fed by the same span mapping (``spans``), each
+with one class behind the small ``Exporter`` protocol (as the OpenTelemetry SDK's span
+exporters are), which ``startprof export`` loops over:
 
-- ``otlp``: OpenTelemetry traces over OTLP gRPC or HTTP/protobuf, through opentelemetry-sdk;
-- ``jaeger_json``: the JSON document Jaeger UI opens from a file;
-- ``perfetto``: Chrome/Perfetto trace-event JSON.
+- ``otlp``: ``OtlpTraceExporter``, OpenTelemetry traces over OTLP gRPC or HTTP/protobuf, through
+  opentelemetry-sdk;
+- ``jaeger_json``: ``JaegerJsonTraceExporter``, the JSON document Jaeger UI opens from a file;
+- ``perfetto``: ``PerfettoTraceExporter``, Chrome/Perfetto trace-event JSON.
 
 Modules are imported by whoever needs them: the OTLP one pulls in the SDK and grpcio.
 """
@@ -13,9 +16,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from startprof.errors import ExportError
+
+if TYPE_CHECKING:
+    from startprof.analysis.model import Analysis
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,19 @@ class ExportSummary:
     spans: int
     target: str
     """Where they went: an endpoint and protocol, or a file."""
+
+
+class Exporter(Protocol):
+    """One output of ``startprof export``: sends or writes every pod start of an analysis."""
+
+    verb: str
+    """What it did, for the CLI's line: ``sent`` or ``wrote``."""
+    hint: str
+    """Said after the target, e.g. how to open the file; may be empty."""
+
+    def export(self, analysis: Analysis) -> ExportSummary:
+        """Export one trace per pod start; raise ``ExportError`` when the target refuses."""
+        ...
 
 
 def write_json(document: Mapping[str, Any], path: Path) -> None:

@@ -124,3 +124,16 @@ def write_jaeger_json(analysis: Analysis, path: Path) -> ExportSummary:
     write_json(document, path)
     spans = sum(len(t["spans"]) for t in document["data"])
     return ExportSummary(traces=len(document["data"]), spans=spans, target=str(path))
+
+
+class JaegerJsonTraceExporter:
+    """``startprof export --jaeger-json``: the ``Exporter`` for a Jaeger JSON file."""
+
+    verb = "wrote"
+    hint = " (Jaeger UI: Search → JSON File)"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, analysis: Analysis) -> ExportSummary:
+        return write_jaeger_json(analysis, self.path)

@@ -344,6 +344,20 @@ def _ca_pinned_session() -> Any:
     return CaPinnedSession()
 
 
+class OtlpTraceExporter:
+    """``startprof export --otlp``: the ``Exporter`` for an OTLP endpoint."""
+
+    verb = "sent"
+    hint = ""
+
+    def __init__(self, url: str | None = None, protocol: str | None = None) -> None:
+        self.url = url
+        self.protocol = protocol
+
+    def export(self, analysis: Analysis) -> ExportSummary:
+        return export_otlp(analysis, url=self.url, protocol=self.protocol)
+
+
 def export_otlp(
     analysis: Analysis,
     *,

@@ -139,3 +139,16 @@ def write_perfetto(analysis: Analysis, path: Path) -> ExportSummary:
     slices = [e for e in document["traceEvents"] if e["ph"] == "X"]
     pods = {e["pid"] for e in slices}
     return ExportSummary(traces=len(pods), spans=len(slices), target=str(path))
+
+
+class PerfettoTraceExporter:
+    """``startprof export --perfetto``: the ``Exporter`` for a Chrome/Perfetto trace file."""
+
+    verb = "wrote"
+    hint = " (open in https://ui.perfetto.dev)"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, analysis: Analysis) -> ExportSummary:
+        return write_perfetto(analysis, self.path)

@@ -84,6 +84,7 @@ static __always_inline int cri_accept_exit(long ret)
 	key = sp_fd_key(id >> 32, ret);
 	if (cri_conns.update(&key, &conn) < 0)
 		sp_error(SP_ERR_STASH_FULL);
+	sp_mark_fds(id >> 32);
 	sp_fill_header(&r.h, SP_CRI_ACCEPT, sizeof(r));
 	r.fd = ret;
 	r.conn_id = conn.conn_id;

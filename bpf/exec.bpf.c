@@ -19,6 +19,10 @@
 #define SP_MAX_CNI_ENV 16 /* CNI_* variables copied */
 #endif
 
+#ifndef SP_ENV_FILTER
+#define SP_ENV_FILTER 0 /* 1: read the environment only of processes that may carry CNI_* */
+#endif
+
 /*
  * argv/envp pointers are read SP_PTR_CHUNK at a time: one user read instead of one per string
  * (each read costs the same user-access setup, and envp holds dozens of strings).
@@ -43,6 +47,36 @@ struct sp_exec_stash {
  * exec's sys_exit finds its entry here too; the entry is the filter for that exit.
  */
 BPF_TABLE("lru_hash", u32, struct sp_exec_stash, exec_stash, 16384);
+
+#if SP_ENV_FILTER
+/*
+ * Why: scanning envp is most of an exec's cost, and only CNI plugins (and the helpers they
+ * start, which inherit it) have CNI_* variables. The container runtime (containerd, CRI-O:
+ * the CRI listeners, seeded from user space) is the only process that puts them in a new
+ * environment. So the environment is read at the exec of a child of a runtime or of a process
+ * whose own environment held CNI_*, and never for the shims, runc, runc init, the pause or
+ * the app (their exec costs no envp read at all).
+ */
+BPF_HASH(env_roots, u32, u8, 64);
+
+#define SP_ENV_CANDIDATE 1 /* a child of an env root or of a CNI_* carrier: read its envp */
+#define SP_ENV_CNI 2	   /* its environment held CNI_* (user space seeds it from /proc) */
+/* Why: which followed processes get their envp read, and which pass that on to children. */
+BPF_HASH(env_procs, u32, u8, SP_MAX_FOLLOWED);
+#endif
+
+/* Called by the core's sched_process_fork: a child of a CNI_* carrier or a runtime is one too. */
+static __always_inline void exec_env_on_fork(u32 parent, u32 child)
+{
+#if SP_ENV_FILTER
+	u8 *v = env_procs.lookup(&parent);
+	u8 candidate = SP_ENV_CANDIDATE;
+
+	if ((v && (*v & SP_ENV_CNI)) || env_roots.lookup(&parent))
+		if (env_procs.update(&child, &candidate) < 0)
+			sp_error(SP_ERR_FOLLOW_FULL);
+#endif
+}
 
 /*
  * Read the chunk of pointers starting at arr[base] into chunk. A chunk can reach past the
@@ -75,13 +109,14 @@ static __always_inline int exec_enter(s32 dirfd, u32 at_flags, const char *filen
 				      const char *const *argv, const char *const *envp)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id;
+	u32 tid = (u32)id, tgid = id >> 32;
 	struct sp_exec_stash st = {};
 	union sp_scratch *s;
 	struct sp_exec *e;
 	const char *chunk[SP_PTR_CHUNK];
 	const char *p;
-	bool whole;
+	bool whole, read_env;
+	u8 *env = NULL;
 	u64 size;
 	u32 off, c, j;
 	long n;
@@ -103,6 +138,12 @@ static __always_inline int exec_enter(s32 dirfd, u32 at_flags, const char *filen
 	e->argc = 0;
 	e->envc = 0;
 	e->trunc = 0;
+
+	read_env = true;
+#if SP_ENV_FILTER
+	env = env_procs.lookup(&tgid);
+	read_env = env != NULL || env_roots.lookup(&tgid) != NULL;
+#endif
 
 	n = bpf_probe_read_user_str(&e->strings[0], SP_ARG_SIZE, filename);
 	if (n <= 0) {
@@ -142,6 +183,8 @@ static __always_inline int exec_enter(s32 dirfd, u32 at_flags, const char *filen
 	if (bpf_probe_read_user(&p, sizeof(p), &argv[SP_MAX_ARGS]) == 0 && p)
 		SP_RD(e->trunc) |= SP_TRUNC_ARGV;
 argv_done:
+	if (!read_env)
+		goto env_done;
 
 	/*
 	 * The environment: only CNI_* variables are copied. The prefix is checked again on the
@@ -181,6 +224,15 @@ argv_done:
 	if (bpf_probe_read_user(&p, sizeof(p), &envp[SP_MAX_ENV_SCAN]) == 0 && p)
 		SP_RD(e->trunc) |= SP_TRUNC_ENV;
 env_done:
+#if SP_ENV_FILTER
+	if (env) {
+		/* the new image's environment decides what its children inherit */
+		if (SP_RD(e->envc) > 0)
+			*env |= SP_ENV_CNI;
+		else
+			*env &= ~SP_ENV_CNI;
+	}
+#endif
 	size = sp_bound(offsetof(struct sp_exec, strings) + SP_RD(e->h.size), sizeof(*e));
 	e->h.size = size;
 	sp_submit(e, size);
@@ -300,6 +352,11 @@ static __always_inline void exec_on_exit(void)
 {
 	struct sp_header h = {};
 
+#if SP_ENV_FILTER
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	env_procs.delete(&tgid);
+#endif
 	sp_fill_header(&h, SP_EXIT, sizeof(h));
 	sp_submit(&h, sizeof(h));
 }

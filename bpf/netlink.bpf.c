@@ -99,7 +99,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
 
 	if (!st) {
 		/* A new non-netlink socket reuses an fd number: make sure it is not taken for one. */
-		if (ret >= 0 && sp_followed(id >> 32)) {
+		if (ret >= 0 && sp_has_fds(id >> 32)) {
 			key = sp_fd_key(id >> 32, ret);
 			nl_socks.delete(&key);
 		}
@@ -109,6 +109,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
 		key = sp_fd_key(id >> 32, ret);
 		if (nl_socks.update(&key, &st->protocol) < 0)
 			sp_error(SP_ERR_STASH_FULL);
+		sp_mark_fds(id >> 32);
 	}
 	sp_fill_header(&r.h, SP_NL_SOCKET, sizeof(r));
 	r.fd = ret;

@@ -24,8 +24,9 @@
 #ifndef SP_FOLLOW_ALL
 #define SP_FOLLOW_ALL 0 /* 1: no in-kernel process filter */
 #endif
-#ifndef SP_WAKEUP_EVERY
-#define SP_WAKEUP_EVERY 64 /* power of two: wake the reader every N records per CPU; 0: always */
+#ifndef SP_WAKEUP_BYTES
+/* power of two: wake the reader each time this many bytes were written; 0: at every record */
+#define SP_WAKEUP_BYTES (SP_RINGBUF_PAGES * 4096 / 8)
 #endif
 #ifndef SP_MAX_FOLLOWED
 #define SP_MAX_FOLLOWED 65536
@@ -55,12 +56,8 @@ BPF_RINGBUF_OUTPUT(events, SP_RINGBUF_PAGES);
 /* Why: a full ring buffer must never lose records silently; user space reads and stores this. */
 BPF_PERCPU_ARRAY(drops, u64, 1);
 
-/*
- * Why: waking the reader for every record costs a context switch per record (that alone
- * doubled the cost of an exec). Records are sent without a wakeup and every
- * SP_WAKEUP_EVERY-th record per CPU forces one; the reader also drains on its poll timeout.
- */
-BPF_PERCPU_ARRAY(wakeups, u64, 1);
+/* Why: bytes written to the ring buffer since start, by every CPU: paces the wake-ups. */
+BPF_ARRAY(written, u64, 1);
 
 /* Why: map-full and read failures are not drops, but are still loss worth reporting. */
 BPF_PERCPU_ARRAY(errors, u64, SP_ERR_MAX);
@@ -78,7 +75,13 @@ union sp_scratch {
 };
 BPF_PERCPU_ARRAY(scratch, union sp_scratch, 1);
 
-/* Why: the in-kernel filter. tgids of the followed process tree; user space seeds it. */
+/*
+ * Why: the in-kernel filter. tgids of the followed process tree; user space seeds it. The value
+ * says whether the process may own entries of the fd-keyed maps (nl_socks, cri_conns): only
+ * then does its close() need to look at them (Go programs close thousands of fds per pod).
+ */
+#define SP_FOLLOWED 0x1
+#define SP_FOLLOWED_FDS 0x2 /* may have a netlink socket or CRI connection in the maps */
 BPF_HASH(followed, u32, u8, SP_MAX_FOLLOWED);
 
 /* What a thread is doing inside clone/clone3/unshare/setns, keyed by tid. */
@@ -118,6 +121,29 @@ static __always_inline bool sp_followed(u32 tgid)
 #endif
 }
 
+/* This process now owns an entry of an fd-keyed map: its close() must look there. */
+static __always_inline void sp_mark_fds(u32 tgid)
+{
+#if !SP_FOLLOW_ALL
+	u8 *v = followed.lookup(&tgid);
+
+	if (v)
+		*v |= SP_FOLLOWED_FDS;
+#endif
+}
+
+/* May this process own entries of the fd-keyed maps? (With --all: any process may.) */
+static __always_inline bool sp_has_fds(u32 tgid)
+{
+#if SP_FOLLOW_ALL
+	return true;
+#else
+	u8 *v = followed.lookup(&tgid);
+
+	return v && (*v & SP_FOLLOWED_FDS);
+#endif
+}
+
 static __always_inline void sp_fill_header(struct sp_header *h, u32 type, u32 size)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -135,17 +161,26 @@ static __always_inline void sp_fill_header(struct sp_header *h, u32 type, u32 si
  * Send a record; a failed output is counted, never silent. size must be <= the record.
  * Returns 0 when the record went out.
  */
+/*
+ * Wake-ups: waking the reader costs the writing task an irq_work and the reader a context
+ * switch on a CPU the pod's processes want (a wake-up per record doubled the cost of an exec;
+ * one per 64 records still woke the recorder ~20 times per pod, in the middle of the pod's
+ * start). Records go out with BPF_RB_NO_WAKEUP; the reader drains on its poll timeout
+ * (100 ms) and is woken early each time another SP_WAKEUP_BYTES were written (an eighth of
+ * the ring buffer by default), so a burst cannot fill the ring buffer while it sleeps.
+ * (bcc 0.26 cannot call bpf_ringbuf_query on its ring buffer maps: hence a byte counter.)
+ */
 static __always_inline int sp_submit(void *rec, u64 size)
 {
 	u32 zero = 0;
 	u64 flags = 0;
 	u64 *n;
 
-#if SP_WAKEUP_EVERY > 0
-	_Static_assert((SP_WAKEUP_EVERY & (SP_WAKEUP_EVERY - 1)) == 0, "power of two");
+#if SP_WAKEUP_BYTES > 0
+	_Static_assert((SP_WAKEUP_BYTES & (SP_WAKEUP_BYTES - 1)) == 0, "power of two");
 	flags = BPF_RB_NO_WAKEUP;
-	n = wakeups.lookup(&zero);
-	if (n && ((++*n) & (SP_WAKEUP_EVERY - 1)) == 0)
+	n = written.lookup(&zero);
+	if (n && (__sync_fetch_and_add(n, size) & (SP_WAKEUP_BYTES - 1)) + size >= SP_WAKEUP_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
 #endif
 	if (events.ringbuf_output(rec, size, flags) < 0) {
@@ -299,13 +334,14 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 		return 0;
 #if !SP_FOLLOW_ALL
 	{
-		u8 one = 1;
+		u8 one = SP_FOLLOWED; /* fds are per process: the child owns no map entry yet */
 
 		if (followed.update(&child, &one) < 0)
 			sp_error(SP_ERR_FOLLOW_FULL);
 	}
 #endif
 #if SP_PROBE_EXEC
+	exec_env_on_fork(id >> 32, child);
 	exec_on_fork(child, known, flags);
 #endif
 	return 0;
@@ -334,8 +370,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	u64 key = sp_fd_key(tgid, (s32)args->fd);
 
-	/* both maps only hold fds of followed processes (CRI listeners are followed) */
-	if (!sp_followed(tgid))
+	/* both maps only hold fds of processes marked SP_FOLLOWED_FDS (sp_mark_fds) */
+	if (!sp_has_fds(tgid))
 		return 0;
 
 #if SP_PROBE_NETLINK

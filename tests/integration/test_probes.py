@@ -208,6 +208,48 @@ def test_exec_env_scan_reads_pointer_chunks_and_page_ends(fillers: int) -> None:
     assert ours["env"] == ["CNI_COMMAND=ADD", "CNI_IFNAME=eth0"]
 
 
+_RUNTIME = """
+import os, socket, subprocess, sys
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen()
+print("ready", flush=True)
+sys.stdin.readline()
+path = {"PATH": "/usr/bin:/bin"}
+# a CNI plugin: CNI_* from its runtime, inherited by the helper it runs
+subprocess.run(["/bin/sh", "-c", "/bin/true plugin-helper"], env={**path, "CNI_COMMAND": "ADD"})
+# a shim: no CNI_*; what it runs cannot be a plugin, even with CNI_* in its envp
+subprocess.run(["/bin/sh", "-c", "CNI_COMMAND=DEL /bin/true shim-child"], env=path)
+"""
+
+
+def test_exec_env_read_only_where_cni_can_be(tmp_path: Path) -> None:
+    import sys
+
+    sock = str(tmp_path / "cri.sock")
+    runtime = subprocess.Popen(
+        [sys.executable, "-c", _RUNTIME, sock], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert runtime.stdout is not None and runtime.stdout.readline() == b"ready\n"
+    session = ProbeSession(cri_socket=sock, probes=("exec",))
+    try:
+        session.start()
+        assert session.env_filter
+        release(runtime)
+        assert runtime.wait(timeout=30) == 0
+        events = collect(
+            session,
+            lambda evs: any(e["kind"] == "exit" and e["pid"] == runtime.pid for e in evs),
+        )
+    finally:
+        session.close()
+    execs = {tuple(e["argv"]): e["env"] for e in events if e["kind"] == "exec"}
+    assert execs[("/bin/sh", "-c", "/bin/true plugin-helper")] == ["CNI_COMMAND=ADD"]
+    assert execs[("/bin/true", "plugin-helper")] == ["CNI_COMMAND=ADD"]
+    assert execs[("/bin/sh", "-c", "CNI_COMMAND=DEL /bin/true shim-child")] == []
+    assert execs[("/bin/true", "shim-child")] == []  # never read: its parent carries no CNI_*
+
+
 def test_follow_all_sees_processes_outside_the_tree(outside_loop: str) -> None:
     session = ProbeSession(follow_all=True, probes=("exec",))
     try:

@@ -122,8 +122,12 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
         "-DSP_PROBE_NETLINK=0",
         "-DSP_PROBE_CRI=1",
         "-DSP_CRI_SOCK_TP=1",
+        "-DSP_ENV_FILTER=0",
     ]
     assert "-DSP_CRI_SOCK_TP=0" in ProbeSession(cri_sock_tracepoints=False).cflags()
+    # the environment is read only where CNI_* can be once there are CRI listeners to start from
+    assert "-DSP_ENV_FILTER=1" in ProbeSession(cri_socket="/run/x.sock").cflags()
+    assert "-DSP_ENV_FILTER=0" in ProbeSession(cri_socket="/run/x.sock", follow_all=True).cflags()
     text = session.c_source()
     head = text[: text.index("*/")]
     assert all(flag in head for flag in session.cflags())

@@ -44,6 +44,11 @@ _DECODERS: Final[dict[int, tuple[str, Decoder]]] = {
     for rtype, decoder in module.DECODERS.items()
 }
 
+_SEEDED: Final = 0x3
+"""``followed`` value of a process seeded from user space: SP_FOLLOWED | SP_FOLLOWED_FDS
+(startprof.bpf.c). Its close() keeps looking at the fd-keyed maps: it may hold a seeded CRI
+connection, and a re-seed of a pid that already has entries must not clear the mark."""
+
 _KERNEL_ERRORS: Final[tuple[str, ...]] = ("follow_map_full", "pairing_map_full", "user_read")
 """Index -> name of the ``errors`` map (SP_ERR_* in startprof.bpf.c)."""
 
@@ -98,6 +103,10 @@ class ProbeSession:
         self.ringbuf_pages = ringbuf_pages
         self.probes = tuple(p for p in ALL_PROBES if p in probes)
         self.extra_cflags = tuple(extra_cflags)
+        self.env_filter = bool(cri_socket) and not follow_all and exec_probe.NAME in probes
+        """exec reads the environment only where CNI_* can be: the CRI listeners' children and
+        the processes that inherit CNI_* (SP_ENV_FILTER in exec.bpf.c). Without a CRI socket
+        there are no listeners to start from, so every followed exec's environment is read."""
         self.cri_sock_tracepoints = (
             cri.sock_tracepoints_usable() if cri_sock_tracepoints is None else cri_sock_tracepoints
         )
@@ -123,6 +132,7 @@ class ProbeSession:
         ]
         flags += [f"-DSP_PROBE_{p.upper()}={int(p in self.probes)}" for p in ALL_PROBES]
         flags.append(f"-DSP_CRI_SOCK_TP={int(self.cri_sock_tracepoints)}")
+        flags.append(f"-DSP_ENV_FILTER={int(self.env_filter)}")
         return flags + list(self.extra_cflags)
 
     def c_source(self) -> str:
@@ -161,7 +171,7 @@ class ProbeSession:
             self._bpf[b"events"].open_ring_buffer(self._callback)
             self.load_seconds = time.monotonic() - t0
             self._follow_trees(self.seed_pids)
-            if self.cri_socket and cri.NAME in self.probes:
+            if self.cri_socket:
                 self._seed_cri(self.cri_socket)
         except BaseException:
             self.close()
@@ -189,7 +199,7 @@ class ProbeSession:
     def _drain_raw(self, timeout_ms: int) -> list[bytes]:
         """The raw records waiting in the ring buffer (after up to timeout_ms of waiting)."""
         bpf = self._require()
-        # Woken early only every SP_WAKEUP_EVERY records per CPU; the rest is drained here.
+        # Woken early only every SP_WAKEUP_BYTES written (startprof.bpf.c); drained here.
         bpf.ring_buffer_poll(timeout_ms)
         bpf.ring_buffer_consume()
         raws, self._raw = self._raw, []
@@ -255,7 +265,7 @@ class ProbeSession:
         if descendants:
             self._follow_trees([pid])
         elif not self.follow_all:
-            self._require()[b"followed"][ct.c_uint32(pid)] = ct.c_uint8(1)
+            self._require()[b"followed"][ct.c_uint32(pid)] = ct.c_uint8(_SEEDED)
 
     def _follow_trees(self, pids: Sequence[int]) -> None:
         """Follow pids and their descendants with one /proc scan."""
@@ -263,14 +273,25 @@ class ProbeSession:
             return
         table = self._require()[b"followed"]
         for pid in pids:
-            table[ct.c_uint32(pid)] = ct.c_uint8(1)
-        for child in descendants(pids):
-            table[ct.c_uint32(child)] = ct.c_uint8(1)
+            table[ct.c_uint32(pid)] = ct.c_uint8(_SEEDED)
+        children = descendants(pids)
+        for child in children:
+            table[ct.c_uint32(child)] = ct.c_uint8(_SEEDED)
+        if self.env_filter:
+            # processes already running with CNI_* (a plugin mid-ADD) pass it to their children
+            env = self._require()[b"env_procs"]
+            for pid in (*pids, *children):
+                if _has_cni_env(pid):
+                    env[ct.c_uint32(pid)] = ct.c_uint8(_ENV_CNI)
 
     def add_cri_listener(self, pid: int, fd: int) -> None:
-        """Report connections accepted on this listening (pid, fd) and the bytes on them."""
-        table = self._require()[b"cri_listeners"]
-        table[ct.c_uint64(_fd_key(pid, fd))] = ct.c_uint8(1)
+        """Report connections accepted on this listening (pid, fd) and the bytes on them; its
+        process (the container runtime) is where CNI plugins' environments come from."""
+        if self.env_filter:
+            self._require()[b"env_roots"][ct.c_uint32(pid)] = ct.c_uint8(1)
+        if cri.NAME in self.probes:
+            table = self._require()[b"cri_listeners"]
+            table[ct.c_uint64(_fd_key(pid, fd))] = ct.c_uint8(1)
 
     def add_cri_connection(self, pid: int, fd: int) -> int:
         """Follow an already-accepted connection; its events are flagged preexisting.
@@ -294,6 +315,8 @@ class ProbeSession:
         for pid, fd in listeners:
             self.add_cri_listener(pid, fd)
             self.follow(pid)
+        if cri.NAME not in self.probes:
+            return
         for pid, fd in cri.find_cri_connections(socket_path):
             conn_id = self.add_cri_connection(pid, fd)
             self._pending.append(
@@ -334,6 +357,18 @@ class ProbeSession:
         if self._bpf is None:
             raise RuntimeError("ProbeSession is not started (or already closed)")
         return self._bpf
+
+
+_ENV_CNI: Final = 0x3
+"""``env_procs`` value SP_ENV_CANDIDATE | SP_ENV_CNI (exec.bpf.c)."""
+
+
+def _has_cni_env(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return any(v.startswith(b"CNI_") for v in f.read().split(b"\0"))
+    except OSError:
+        return False
 
 
 def _fd_key(pid: int, fd: int) -> int:

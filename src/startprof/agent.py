@@ -95,6 +95,8 @@ class AgentSummary:
     kept: tuple[Path, ...] = ()
     analysis_s: float = 0.0
     """Wall time spent in the incremental analysis."""
+    analyses: int = 0
+    """How many times the window was analysed (a step that can decide nothing analyses not)."""
     export_latency_s: tuple[float, ...] = ()
     """Per pod sent as done: from the pod's end to the export's completion."""
 
@@ -418,6 +420,7 @@ class Agent(Recorder):
             return
         finally:
             self.summary.analysis_s += time.perf_counter() - began
+            self.summary.analyses = core.stats.analyses
         if metrics is not None and core.stats.unnamed_calls > unnamed:
             metrics.add_unnamed(core.stats.unnamed_calls - unnamed)
         if not sent:

@@ -11,9 +11,17 @@ kubelet creates them one after another), so a pod is *done* once the analysis ca
 ``restarted`` or ``failed`` and nothing has happened to it for ``settle_s``. A pod the analysis
 still calls incomplete is given up ``pod_timeout_s`` after its start, and sent as it is.
 
+When is the window analysed? Only when an analysis can decide something: when a pending pod that
+looked over settles or reaches its timeout, ``settle_s`` after a CRI reply that can end a pod start
+(StartContainer, a failed call, or a call not named yet), and at most ``review_s`` after other
+activity (a new pod becomes pending, and so safe from pruning). The analysis is the whole
+``analyze`` with a cost that hardly depends on the window's size (most of it is per call, not
+per event), so what the agent saves is analyses: between these moments a step only prunes.
+
 What the window keeps: every event from ``horizon_s`` before the start of the oldest pod not
-yet sent, and the last ``horizon_s`` seconds in any case (a pod becomes visible to the analysis
-only when enough of it has arrived, e.g. its first CNI exec or its RunPodSandbox reply).
+yet sent, and from ``horizon_s`` before the last analysis in any case (a pod becomes visible to
+the analysis only when enough of it has arrived, e.g. its first CNI exec or its RunPodSandbox
+reply).
 Everything older goes, except the few events that describe long-lived state rather than a
 moment: ``proc`` (processes alive at start-up or found after a containerd restart) and
 ``cri_accept`` (the CRI connections).
@@ -35,11 +43,13 @@ from startprof.analysis.model import STILL_STARTING, Analysis, Pod
 SETTLE_S: Final = 0.3
 POD_TIMEOUT_S: Final = 120.0
 HORIZON_S: Final = 0.5
+REVIEW_S: Final = 1.0
+"""Longest that activity which cannot end a pod start waits for an analysis."""
 EMITTED_MEMORY: Final = 10_000
 """Sandbox ids remembered as sent; far more than a node starts within a window's reach."""
 LONG_LIVED_KINDS: Final = ("proc", "cri_accept")
-ACTIVITY_KINDS: Final = ("cri_call", "exec")
-"""Kinds that can begin or advance a pod start: without them, a new analysis changes nothing."""
+CLOSING_METHOD: Final = "/StartContainer"
+"""A pod start is over with a StartContainer reply, or with a failed call of any method."""
 GIVEN_UP = "given up after {timeout:g}s"
 SHUT_DOWN = "the agent stopped while it was starting"
 
@@ -62,6 +72,7 @@ class WindowStats:
     received: int = 0
     pruned: int = 0
     analyses: int = 0
+    steps: int = 0
     emitted: int = 0
     unnamed_calls: int = 0
     """CRI calls that reached the analysis without a method and that it could not name,
@@ -81,6 +92,7 @@ class IncrementalAnalyzer:
         settle_s: float = SETTLE_S,
         pod_timeout_s: float = POD_TIMEOUT_S,
         horizon_s: float = HORIZON_S,
+        review_s: float = REVIEW_S,
     ) -> None:
         self.host = host
         self.kernel = kernel
@@ -89,14 +101,23 @@ class IncrementalAnalyzer:
         self.settle_ns = int(settle_s * 1e9)
         self.pod_timeout_s = pod_timeout_s
         self.horizon_ns = int(horizon_s * 1e9)
+        self.review_ns = int(review_s * 1e9)
         self.stats = WindowStats()
         self.drops = 0
         self._chunks: list[pd.DataFrame] = []
         self._fresh = False
-        """Activity arrived since the last analysis."""
+        """An exec, or a CRI call while a pod may be starting, arrived since the last analysis:
+        a pod start may have begun or advanced."""
         self._pending: dict[str, Pod] = {}
         """Pods the last analysis saw and that are not sent yet, by sandbox id."""
         self._emitted: OrderedDict[str, None] = OrderedDict()
+        self._analysed_ns = start_monotonic_ns
+        """Monotonic ns of the last analysis (the agent's start before the first)."""
+        self._closing: list[int] = []
+        """Monotonic ns at which named CRI replies that can end a pod start have settled."""
+        self._unnamed_due: int | None = None
+        """When the first unnamed reply since the last analysis settles (one for them all: on
+        an aged connection every call is unnamed until the analysis names it)."""
 
     def add(self, frame: pd.DataFrame) -> None:
         if not len(frame):
@@ -104,35 +125,70 @@ class IncrementalAnalyzer:
         self._chunks.append(frame)
         self.stats.received += len(frame)
         self.stats.events += len(frame)
-        if bool(frame["kind"].isin(ACTIVITY_KINDS).any()):
+        kind = frame["kind"]
+        if bool((kind == "exec").any()):
             self._fresh = True
+        calls = frame[kind == "cri_call"]
+        if len(calls) and "method" in calls:
+            self._note_replies(calls)
+
+    def _note_replies(self, calls: pd.DataFrame) -> None:
+        """Which replies can end a pod start, and when they settle. A call with no exec
+        around it and no pod pending (a kubelet polling ListContainers on a quiet node) ends
+        nothing: every pod start execs the runtime and the CNI plugins."""
+        method = calls["method"].astype("string")
+        failed = (calls["grpc_status"].astype("string") != "OK").fillna(False)
+        ended = calls["end_ns"].where(calls["end_ns"].notna(), calls["ts_ns"])
+        closing = (method.str.endswith(CLOSING_METHOD).fillna(False) | failed) & method.notna()
+        self._closing.extend(int(t) + self.settle_ns for t in ended[closing].dropna())
+        if bool(closing.any()):
+            self._fresh = True
+        unnamed = ended[method.isna()].dropna()
+        if len(unnamed) and (self._fresh or self._pending):
+            self._fresh = True
+            if self._unnamed_due is None:
+                self._unnamed_due = int(unnamed.min()) + self.settle_ns
 
     @property
     def pending(self) -> tuple[Pod, ...]:
         return tuple(self._pending.values())
 
     def next_due_ns(self) -> int | None:
-        """Monotonic ns at which a pending pod that looked over settles, if nothing changes.
+        """Monotonic ns of the next moment an analysis can decide something (see the module's
+        docstring); None while nothing is pending and nothing new arrived.
 
         The agent steps then rather than at its next regular interval, so a finished pod waits
         ``settle_s`` and one analysis, not ``settle_s`` plus up to an interval.
         """
-        due = [
-            p.end_ns - self.clock_offset_ns + self.settle_ns
-            for p in self._pending.values()
-            if p.status != "incomplete"
-            or p.incomplete_reason not in (STILL_STARTING, "no container seen")
-        ]
+        due = list(self._closing)
+        if self._unnamed_due is not None:
+            due.append(self._unnamed_due)
+        for p in self._pending.values():
+            if p.status == "incomplete" and p.incomplete_reason in (
+                STILL_STARTING,
+                "no container seen",
+            ):
+                due.append(p.start_ns - self.clock_offset_ns + int(self.pod_timeout_s * 1e9))
+            else:
+                due.append(p.end_ns - self.clock_offset_ns + self.settle_ns)
+        if self._fresh:
+            due.append(self._analysed_ns + self.review_ns)
         return min(due) if due else None
 
     def was_emitted(self, sandbox_id: str) -> bool:
         return sandbox_id in self._emitted
 
     def step(self, now_ns: int) -> list[Emitted]:
-        """Analyse the window if anything could have changed; the pods whose start is over."""
-        if not self._fresh and not self._pending:
+        """Analyse the window if an analysis can decide something now; the pods whose start
+        is over."""
+        self.stats.steps += 1
+        due = self.next_due_ns()
+        if due is None or now_ns < due:
             self._prune(now_ns)
             return []
+        return self._decide(now_ns)
+
+    def _decide(self, now_ns: int) -> list[Emitted]:
         analysis = self._analyze(now_ns)
         out: list[Emitted] = []
         now_wall = now_ns + self.clock_offset_ns
@@ -162,8 +218,7 @@ class IncrementalAnalyzer:
 
     def flush(self, now_ns: int) -> list[Emitted]:
         """Every pod start not sent yet, finished or not (the agent is stopping)."""
-        self._fresh = True
-        out = self.step(now_ns)
+        out = self._decide(now_ns)
         rest = [
             Emitted(
                 _incomplete(p, SHUT_DOWN) if p.status == "incomplete" else p, "shutdown", now_ns
@@ -177,6 +232,10 @@ class IncrementalAnalyzer:
     def _analyze(self, now_ns: int) -> Analysis:
         window = self._window()
         self._fresh = False
+        self._analysed_ns = now_ns
+        self._closing = [t for t in self._closing if t > now_ns]
+        if self._unnamed_due is not None and self._unnamed_due <= now_ns:
+            self._unnamed_due = None
         self.stats.analyses += 1
         source = Source(
             name="agent",
@@ -201,7 +260,7 @@ class IncrementalAnalyzer:
 
     def _prune(self, now_ns: int) -> None:
         """Drop what no pod still to be sent needs (see the module's docstring)."""
-        keep_from = now_ns - self.horizon_ns
+        keep_from = min(now_ns, self._analysed_ns) - self.horizon_ns
         for pod in self._pending.values():
             # a pod's start as analysed so far may be later than its real one (its first CNI
             # exec seen before the RunPodSandbox reply): keep a horizon before it too

@@ -189,6 +189,7 @@ def test_agent_streams_each_pod_start_as_it_ends(
         code = agent.wait(timeout=60)
     assert code == 0, log.read_text()
     assert tracepoint_programs() - before == set(), "probes left in the kernel"
+    print(log.read_text().splitlines()[-1])  # the agent's own figures: latency, analyses
 
     # the same spans as `export` gives for a recording of the same pods
     analysis = analyze_files(sorted(keep.glob("*.arrows")))

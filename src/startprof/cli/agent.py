@@ -185,7 +185,7 @@ def agent_command(
     say(
         f"stopped ({summary.stop_reason}): {summary.pods_sent} pod starts sent{after}, "
         f"{summary.export_failures} failed exports, {summary.drops} dropped, "
-        f"{summary.analysis_s:.1f}s in analysis"
+        f"{summary.analysis_s:.1f}s in {summary.analyses} analyses"
     )
     sys.stderr.flush()
     return 0

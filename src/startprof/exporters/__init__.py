@@ -48,6 +48,23 @@ class Exporter(Protocol):
         ...
 
 
+class TraceFileExporter:
+    """An ``Exporter`` that writes one file: a subclass says how (``write``) and how to open it
+    (``hint``)."""
+
+    verb = "wrote"
+    hint = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, analysis: Analysis) -> ExportSummary:
+        return self.write(analysis, self.path)
+
+    def write(self, analysis: Analysis, path: Path) -> ExportSummary:
+        raise NotImplementedError
+
+
 def write_json(document: Mapping[str, Any], path: Path) -> None:
     """Write ``document`` compactly to ``path``; a failure is one line, not a traceback."""
     try:

@@ -25,7 +25,7 @@ from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from startprof import __version__
 from startprof.analysis.model import Analysis
-from startprof.exporters import ExportSummary, write_json
+from startprof.exporters import ExportSummary, TraceFileExporter, write_json
 from startprof.exporters.spans import (
     SERVICE,
     AttributeValue,
@@ -126,14 +126,10 @@ def write_jaeger_json(analysis: Analysis, path: Path) -> ExportSummary:
     return ExportSummary(traces=len(document["data"]), spans=spans, target=str(path))
 
 
-class JaegerJsonTraceExporter:
+class JaegerJsonTraceExporter(TraceFileExporter):
     """``startprof export --jaeger-json``: the ``Exporter`` for a Jaeger JSON file."""
 
-    verb = "wrote"
     hint = " (Jaeger UI: Search → JSON File)"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, analysis: Analysis) -> ExportSummary:
-        return write_jaeger_json(analysis, self.path)
+    def write(self, analysis: Analysis, path: Path) -> ExportSummary:
+        return write_jaeger_json(analysis, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from startprof.analysis.model import Analysis
-from startprof.exporters import ExportSummary, write_json
+from startprof.exporters import ExportSummary, TraceFileExporter, write_json
 from startprof.exporters.spans import PodTrace, SpanDescription, describe, hex_span_id
 
 MAIN_TRACK: Final = "phases"
@@ -141,14 +141,10 @@ def write_perfetto(analysis: Analysis, path: Path) -> ExportSummary:
     return ExportSummary(traces=len(pods), spans=len(slices), target=str(path))
 
 
-class PerfettoTraceExporter:
+class PerfettoTraceExporter(TraceFileExporter):
     """``startprof export --perfetto``: the ``Exporter`` for a Chrome/Perfetto trace file."""
 
-    verb = "wrote"
     hint = " (open in https://ui.perfetto.dev)"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def export(self, analysis: Analysis) -> ExportSummary:
-        return write_perfetto(analysis, self.path)
+    def write(self, analysis: Analysis, path: Path) -> ExportSummary:
+        return write_perfetto(analysis, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -18,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from startprof import __version__
-from startprof.clock import sample_offset
 from startprof.errors import EnvironmentProblem, InputError, StartprofError
 from startprof.events import Event
 from startprof.exporters.otlp import (
@@ -32,27 +29,21 @@ from startprof.exporters.otlp import (
 )
 from startprof.exporters.spans import describe_pod
 from startprof.incremental import POD_TIMEOUT_S, Emitted, IncrementalAnalyzer
-from startprof.lab.versions import recording_metadata
 from startprof.metrics import AgentMetrics, otlp_metric_reader, prometheus_reader
-from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import unix_socket_inodes
 from startprof.probes.session import ProbeSession
+from startprof.procfs import pids_by_comm
 from startprof.recorder import (
     ALL_PROBES,
     BEHIND_FRACTION,
     HOUSEKEEPING_S,
-    KUBELET_COMMS,
     POLL_MS,
     Recorder,
     RecordOptions,
-    _ensure_privileges,
-    _ensure_tracefs,
-    _pids_by_comm,
-    _read_proc,
-    _shims_of,
-    _signals,
-    _Stop,
-    seed_processes,
+    Stop,
+    alive_events,
+    followed_roots,
+    stop_signals,
 )
 from startprof.recording import SUFFIX, RecordingHeader, RecordingWriter, events_frame
 
@@ -115,24 +106,11 @@ def ensure_host_pid_namespace(ns_path: str = "/proc/self/ns/pid") -> None:
         )
 
 
-def containerd_pids(proc: str = "/proc") -> list[int]:
-    pids = []
-    for entry in os.scandir(proc):
-        if entry.name.isdigit():
-            try:
-                with open(f"{proc}/{entry.name}/comm") as f:
-                    if f.read().strip() == "containerd":
-                        pids.append(int(entry.name))
-            except OSError:
-                continue
-    return sorted(pids)
-
-
 def cri_socket_in_containerd_netns(socket_path: str, proc: str = "/proc") -> bool | None:
     """Does a containerd listen on ``socket_path``, as its own network namespace's
     ``/proc/<pid>/net/unix`` says (not the caller's, which in a pod may be another)?
     None when no containerd runs."""
-    pids = containerd_pids(proc)
+    pids = pids_by_comm(("containerd",), proc)
     if not pids:
         return None
     return any(
@@ -248,54 +226,50 @@ class Agent(Recorder):
         self._buffer: list[Event] = []
         self._keeper: RotatingRecordings | None = None
 
+    def _preflight(self) -> None:
+        super()._preflight()
+        ensure_host_pid_namespace()
+        socket_path = self.agent_options.cri_socket
+        if cri_socket_in_containerd_netns(socket_path) is False:
+            raise InputError(
+                f"no containerd listens on the CRI socket {socket_path}",
+                fix="pass --cri-socket (or mount the node's /run/containerd into the pod)",
+            )
+
+    def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
+        try:
+            return super()._initial_targets()
+        except InputError as exc:
+            raise InputError(
+                f"nothing listens on the CRI socket {self.agent_options.cri_socket}",
+                fix="pass --cri-socket with containerd's socket (in a pod: mount the node's "
+                "/run/containerd)",
+            ) from exc
+
+    def _header_extra(self) -> dict[str, Any]:
+        return {"agent": True}
+
     def run_agent(self) -> AgentSummary:
         opts = self.agent_options
         # a bad endpoint is an error before anything is loaded (and without root)
         sink = TraceSink(opts.otlp_url, opts.otlp_protocol) if opts.otlp_url is not None else None
-        _ensure_privileges()
-        ensure_host_pid_namespace()
-        _ensure_tracefs()
-        if cri_socket_in_containerd_netns(opts.cri_socket) is False:
-            raise InputError(
-                f"no containerd listens on the CRI socket {opts.cri_socket}",
-                fix="pass --cri-socket (or mount the node's /run/containerd into the pod)",
-            )
-        metrics = self._metrics(sink)
-        try:
-            seeds, listeners = self._initial_targets()
-        except InputError as exc:
-            raise InputError(
-                f"nothing listens on the CRI socket {opts.cri_socket}",
-                fix="pass --cri-socket with containerd's socket (in a pod: mount the node's "
-                "/run/containerd)",
-            ) from exc
-        self._listeners = listeners
-        self.stats.followed_containerd = sorted({pid for pid, _ in listeners})
-        session = self.session_factory(
-            seed_pids=seeds,
-            cri_socket=opts.cri_socket,
-            ringbuf_pages=opts.ringbuf_pages,
-            probes=tuple(opts.probes),
-        )
-        stop = _Stop()
+        session, _ = self.open_session()
+        metrics: AgentMetrics | None = None
+        stop = Stop()
         end_attrs: dict[str, Any] | None = None
         try:
-            with _signals(stop):
-                self._drops_read_ns = time.monotonic_ns()
-                session.start()
-                offset = sample_offset()
-                start_mono = time.monotonic_ns()
+            metrics = self._metrics(sink)
+            with stop_signals(stop):
+                header = self.start_session(session)
                 core = IncrementalAnalyzer(
-                    host=socket.gethostname(),
-                    kernel=platform.release(),
-                    clock_offset_ns=offset,
-                    start_monotonic_ns=start_mono,
+                    host=header.host,
+                    kernel=header.kernel,
+                    clock_offset_ns=header.clock_offset_ns,
+                    start_monotonic_ns=header.start_monotonic_ns,
                     pod_timeout_s=opts.pod_timeout,
                 )
                 if opts.keep_dir is not None:
-                    self._keeper = RotatingRecordings(
-                        opts.keep_dir, opts.max_size, lambda: self._header(offset)
-                    )
+                    self._keeper = RotatingRecordings(opts.keep_dir, opts.max_size, self.header)
                 alive = self._alive()
                 self._buffer.extend(alive)
                 if self._keeper is not None:
@@ -365,31 +339,9 @@ class Agent(Recorder):
                 ) from exc
         return AgentMetrics(socket.gethostname(), readers) if readers else None
 
-    def _header(self, offset: int) -> RecordingHeader:
-        start_mono = time.monotonic_ns()
-        return RecordingHeader(
-            host=socket.gethostname(),
-            kernel=platform.release(),
-            abi_version=ABI_VERSION,
-            probes=tuple(self.agent_options.probes),
-            cri_socket=self.agent_options.cri_socket,
-            clock_offset_ns=offset,
-            start_wall_ns=start_mono + offset,
-            start_monotonic_ns=start_mono,
-            startprof_version=__version__,
-            extra={
-                "agent": True,
-                "containerd": recording_metadata(
-                    self.agent_options.cri_socket, self.stats.followed_containerd
-                ),
-            },
-        )
-
     def _alive(self) -> list[Event]:
         """``proc`` events of the followed containerd, shims and kubelet, and their trees."""
-        roots = sorted({pid for pid, _ in self._listeners})
-        roots += _shims_of(self.agent_options.cri_socket) + _pids_by_comm(KUBELET_COMMS)
-        return [e for pid in seed_processes(roots) if (e := _read_proc(pid)) is not None]
+        return alive_events(followed_roots(self._listeners, self.agent_options.cri_socket))
 
     def _take(self, events: Sequence[Event]) -> None:
         if events:

@@ -1,9 +1,12 @@
-"""The process table as /proc shows it now: who is whose child."""
+"""The process table as /proc shows it now: who is whose child, who is who."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
+
+from startprof.events import Event
 
 
 def children_by_parent(proc: str = "/proc") -> dict[int, list[int]]:
@@ -36,3 +39,49 @@ def descendants(pids: Iterable[int]) -> list[int]:
                 out.append(child)
                 todo.append(child)
     return out
+
+
+def pids_by_comm(names: Iterable[str], proc: str = "/proc") -> list[int]:
+    """Pids of the processes alive now whose comm is one of ``names``, in pid order."""
+    wanted = set(names)
+    found = []
+    for entry in os.scandir(proc):
+        if entry.name.isdigit():
+            try:
+                with open(f"{proc}/{entry.name}/comm") as f:
+                    if f.read().strip() in wanted:
+                        found.append(int(entry.name))
+            except OSError:
+                continue  # it exited while we looked
+    return sorted(found)
+
+
+def cmdline(pid: int, proc: str = "/proc") -> list[bytes] | None:
+    """A process's argv as bytes, None once it is gone."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            return [a for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def proc_event(pid: int, proc: str = "/proc") -> Event | None:
+    """A ``proc`` event for a process alive now (one that started before the probes, whose
+    exec no probe saw): its parent, comm and argv. None once it is gone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    argv = cmdline(pid, proc)
+    if argv is None:
+        return None
+    return {
+        "kind": "proc",
+        "ts_ns": time.monotonic_ns(),
+        "pid": pid,
+        "tid": pid,
+        "ppid": int(stat[stat.rindex(b")") + 2 :].split()[1]),
+        "comm": stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace"),
+        "argv": [a.decode(errors="replace") for a in argv],
+    }

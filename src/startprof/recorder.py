@@ -34,7 +34,7 @@ from startprof.probes import PROBES
 from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import find_cri_listeners
 from startprof.probes.session import ProbeSession
-from startprof.procfs import descendants
+from startprof.procfs import cmdline, descendants, pids_by_comm, proc_event
 from startprof.recording import RecordingHeader, RecordingWriter
 
 POLL_MS = 100
@@ -85,7 +85,7 @@ class RecordResult:
 StatusCallback = Callable[[RecordStats], None]
 
 
-def _ensure_privileges() -> None:
+def ensure_privileges() -> None:
     if os.geteuid() != 0:
         raise PrivilegeError(
             "recording loads BPF programs and needs root",
@@ -93,7 +93,7 @@ def _ensure_privileges() -> None:
         )
 
 
-def _ensure_tracefs() -> None:
+def ensure_tracefs() -> None:
     """bcc attaches tracepoints through tracefs; mount it when a fresh machine lacks it."""
     if os.path.exists("/sys/kernel/tracing/events") or os.path.exists(
         "/sys/kernel/debug/tracing/events"
@@ -150,54 +150,26 @@ class _Priority:
             self.mode = f"nice {RECORDER_NICE}"
 
 
-def _read_proc(pid: int) -> Event | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return None
-    comm = stat[stat.index(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
-    ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
-    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
-    return {
-        "kind": "proc",
-        "ts_ns": time.monotonic_ns(),
-        "pid": pid,
-        "tid": pid,
-        "ppid": ppid,
-        "comm": comm,
-        "argv": argv,
-    }
-
-
-def _pids_by_comm(names: Iterable[str]) -> list[int]:
-    wanted = set(names)
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/comm") as f:
-                    if f.read().strip() in wanted:
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _shims_of(socket_path: str) -> list[int]:
+def shims_of(socket_path: str) -> list[int]:
     """containerd shims daemonize away from containerd; find them by the address they serve."""
     shims = []
-    for pid in _pids_by_comm(("containerd-shim", "containerd-shim-runc-v2")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid in pids_by_comm(("containerd-shim", "containerd-shim-runc-v2")):
+        argv = cmdline(pid) or []
         if any(same_socket(os.fsdecode(a), socket_path) for a in argv if a.endswith(b".sock")):
             shims.append(pid)
     return shims
+
+
+def followed_roots(listeners: Iterable[tuple[int, int]], cri_socket: str) -> list[int]:
+    """What the recorder follows, as roots: the containerd behind the CRI socket, its shims
+    and a kubelet."""
+    roots = sorted({pid for pid, _ in listeners})
+    return roots + shims_of(cri_socket) + pids_by_comm(KUBELET_COMMS)
+
+
+def alive_events(roots: Iterable[int]) -> list[Event]:
+    """``proc`` events of the roots and of every descendant alive now."""
+    return [e for pid in seed_processes(roots) if (e := proc_event(pid)) is not None]
 
 
 def seed_processes(roots: Iterable[int]) -> list[int]:
@@ -206,7 +178,7 @@ def seed_processes(roots: Iterable[int]) -> list[int]:
     return roots + [pid for pid in descendants(roots) if pid not in roots]
 
 
-class _Stop:
+class Stop:
     """Collects the reason to stop from signal handlers and the loop."""
 
     def __init__(self) -> None:
@@ -217,7 +189,7 @@ class _Stop:
 
 
 @contextmanager
-def _signals(stop: _Stop) -> Iterator[None]:
+def stop_signals(stop: Stop) -> Iterator[None]:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
@@ -246,6 +218,8 @@ class Recorder:
         self._drops_read_ns = time.monotonic_ns()
         """When the drop counters were last read: a growth seen now happened after it."""
         self._priority = _Priority()
+        self._clock_offset_ns = 0
+        """Wall clock minus monotonic, sampled when the probes started."""
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
         opts = self.options
@@ -256,13 +230,16 @@ class Recorder:
                 fix="start containerd or the lab (startprof lab up), pass --cri-socket, "
                 "or record every process with --all",
             )
-        roots = sorted({pid for pid, _ in listeners})
-        roots += _shims_of(opts.cri_socket) + _pids_by_comm(KUBELET_COMMS)
-        return seed_processes(roots), listeners
+        return seed_processes(followed_roots(listeners, opts.cri_socket)), listeners
 
-    def run(self) -> RecordResult:
-        _ensure_privileges()
-        _ensure_tracefs()
+    def _preflight(self) -> None:
+        """What must hold before anything is loaded."""
+        ensure_privileges()
+        ensure_tracefs()
+
+    def open_session(self) -> tuple[ProbeSession, list[int]]:
+        """The checks, the processes to follow (pids) and the probe session, not started."""
+        self._preflight()
         opts = self.options
         seeds, listeners = self._initial_targets()
         self._listeners = listeners
@@ -274,35 +251,50 @@ class Recorder:
             ringbuf_pages=opts.ringbuf_pages,
             probes=tuple(opts.probes),
         )
-        stop = _Stop()
+        return session, seeds
+
+    def start_session(self, session: ProbeSession) -> RecordingHeader:
+        """Attach the probes and sample the clock: the header of what they record."""
+        self._drops_read_ns = time.monotonic_ns()  # the counters start at zero here
+        session.start()
+        self._clock_offset_ns = sample_offset()
+        return self.header()
+
+    def header(self) -> RecordingHeader:
+        """A recording's header, starting now (a rotated file's too)."""
+        opts = self.options
+        start_mono = time.monotonic_ns()
+        return RecordingHeader(
+            host=socket.gethostname(),
+            kernel=platform.release(),
+            abi_version=ABI_VERSION,
+            probes=tuple(opts.probes),
+            cri_socket=opts.cri_socket,
+            clock_offset_ns=self._clock_offset_ns,
+            start_wall_ns=start_mono + self._clock_offset_ns,
+            start_monotonic_ns=start_mono,
+            follow_all=opts.follow_all,
+            startprof_version=__version__,
+            extra={
+                **self._header_extra(),
+                "containerd": recording_metadata(opts.cri_socket, self.stats.followed_containerd),
+            },
+        )
+
+    def _header_extra(self) -> dict[str, Any]:
+        return {"command": list(self.options.command)} if self.options.command else {}
+
+    def run(self) -> RecordResult:
+        opts = self.options
+        session, seeds = self.open_session()
+        stop = Stop()
         command: subprocess.Popen[bytes] | None = None
         writer: RecordingWriter | None = None
         try:
-            with _signals(stop):
-                self._drops_read_ns = time.monotonic_ns()  # the counters start at zero here
-                session.start()
-                offset = sample_offset()
-                start_mono = time.monotonic_ns()
-                header = RecordingHeader(
-                    host=socket.gethostname(),
-                    kernel=platform.release(),
-                    abi_version=ABI_VERSION,
-                    probes=tuple(opts.probes),
-                    cri_socket=opts.cri_socket,
-                    clock_offset_ns=offset,
-                    start_wall_ns=start_mono + offset,
-                    start_monotonic_ns=start_mono,
-                    follow_all=opts.follow_all,
-                    startprof_version=__version__,
-                    extra={
-                        **({"command": list(opts.command)} if opts.command else {}),
-                        "containerd": recording_metadata(
-                            opts.cri_socket, self.stats.followed_containerd
-                        ),
-                    },
-                )
+            with stop_signals(stop):
+                header = self.start_session(session)
                 writer = RecordingWriter(opts.output, header)
-                writer.write(e for pid in seeds if (e := _read_proc(pid)) is not None)
+                writer.write(e for pid in seeds if (e := proc_event(pid)) is not None)
                 writer.flush()
                 if self.on_ready is not None:
                     self.on_ready()
@@ -399,7 +391,7 @@ class Recorder:
             self.stats.followed_containerd.append(pid)
             events.append(_note(f"following new CRI listener pid {pid} fd {fd}", pid=pid))
             # its exec was not seen (it was not followed then): name it, as at the start
-            events.extend(e for p in seed_processes([pid]) if (e := _read_proc(p)) is not None)
+            events.extend(alive_events([pid]))
         self._listeners |= current
         previous = self.stats.drops
         drops = self._drops_event(session)

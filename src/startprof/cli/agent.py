@@ -12,14 +12,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from startprof.cli.options import cri_socket_option, otlp_protocol_option
+from startprof.cli.options import (
+    cri_socket_option,
+    duration_option,
+    otlp_option,
+    otlp_protocol_option,
+)
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 
 if TYPE_CHECKING:
     from startprof.incremental import Emitted
 
-_DEFAULT_ENDPOINT = ""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -33,19 +37,7 @@ def parse_size(text: str) -> int:
 
 
 @click.command("agent")
-@click.option(
-    "--otlp",
-    "otlp_url",
-    is_flag=False,
-    flag_value=_DEFAULT_ENDPOINT,
-    default=None,
-    metavar="[URL]",
-    help=(
-        "Send each pod start's trace, and the metrics, over OTLP to URL [default: "
-        "$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, $OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 "
-        "(gRPC) or localhost:4318 (HTTP)]."
-    ),
-)
+@otlp_option("each pod start's trace, and the metrics,")
 @otlp_protocol_option
 @click.option(
     "--metrics-port",
@@ -75,12 +67,7 @@ def parse_size(text: str) -> int:
     metavar="S",
     help="Send a pod start that is still not over S seconds after it began, as incomplete.",
 )
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Stop after S seconds (tests, benchmarks).",
-)
+@duration_option
 @cri_socket_option
 @click.option(
     "--no-idle",

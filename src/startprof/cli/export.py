@@ -8,32 +8,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from startprof.cli.options import otlp_protocol_option
+from startprof.cli.options import DEFAULT_ENDPOINT, otlp_option, otlp_protocol_option
 from startprof.errors import InputError
 
 if TYPE_CHECKING:
     from startprof.analysis.model import Analysis
     from startprof.exporters import Exporter, ExportSummary
 
-_DEFAULT_ENDPOINT = ""
-"""``--otlp`` given without a URL: the endpoint comes from the environment or the default."""
-
 
 @click.command("export")
 @click.argument("files", nargs=-1, metavar="FILE...", type=click.Path(path_type=Path))
-@click.option(
-    "--otlp",
-    "otlp_url",
-    is_flag=False,
-    flag_value=_DEFAULT_ENDPOINT,
-    default=None,
-    metavar="[URL]",
-    help=(
-        "Send one trace per pod start over OTLP to URL [default: $OTEL_EXPORTER_OTLP_TRACES_"
-        "ENDPOINT, $OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 (gRPC) or "
-        "localhost:4318/v1/traces (HTTP)]. Without URL, put --otlp after the files."
-    ),
-)
+@otlp_option("one trace per pod start", note="Without URL, put --otlp after the files.")
 @otlp_protocol_option
 @click.option(
     "--jaeger-json",
@@ -142,7 +127,7 @@ def _file_taken_as_url(
     """``export --otlp pods.arrows``: click hands the file to --otlp as its URL. A value that
     is an existing file and no URL (no scheme, no port) is a FILE, and --otlp has no URL."""
     if otlp_url and "://" not in otlp_url and ":" not in otlp_url and Path(otlp_url).is_file():
-        return (Path(otlp_url), *files), _DEFAULT_ENDPOINT
+        return (Path(otlp_url), *files), DEFAULT_ENDPOINT
     return files, otlp_url
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from startprof.exporters.otlp import PROTOCOLS
+
+FC = TypeVar("FC", bound=Callable[..., object])
 
 cri_socket_option = click.option(
     "--cri-socket",
@@ -19,4 +24,31 @@ otlp_protocol_option = click.option(
     type=click.Choice(PROTOCOLS),
     help="OTLP transport [default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "
     "$OTEL_EXPORTER_OTLP_PROTOCOL, else grpc].",
+)
+DEFAULT_ENDPOINT = ""
+"""``--otlp`` given without a URL: the endpoint comes from the environment or the default."""
+
+
+def otlp_option(sends: str, note: str = "") -> Callable[[FC], FC]:
+    """``--otlp [URL]``; ``sends`` says what goes there, ``note`` how this command parses it."""
+    return click.option(
+        "--otlp",
+        "otlp_url",
+        is_flag=False,
+        flag_value=DEFAULT_ENDPOINT,
+        default=None,
+        metavar="[URL]",
+        help=(
+            f"Send {sends} over OTLP to URL [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+            "$OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4317 (gRPC) or "
+            f"localhost:4318/v1/traces (HTTP)].{' ' + note if note else ''}"
+        ),
+    )
+
+
+duration_option = click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Stop after S seconds.",
 )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from startprof.cli.options import cri_socket_option
+from startprof.cli.options import cri_socket_option, duration_option
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 from startprof.probes import PROBES
@@ -45,12 +45,7 @@ def _status_line(stats: RecordStats) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help=(f"Recording file [default: startprof-DATE-TIME{SUFFIX}]."),
 )
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="S",
-    help="Stop after S seconds.",
-)
+@duration_option
 @cri_socket_option
 @click.option(
     "--all",

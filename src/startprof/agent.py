@@ -92,17 +92,25 @@ class AgentSummary:
     """Per pod sent as done: from the pod's end to the export's completion."""
 
 
+HOST_PID_FIX: Final = "run it on the host, or in a pod with hostPID: true (deploy/daemonset.yaml)"
+CRI_NETNS_FIX: Final = "pass --cri-socket (or mount the node's /run/containerd into the pod)"
+
+
+def in_host_pid_namespace(ns_path: str = "/proc/self/ns/pid") -> bool:
+    """Is this process in the host's pid namespace? Raises OSError when it cannot tell."""
+    return os.stat(ns_path).st_ino == INIT_PID_NS_INO
+
+
 def ensure_host_pid_namespace(ns_path: str = "/proc/self/ns/pid") -> None:
     """Refuse to run outside the host's pid namespace: the pids the probes report and the
     ``/proc`` the recorder reads would be another namespace's, and containerd invisible."""
     try:
-        ino = os.stat(ns_path).st_ino
+        host = in_host_pid_namespace(ns_path)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot read {ns_path}: {exc.strerror}") from exc
-    if ino != INIT_PID_NS_INO:
+    if not host:
         raise EnvironmentProblem(
-            "startprof agent runs in a pid namespace that is not the host's",
-            fix="run it on the host, or in a pod with hostPID: true (deploy/daemonset.yaml)",
+            "startprof agent runs in a pid namespace that is not the host's", fix=HOST_PID_FIX
         )
 
 
@@ -232,8 +240,7 @@ class Agent(Recorder):
         socket_path = self.agent_options.cri_socket
         if cri_socket_in_containerd_netns(socket_path) is False:
             raise InputError(
-                f"no containerd listens on the CRI socket {socket_path}",
-                fix="pass --cri-socket (or mount the node's /run/containerd into the pod)",
+                f"no containerd listens on the CRI socket {socket_path}", fix=CRI_NETNS_FIX
             )
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:

@@ -79,6 +79,15 @@ class Host(Protocol):
         """Runtime name and version behind a CRI socket; raises OSError or CriError if none."""
         ...
 
+    def host_pid_namespace(self) -> bool:
+        """Whether this process shares the host's pid namespace; raises OSError if unknown."""
+        ...
+
+    def containerd_listens(self, socket_path: str) -> bool | None:
+        """Whether a containerd listens on the socket, as its own network namespace says;
+        None when no containerd runs."""
+        ...
+
     def containerd_version(self, binary: str) -> str | None:
         """What ``binary --version`` says (1.6.20, 2.1.9); None when it cannot tell."""
         ...
@@ -315,6 +324,43 @@ def check_cri_socket(host: Host, socket_path: str) -> Check:
     return Check("cri socket", "ok", False, f"{socket_path}: {version}")
 
 
+def check_agent_pid_namespace(host: Host) -> Check:
+    """``startprof agent`` refuses another pid namespace (its pids and /proc would not be the
+    host's); record and the lab do not care."""
+    name = "agent: host pid namespace"
+    try:
+        host_ns = host.host_pid_namespace()
+    except OSError as exc:
+        return Check(name, "warn", False, f"cannot tell: {exc}")
+    if host_ns:
+        return Check(name, "ok", False, "the host's pid namespace")
+    from startprof.agent import HOST_PID_FIX
+
+    return Check(
+        name, "warn", False, "another pid namespace: the agent would refuse to start", HOST_PID_FIX
+    )
+
+
+def check_agent_cri_netns(host: Host, socket_path: str) -> Check:
+    """A pod sees the node's socket file through a mount, yet only containerd's own network
+    namespace knows whether containerd listens on it."""
+    name = "agent: containerd on the socket"
+    listens = host.containerd_listens(socket_path)
+    if listens is None:
+        return Check(name, "warn", False, "no containerd runs here", "start containerd or the lab")
+    if listens:
+        return Check(name, "ok", False, f"containerd listens on {socket_path}")
+    from startprof.agent import CRI_NETNS_FIX
+
+    return Check(
+        name,
+        "warn",
+        False,
+        f"no containerd listens on {socket_path}: the agent would refuse to start",
+        CRI_NETNS_FIX,
+    )
+
+
 def run_checks(host: Host, cri_socket: str) -> Report:
     checks: list[Check] = [
         check_privileges(host),
@@ -328,6 +374,8 @@ def run_checks(host: Host, cri_socket: str) -> Report:
         check_bcc(host),
         *check_lab_binaries(host),
         check_cri_socket(host, cri_socket),
+        check_agent_pid_namespace(host),
+        check_agent_cri_netns(host, cri_socket),
     ]
     return Report(tuple(checks))
 
@@ -392,6 +440,16 @@ class RealHost:
         from startprof.lab.cri import cri_version
 
         return cri_version(socket_path)
+
+    def host_pid_namespace(self) -> bool:
+        from startprof.agent import in_host_pid_namespace
+
+        return in_host_pid_namespace()
+
+    def containerd_listens(self, socket_path: str) -> bool | None:
+        from startprof.agent import cri_socket_in_containerd_netns
+
+        return cri_socket_in_containerd_netns(socket_path)
 
     def containerd_version(self, binary: str) -> str | None:
         from startprof.lab.versions import version_of

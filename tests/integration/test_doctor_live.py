@@ -22,3 +22,7 @@ def test_doctor_json_all_required_ok() -> None:
     names = {c["name"] for c in doc["checks"]}
     assert {"privileges", "kernel", "bpf syscall", "tracefs", "tracepoints", "btf", "bcc"} <= names
     assert "cri socket" in names
+    # the machine's own shell: the host's pid namespace, and the checks the agent makes
+    agent = {c["name"]: c["status"] for c in doc["checks"] if c["name"].startswith("agent: ")}
+    assert agent["agent: host pid namespace"] == "ok"
+    assert set(agent) == {"agent: host pid namespace", "agent: containerd on the socket"}

@@ -35,6 +35,9 @@ class FakeHost:
     arch: str = "x86_64"
     containerd: str | None = "1.6.20"
     lab: dict[str, object] = field(default_factory=dict)
+    pid_ns: bool | None = True
+    """None: /proc/self/ns/pid cannot be read."""
+    listening: bool | None = True
 
     def euid(self) -> int:
         return self.uid
@@ -70,6 +73,14 @@ class FakeHost:
 
     def containerd_version(self, binary: str) -> str | None:
         return self.containerd
+
+    def host_pid_namespace(self) -> bool:
+        if self.pid_ns is None:
+            raise PermissionError("permission denied: /proc/self/ns/pid")
+        return self.pid_ns
+
+    def containerd_listens(self, socket_path: str) -> bool | None:
+        return self.listening
 
     def lab_containerd(self, socket_path: str) -> dict[str, object]:
         return self.lab
@@ -231,3 +242,31 @@ def test_doctor_reports_the_containerd_versions() -> None:
     assert checks["cri socket"].detail.endswith(
         "; the lab's containerd 2.1.9 (debian sid containerd_2.1.9+ds1-5_amd64.deb)"
     )
+
+
+@pytest.mark.parametrize(
+    ("pid_ns", "listening", "pid_status", "netns_status", "fix"),
+    [
+        (True, True, "ok", "ok", ""),
+        (False, True, "warn", "ok", "hostPID: true"),
+        (None, True, "warn", "ok", ""),
+        (True, False, "ok", "warn", "/run/containerd"),
+        (True, None, "ok", "warn", "start containerd"),
+    ],
+)
+def test_agent_checks_warn_with_the_agents_fix(
+    pid_ns: bool | None, listening: bool | None, pid_status: str, netns_status: str, fix: str
+) -> None:
+    """Only the agent needs them: a failure warns (record and the lab still work), and says
+    what the agent would refuse and how to deploy it instead."""
+    host = healthy()
+    host.pid_ns, host.listening = pid_ns, listening
+    report = run_checks(host, "/run/containerd/containerd.sock")
+    assert report.ok
+    checks = {c.name: c for c in report.checks}
+    pid, netns = checks["agent: host pid namespace"], checks["agent: containerd on the socket"]
+    assert (pid.status, netns.status) == (pid_status, netns_status)
+    assert not pid.required and not netns.required
+    assert fix in pid.fix + netns.fix
+    if False in (pid_ns, listening):
+        assert "would refuse to start" in pid.detail + netns.detail

@@ -10,6 +10,7 @@ writes ``COLUMNS`` as the Arrow schema) and ``docs/recording.md``.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 Event = dict[str, Any]
@@ -89,3 +90,16 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
+
+
+def attrs_of(raw: object) -> dict[str, Any]:
+    """An event's ``attrs`` cell as a dict: ``{}`` for an empty cell (None, NA, NaN, ""), text
+    that is not JSON, or JSON that is not an object. Every reader of ``attrs`` goes through
+    here, so a damaged cell means the same everywhere: no extras."""
+    if not isinstance(raw, str | bytes) or not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from startprof.errors import RecordingError
-from startprof.events import COLUMNS, Event
+from startprof.events import COLUMNS, Event, attrs_of
 
 FORMAT_VERSION: Final = 1
 META_KEY: Final = b"startprof"
@@ -234,11 +234,7 @@ def _end_attrs(table: pa.Table) -> dict[str, Any] | None:
     last = table.num_rows - 1
     if kinds[last].as_py() != "end":
         return None
-    try:
-        attrs = json.loads(table.column("attrs")[last].as_py() or "{}")
-    except ValueError:
-        return {}
-    return attrs if isinstance(attrs, dict) else {}
+    return attrs_of(table.column("attrs")[last].as_py())
 
 
 def _is_arrow_file(path: Path) -> bool:

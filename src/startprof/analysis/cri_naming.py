@@ -33,6 +33,7 @@ import pandas as pd
 
 from startprof.analysis.processes import missing
 from startprof.cri.api import path_of
+from startprof.events import attrs_of
 
 _SANDBOX_METHODS: Final = frozenset(
     {
@@ -81,16 +82,6 @@ class NamingStats:
     named: int  # of those, named here
     keys: int
     ambiguous_keys: int
-
-
-def _attrs(raw: Any) -> dict[str, Any]:
-    if missing(raw) or not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _ok(status: Any) -> bool:
@@ -147,7 +138,7 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     keys: dict[tuple[Any, str], _Key] = defaultdict(_Key)
     times = ev.loc[pending.index, ["start_ns", "end_ns", "grpc_status"]]
     for row, raw, conn in pending.itertuples(name=None):
-        unnamed = _attrs(raw).get("unnamed")
+        unnamed = attrs_of(raw).get("unnamed")
         if not isinstance(unnamed, dict) or not isinstance(unnamed.get("key"), str):
             continue
         candidates = unnamed.get("candidates")
@@ -362,7 +353,7 @@ def _apply(
     for k, (method, evidence) in decided.items():
         group = keys[k]
         for call in group.calls:
-            attrs = _attrs(ev.at[call.row, "attrs"])
+            attrs = attrs_of(ev.at[call.row, "attrs"])
             attrs.pop("unnamed", None)
             attrs.pop("hpack", None)
             attrs["method_inferred"] = {**evidence, "key_calls": len(group.calls)}
@@ -376,7 +367,7 @@ def _apply(
     for group in ambiguous:
         methods = sorted(group.methods())
         for call in group.calls:
-            attrs = _attrs(ev.at[call.row, "attrs"])
+            attrs = attrs_of(ev.at[call.row, "attrs"])
             attrs.pop("unnamed", None)
             attrs["method_candidates"] = methods
             updates["attrs"][call.row] = json.dumps(attrs, sort_keys=True)

@@ -1,10 +1,10 @@
 """The critical path of a pod start, and the bottleneck in words.
 
-Definition (docs/architecture.md; the one Jaeger's trace view uses, applied at kernel granularity): start at
-the end of a span and walk backwards; at each instant follow the child that is still running
-latest, recurse into it, and charge time covered by no child to the span itself. Every instant of
-the pod is charged to exactly one span, so the self-times on the path sum to the pod's duration.
-"""
+Definition (docs/architecture.md; the one Jaeger's trace view uses, applied at kernel
+granularity): start at the end of a span and walk backwards; at each instant follow the child
+that is still running latest, recurse into it, and charge time covered by no child to the span
+itself. Every instant of the pod is charged to exactly one span, so the self-times on the path
+sum to the pod's duration."""
 
 from __future__ import annotations
 

@@ -10,13 +10,13 @@ A pod that failed keeps ``failed``: a non-zero exit code or CRI error was seen, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 
 import pandas as pd
 
 from startprof.analysis.model import Pod
+from startprof.events import attrs_of
 
 LOST_EVENTS = "events were dropped while it started (ring buffer full)"
 
@@ -63,12 +63,7 @@ def mark_lossy(pods: Sequence[Pod], windows: Sequence[tuple[int, int]]) -> list[
 
 
 def _since(raw: object) -> int | None:
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        value = json.loads(raw).get("since_ns")
-    except (ValueError, AttributeError):
-        return None
+    value = attrs_of(raw).get("since_ns")
     return int(value) if isinstance(value, int) else None
 
 

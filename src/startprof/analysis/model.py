@@ -26,7 +26,8 @@ STILL_STARTING = "still starting when the recording ended"
 
 @dataclass(frozen=True)
 class Phase:
-    """One span of a pod start. ``name`` is canonical (docs/architecture.md), e.g. ``cni.plugin bridge``."""
+    """One span of a pod start. ``name`` is canonical (docs/architecture.md), e.g.
+    ``cni.plugin bridge``."""
 
     id: str
     """Unique within its pod and stable for the same recording, e.g. ``sandbox/cni.add/1``."""

@@ -38,7 +38,8 @@ from startprof.analysis.processes import (
     runtime_programs,
 )
 from startprof.cri.api import V1, V1ALPHA2, path_of
-from startprof.probes.netlink import type_name
+from startprof.events import attrs_of
+from startprof.linux import CLONE_NEWNET, type_name
 
 RUN_POD_SANDBOX = path_of("RunPodSandbox")
 CREATE_CONTAINER = path_of("CreateContainer")
@@ -47,7 +48,6 @@ STOP_CONTAINER = path_of("StopContainer")
 IMAGE_STATUS = path_of("ImageStatus")
 PULL_IMAGE = path_of("PullImage")
 IMAGE_METHODS = (IMAGE_STATUS, PULL_IMAGE)
-CLONE_NEWNET = 0x40000000
 NOT_ENTRYPOINTS = ("/proc/self/exe",)
 STAYED_UP_NS = 1_000_000_000
 """A container whose entrypoint exits on its own sooner than this after its exec crashed (the
@@ -184,18 +184,6 @@ def _cni_args(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _attrs(raw: Any) -> dict[str, Any]:
-    import json
-
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 CALL_COLUMNS = [
     "method",
     "start_ns",
@@ -226,7 +214,7 @@ def cri_calls(ev: pd.DataFrame) -> list[Call]:
             pod=r["pod"],
             namespace=r["namespace"],
             uid=r["uid"],
-            attrs=_attrs(r["attrs"]),
+            attrs=attrs_of(r["attrs"]),
         )
         for r in _records(calls, cols)
         if r["start_ns"] is not None

@@ -4,9 +4,10 @@ Pids are reused (pid_max is 32768 on many nodes, and Go threads use pids too), s
 *lifetime*: ``proc_id`` numbers each (pid, birth) pair. Every event is tied to the lifetime of
 its pid that began last before it (``merge_asof``), so a reused pid never mixes two processes.
 
-Attribution (docs/architecture.md): a process's own evidence — ``CNI_CONTAINERID`` in its environment (CNI
-plugins and the iptables they run), ``-id`` of a containerd shim, the container id an OCI runtime
-is told to create/start/delete — and else its parent's, inherited down the tree.
+Attribution (docs/architecture.md): a process's own evidence — ``CNI_CONTAINERID`` in its
+environment (CNI plugins and the iptables they run), ``-id`` of a containerd shim, the container
+id an OCI runtime is told to create/start/delete — and else its parent's, inherited down the
+tree.
 
 An OCI runtime is known by what it is asked to do, not by its name: a ``create`` (or ``run``)
 with ``--bundle``. runc and crun are known by name as well; a wrapper such as

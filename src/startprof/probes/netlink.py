@@ -16,6 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from startprof.events import Event
+from startprof.linux import (
+    NETLINK_NETFILTER,
+    NETLINK_ROUTE,
+    NFT_MSGS,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_OVERRUN,
+)
+from startprof.linux import PROTOCOLS as PROTOCOLS  # the kernel's names, re-exported
+from startprof.linux import type_name as type_name
 from startprof.probes.abi import (
     Decoder,
     NlMsgFixed,
@@ -26,96 +36,12 @@ from startprof.probes.abi import (
 
 NAME: Final = "netlink"
 
-NETLINK_ROUTE: Final = 0
-NETLINK_NETFILTER: Final = 12
-PROTOCOLS: Final[dict[int, str]] = {
-    0: "NETLINK_ROUTE",
-    4: "NETLINK_SOCK_DIAG",
-    9: "NETLINK_AUDIT",
-    12: "NETLINK_NETFILTER",
-    15: "NETLINK_KOBJECT_UEVENT",
-    16: "NETLINK_GENERIC",
-}
-
-NLMSG_NOOP: Final = 1
-NLMSG_ERROR: Final = 2
-NLMSG_DONE: Final = 3
-NLMSG_OVERRUN: Final = 4
-
 NLM_F_MULTI: Final = 0x2
 NLM_F_CAPPED: Final = 0x100
 NLM_F_ACK_TLVS: Final = 0x200
 NLMSGERR_ATTR_MSG: Final = 1
 
 MSG_PEEK: Final = 0x2
-
-RTM_TYPES: Final[dict[int, str]] = {
-    16: "RTM_NEWLINK",
-    17: "RTM_DELLINK",
-    18: "RTM_GETLINK",
-    19: "RTM_SETLINK",
-    20: "RTM_NEWADDR",
-    21: "RTM_DELADDR",
-    22: "RTM_GETADDR",
-    24: "RTM_NEWROUTE",
-    25: "RTM_DELROUTE",
-    26: "RTM_GETROUTE",
-    28: "RTM_NEWNEIGH",
-    29: "RTM_DELNEIGH",
-    30: "RTM_GETNEIGH",
-    32: "RTM_NEWRULE",
-    33: "RTM_DELRULE",
-    34: "RTM_GETRULE",
-    36: "RTM_NEWQDISC",
-    37: "RTM_DELQDISC",
-    38: "RTM_GETQDISC",
-    88: "RTM_NEWNSID",
-    89: "RTM_DELNSID",
-    90: "RTM_GETNSID",
-}
-
-NFNL_SUBSYS: Final[dict[int, str]] = {
-    1: "ctnetlink",
-    2: "ctnetlink_exp",
-    3: "queue",
-    4: "ulog",
-    5: "osf",
-    6: "ipset",
-    7: "acct",
-    8: "ctnetlink_timeout",
-    9: "cthelper",
-    10: "nftables",
-    11: "nftcompat",
-}
-NFNL_MSG_BATCH_BEGIN: Final = 0x10
-NFNL_MSG_BATCH_END: Final = 0x11
-NFT_MSGS: Final[tuple[str, ...]] = (
-    "NEWTABLE",
-    "GETTABLE",
-    "DELTABLE",
-    "NEWCHAIN",
-    "GETCHAIN",
-    "DELCHAIN",
-    "NEWRULE",
-    "GETRULE",
-    "DELRULE",
-    "NEWSET",
-    "GETSET",
-    "DELSET",
-    "NEWSETELEM",
-    "GETSETELEM",
-    "DELSETELEM",
-    "NEWGEN",
-    "GETGEN",
-    "TRACE",
-    "NEWOBJ",
-    "GETOBJ",
-    "DELOBJ",
-    "GETOBJ_RESET",
-    "NEWFLOWTABLE",
-    "GETFLOWTABLE",
-    "DELFLOWTABLE",
-)
 
 # rtnetlink attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
@@ -135,28 +61,6 @@ _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct(
     "=BBBBBBBBI"
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
-
-
-def type_name(proto: int, nl_type: int) -> str:
-    """A readable name of a netlink message type, e.g. ``RTM_NEWLINK`` or ``NFT_NEWRULE``."""
-    if nl_type == NLMSG_ERROR:
-        return "NLMSG_ERROR"
-    if nl_type == NLMSG_DONE:
-        return "NLMSG_DONE"
-    if nl_type == NLMSG_NOOP:
-        return "NLMSG_NOOP"
-    if proto == NETLINK_ROUTE and nl_type in RTM_TYPES:
-        return RTM_TYPES[nl_type]
-    if proto == NETLINK_NETFILTER:
-        if nl_type == NFNL_MSG_BATCH_BEGIN:
-            return "NFNL_MSG_BATCH_BEGIN"
-        if nl_type == NFNL_MSG_BATCH_END:
-            return "NFNL_MSG_BATCH_END"
-        subsys, msg = nl_type >> 8, nl_type & 0xFF
-        if subsys == 10 and msg < len(NFT_MSGS):
-            return f"NFT_{NFT_MSGS[msg]}"
-        return f"NFNL_{NFNL_SUBSYS.get(subsys, str(subsys))}_{msg}"
-    return str(nl_type)
 
 
 @dataclass

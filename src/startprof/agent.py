@@ -82,6 +82,7 @@ class AgentSummary:
     export_failures: int = 0
     analysis_failures: int = 0
     drops: int = 0
+    cri_bytes_lost: int = 0
     stop_reason: str = ""
     kept: tuple[Path, ...] = ()
     analysis_s: float = 0.0
@@ -302,6 +303,7 @@ class Agent(Recorder):
                         if metrics is not None:
                             metrics.set_drops(self.stats.drops)
                             metrics.set_kernel_errors(session.kernel_errors())
+                            metrics.set_cri_bytes_lost(self.stats.cri_bytes_lost)
                         if self._keeper is not None:
                             self._keeper.rotate_if_full(self._file_end(session), self._alive)
                     due = core.next_due_ns()
@@ -327,8 +329,10 @@ class Agent(Recorder):
                 sink.close()
             if metrics is not None:
                 metrics.set_drops(self.stats.drops)
+                metrics.set_cri_bytes_lost(self._cri_bytes.settle())
                 metrics.shutdown()
         self.summary.drops = self.stats.drops
+        self.summary.cri_bytes_lost = self._cri_bytes.settle()
         return self.summary
 
     def _metrics(self, sink: TraceSink | None) -> AgentMetrics | None:
@@ -410,6 +414,7 @@ class Agent(Recorder):
             "drops_per_cpu": session.drops(),
             "kernel_errors": session.kernel_errors(),
             "cri_calls": self.stats.cri_calls,
+            "cri_bytes_lost": self._cri_bytes.settle(),
             "followed_containerd": self.stats.followed_containerd,
             "recorder_priority": self._priority.mode,
         }

@@ -10,7 +10,8 @@ protocol, headers and TLS, from the same ``OTEL_EXPORTER_OTLP_*`` rules) and, wi
   held the critical path; all three labelled ``startprof.runtime_handler``,
   ``k8s.namespace.name`` and ``startprof.pod.status``;
 - counters: ``startprof.pods`` (pod starts sent), ``startprof.drops`` (ring buffer records lost),
-  ``startprof.kernel.errors`` (other in-kernel losses, by kind),
+  ``startprof.kernel.errors`` (other in-kernel losses, by kind), ``startprof.cri.lost_bytes``
+  (CRI bytes that moved on the socket and never reached the decoder),
   ``startprof.cri.unnamed_calls`` (calls on aged connections that could not be named),
   ``startprof.export.failures`` and ``startprof.recorder.cpu.time`` (s, user + system).
 """
@@ -44,6 +45,7 @@ PHASE_CRITICAL: Final = "startprof.phase.critical.duration"
 RUNTIME_HANDLER: Final = "startprof.runtime_handler"
 PHASE_KIND: Final = "startprof.phase"
 KERNEL_ERROR: Final = "startprof.kernel_error"
+CRI_LOST_BYTES: Final = "startprof.cri.lost_bytes"
 BUCKETS_S: Final = (
     0.001,
     0.0025,
@@ -73,6 +75,7 @@ class AgentMetrics:
         self._drops = 0
         self._unnamed = 0
         self._kernel_errors: dict[str, int] = {}
+        self._cri_bytes_lost = 0
         buckets = ExplicitBucketHistogramAggregation(boundaries=BUCKETS_S)
         self.provider = MeterProvider(
             metric_readers=list(readers),
@@ -106,6 +109,13 @@ class AgentMetrics:
             "failed reads of user memory (CRI bytes lost among them)",
         )
         meter.create_observable_counter(
+            CRI_LOST_BYTES,
+            [self._observe_cri_bytes_lost],
+            unit="By",
+            description="CRI bytes read or written on the socket that never reached the "
+            "decoder: unreadable user memory, past the chunk limit, or no room in the ring buffer",
+        )
+        meter.create_observable_counter(
             "startprof.cri.unnamed_calls",
             [self._observe_unnamed],
             description="CRI calls on aged connections the analysis could not name",
@@ -122,6 +132,9 @@ class AgentMetrics:
 
     def set_kernel_errors(self, errors: dict[str, int]) -> None:
         self._kernel_errors = dict(errors)
+
+    def set_cri_bytes_lost(self, total: int) -> None:
+        self._cri_bytes_lost = total
 
     def add_unnamed(self, n: int) -> None:
         self._unnamed += n
@@ -153,6 +166,9 @@ class AgentMetrics:
 
     def _observe_kernel_errors(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {KERNEL_ERROR: k}) for k, n in sorted(self._kernel_errors.items())]
+
+    def _observe_cri_bytes_lost(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self._cri_bytes_lost)]
 
     def _observe_unnamed(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._unnamed)]

@@ -66,6 +66,8 @@ class RecordStats:
     events_written: int = 0
     sandboxes: set[str] = field(default_factory=set)
     cri_calls: int = 0
+    cri_bytes_lost: int = 0
+    """CRI bytes the kernel saw move and the decoder never got (see CriByteAccount)."""
     followed_containerd: list[int] = field(default_factory=list)
 
     @property
@@ -109,6 +111,8 @@ def ensure_tracefs() -> None:
         )
 
 
+CRI_SETTLE_NS = 1_000_000_000
+"""A syscall's chunks all arrive in one poll: after this long, what it lacks is lost."""
 RECORDER_NICE = 10
 BEHIND_FRACTION = 0.25
 """A poll that drains this share of the ring buffer means the recorder is falling behind."""
@@ -178,6 +182,48 @@ def seed_processes(roots: Iterable[int]) -> list[int]:
     return roots + [pid for pid in descendants(roots) if pid not in roots]
 
 
+class CriByteAccount:
+    """CRI bytes lost on the way to the decoder, counted from the chunks that did arrive.
+
+    The cri probe sends each read or write on a CRI connection as chunks that carry the
+    syscall's whole byte count (``ret``) and share its timestamp. A chunk whose user memory
+    could not be read is never sent, nor is one past the chunk limit or one the ring buffer had
+    no room for; what the chunks of a syscall lack against its ``ret`` is lost. A syscall none
+    of whose chunks arrived cannot be counted here (it is in the drops).
+    """
+
+    def __init__(self) -> None:
+        self.lost = 0
+        self._open: dict[tuple[int, str], list[int]] = {}
+        """(conn_id, direction) -> [ts_ns, ret, bytes received] of a syscall not yet whole."""
+
+    def add(self, event: Event) -> None:
+        ret, data = event.get("ret"), event.get("data")
+        if not isinstance(ret, int) or ret <= 0 or data is None:
+            return
+        key = (int(event.get("conn_id") or 0), str(event.get("direction")))
+        ts = int(event.get("ts_ns") or 0)
+        current = self._open.get(key)
+        if current is not None and current[0] != ts:
+            self._close(key)
+            current = None
+        if current is None:
+            current = self._open[key] = [ts, ret, 0]
+        current[2] += len(data)
+        if current[2] >= ret:
+            del self._open[key]
+
+    def settle(self, before_ns: int | None = None) -> int:
+        """Count the syscalls older than ``before_ns`` (all of them without it) as over."""
+        for key in [k for k, v in self._open.items() if before_ns is None or v[0] < before_ns]:
+            self._close(key)
+        return self.lost
+
+    def _close(self, key: tuple[int, str]) -> None:
+        _, ret, received = self._open.pop(key)
+        self.lost += max(0, ret - received)
+
+
 class Stop:
     """Collects the reason to stop from signal handlers and the loop."""
 
@@ -219,6 +265,7 @@ class Recorder:
         """When the drop counters were last read: a growth seen now happened after it."""
         self._priority = _Priority()
         self._clock_offset_ns = 0
+        self._cri_bytes = CriByteAccount()
         """Wall clock minus monotonic, sampled when the probes started."""
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
@@ -355,6 +402,8 @@ class Recorder:
         for ev in events:
             kind = ev.get("kind")
             if kind in ("cri_data", "cri_accept"):
+                if kind == "cri_data":
+                    self._cri_bytes.add(ev)
                 for call in self._decoder.feed(ev):
                     self.stats.cri_calls += 1
                     if call.get("sandbox_id"):
@@ -393,6 +442,7 @@ class Recorder:
             # its exec was not seen (it was not followed then): name it, as at the start
             events.extend(alive_events([pid]))
         self._listeners |= current
+        self.stats.cri_bytes_lost = self._cri_bytes.settle(time.monotonic_ns() - CRI_SETTLE_NS)
         previous = self.stats.drops
         drops = self._drops_event(session)
         if drops["ret"] != previous:
@@ -442,6 +492,7 @@ class Recorder:
             "kernel_errors": session.kernel_errors(),
             "events_per_probe": self.stats.per_probe,
             "cri_calls": self.stats.cri_calls,
+            "cri_bytes_lost": self._cri_bytes.settle(),
             "followed_containerd": self.stats.followed_containerd,
             "recorder_priority": self._priority.mode,
         }

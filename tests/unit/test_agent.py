@@ -17,7 +17,8 @@ from startprof.cli.agent import parse_size
 from startprof.errors import EnvironmentProblem
 from startprof.exporters.spans import describe_pod
 from startprof.incremental import GIVEN_UP, LONG_LIVED_KINDS, SHUT_DOWN
-from startprof.metrics import POD_START, AgentMetrics
+from startprof.metrics import CRI_LOST_BYTES, POD_START, AgentMetrics
+from startprof.recorder import CriByteAccount
 
 # every kind of pod start the stored recordings hold: fresh and aged connections, failures in
 # each phase, crash loops, sidecars, pulls, pods seen mid-start
@@ -142,6 +143,7 @@ def test_the_pod_start_histogram_counts_every_pod_sent() -> None:
     metrics.observe(e.pod for e in r.emitted)
     metrics.set_drops(3)
     metrics.set_kernel_errors({"follow_full": 0, "read_failed": 2})
+    metrics.set_cri_bytes_lost(4096)
     data = reader.get_metrics_data()
     assert data is not None
     found = {
@@ -164,6 +166,8 @@ def test_the_pod_start_histogram_counts_every_pod_sent() -> None:
         for p in found["startprof.kernel.errors"].data.data_points
     }
     assert errors == {"follow_full": 0, "read_failed": 2}
+    lost = found[CRI_LOST_BYTES]
+    assert lost.unit == "By" and next(iter(lost.data.data_points)).value == 4096
     assert next(iter(found["startprof.recorder.cpu.time"].data.data_points)).value > 0
     metrics.shutdown()
 
@@ -228,3 +232,28 @@ def test_keep_rotates_and_holds_at_most_max_size(tmp_path: Path) -> None:
         rec = read_recording(f)
         assert rec.complete
         assert rec.table.column("kind").to_pylist()[0] == "proc"
+
+
+def _chunk(ts: int, ret: int, n: int, conn: int = 1, direction: str = "in") -> dict[str, object]:
+    return {
+        "kind": "cri_data",
+        "ts_ns": ts,
+        "conn_id": conn,
+        "direction": direction,
+        "ret": ret,
+        "data": bytes(n),
+    }
+
+
+def test_cri_bytes_lost_are_what_a_syscalls_chunks_lack() -> None:
+    account = CriByteAccount()
+    account.add(_chunk(1, 100, 100))  # whole
+    account.add(_chunk(2, 10_000, 4096))  # 4096 + 4096 of 10000 arrived: 1808 lost
+    account.add(_chunk(2, 10_000, 4096))
+    account.add(_chunk(3, 50, 20, direction="out"))  # still open on the other half
+    account.add(_chunk(4, 30, 30))  # a new syscall on the same half closes the one before
+    assert account.lost == 10_000 - 8192
+    assert account.settle(before_ns=3) == 10_000 - 8192  # the syscall at 3 may still grow
+    assert account.settle() == 10_000 - 8192 + 30
+    account.add({"kind": "cri_data", "ts_ns": 5, "conn_id": 1, "ret": -11})  # EAGAIN: nothing
+    assert account.settle() == 10_000 - 8192 + 30

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from startprof.analysis import analyze
 from startprof.bench import stats
-from startprof.bench.report import render_html, terminal_report
+from startprof.bench.html import render_html
 from startprof.bench.runner import (
     RESULT_COLUMNS,
     Combination,
@@ -24,6 +24,7 @@ from startprof.bench.runner import (
     summarize_combinations,
     truth_agreement,
 )
+from startprof.bench.terminal import terminal_report
 from startprof.lab.truth import read_truth
 from startprof.pipeline import source_of
 from startprof.recording import read_recording

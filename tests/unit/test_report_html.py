@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from html import unescape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from startprof.analysis.selection import select_pods
 from startprof.cli.report import DEFAULT_TOP, report_command
 from startprof.errors import InputError
 from startprof.reporters import html
+from startprof.reporters import page as kit
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 IMG_ARGV = '"><img src=x onerror=alert(1)>'
@@ -172,7 +173,7 @@ def test_waterfall_rows_are_the_phase_tree_depth_first_with_indented_labels() ->
     labels = figure["layout"]["yaxis"]["ticktext"]
     assert len(labels) == len(WEB_ORDER)
     for label, (phase_id, depth) in zip(labels, WEB_ORDER, strict=True):
-        assert label.strip("\u00a0") == html.ptext(pod.phase(phase_id).name)
+        assert label.strip("\u00a0") == kit.ptext(pod.phase(phase_id).name)
         assert len(label) - len(label.lstrip("\u00a0")) == 2 * depth
     assert len({len(label) for label in labels}) == 1, "padded to one width"
     rows = {
@@ -201,11 +202,11 @@ def test_waterfall_traces_split_phases_by_critical_path_and_failure(pod: Pod) ->
 def test_failed_phases_are_red_and_outlined_when_on_the_critical_path() -> None:
     figure = html.waterfall_figure(failed_pod(), "fig")
     red = trace(figure, "failed")
-    assert red["marker"]["color"] == html.COLOR_FAILED
+    assert red["marker"]["color"] == kit.COLOR_FAILED
     assert set(red["customdata"]) == {"sandbox", "sandbox/cni.add/bridge"}
     assert red["marker"]["line"]["width"] > 0
     assert red["marker"]["line"]["color"] == ["#212529", "#212529"]
-    assert trace(figure, "on the critical path")["marker"]["color"] == html.COLOR_CRITICAL
+    assert trace(figure, "on the critical path")["marker"]["color"] == kit.COLOR_CRITICAL
 
 
 def test_waterfall_bars_span_each_phase_in_ms_from_the_pod_start() -> None:
@@ -308,7 +309,7 @@ def test_distribution_boxes_hold_each_completed_pods_phase_duration() -> None:
     boxes = figures["fig-distribution"]
     bridge = trace(boxes, "cni.plugin bridge")
     assert sorted(bridge["x"]) == [19.4, 19.4]  # web-0 and the crun pod, not the failed db-0
-    assert sorted(bridge["text"]) == sorted([html.ptext(XSS_NAME), "web-0"])
+    assert sorted(bridge["text"]) == sorted([kit.ptext(XSS_NAME), "web-0"])
     assert trace(boxes, "exec iptables")["x"] == [8.5, 8.5]  # 3 execs summed per pod
     assert boxes["layout"]["xaxis"]["type"] == "log"
     firsts = [t["name"] for t in boxes["data"]][:2]
@@ -364,8 +365,8 @@ def test_figures_from_stored_recordings_follow_the_analysis(path: Path) -> None:
         }
     page = html.render(analysis, pods, generated=GENERATED)
     for pod in pods:
-        assert html.esc(html.pod_label(pod)) in page
-        assert html.esc(pod.bottleneck) in page
+        assert escape(html.pod_label(pod)) in page
+        assert escape(pod.bottleneck) in page
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -398,7 +399,7 @@ def test_hostile_strings_render_as_text_and_add_no_element() -> None:
 
 def test_script_json_cannot_end_a_script_element() -> None:
     value = {"name": "</script><!-- <script>", "sep": "a\u2028b\u2029c", "amp": "&"}
-    text = html.script_json(value)
+    text = kit.script_json(value)
     for char in "<>&\u2028\u2029":
         assert char not in text
     assert json.loads(text) == value

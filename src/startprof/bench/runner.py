@@ -538,7 +538,7 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
     results.to_parquet(out / RESULTS, index=False)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     _pods_frame(pods, analysis).to_csv(out / PODS, index=False)
-    from startprof.bench.report import write_report
+    from startprof.bench.html import write_report
 
     write_report(summary, results, out / REPORT, changes)
     failures = [f"{p.combination.name} {p.name}: {p.error}" for p in pods if p.error]

@@ -182,7 +182,6 @@ def bench_command(
     """
     from rich.console import Console
 
-    from startprof.bench.report import terminal_report
     from startprof.bench.runner import (
         BenchOptions,
         failed_error,
@@ -193,6 +192,7 @@ def bench_command(
         valid_cnis,
         valid_runtimes,
     )
+    from startprof.bench.terminal import terminal_report
 
     if threshold is not None and baseline is None:
         raise InputError("--fail-on-regression needs --baseline DIR")

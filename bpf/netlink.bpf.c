@@ -22,6 +22,19 @@
 #ifndef SP_MAX_NL_SOCKS
 #define SP_MAX_NL_SOCKS 16384
 #endif
+#ifndef SP_NL_NETFILTER_REPLIES
+#define SP_NL_NETFILTER_REPLIES 0 /* 1: also send nfnetlink sockets and replies (iptables-nft) */
+#endif
+
+/*
+ * iptables-nft (~15 runs per pod start and teardown with masquerade and portmap) opens
+ * NETLINK_NETFILTER sockets, sends a few requests and batches and reads acks and whole-ruleset
+ * dumps back: ~12 records per run that the analysis never reads except the requests' message
+ * types, which it counts per process (acks and ack times matter only for the CNI plugins' own
+ * rtnetlink work). So for nfnetlink only the requests leave the kernel: no socket record, no
+ * receive record, and no work in the receive hooks after the fd lookup.
+ */
+#define SP_NETLINK_NETFILTER 12
 
 #define SP_NL_HALF (SP_NL_DATA / 2)
 _Static_assert(SP_NL_COPY <= SP_NL_HALF && SP_NL_RECV_COPY <= SP_NL_HALF, "copy too large");
@@ -111,6 +124,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_socket)
 			sp_error(SP_ERR_STASH_FULL);
 		sp_mark_fds(id >> 32);
 	}
+	if (!SP_NL_NETFILTER_REPLIES && st->protocol == SP_NETLINK_NETFILTER) {
+		nl_sock_stash.delete(&tid);
+		return 0;
+	}
 	sp_fill_header(&r.h, SP_NL_SOCKET, sizeof(r));
 	r.fd = ret;
 	r.protocol = st->protocol;
@@ -135,6 +152,9 @@ static __always_inline int nl_enter(s32 fd, u32 kind, u64 buf, u64 len, u64 iovl
 
 	if (!proto)
 		return 0;
+	if (!SP_NL_NETFILTER_REPLIES && *proto == SP_NETLINK_NETFILTER &&
+	    (kind == SP_NL_RECVFROM || kind == SP_NL_RECVMSG))
+		return 0;
 	st.enter_ns = bpf_ktime_get_ns();
 	st.buf = buf;
 	st.len = len;
@@ -155,9 +175,12 @@ static __always_inline int nl_enter_msg(s32 fd, u32 kind, const void *umsg, u32 
 	u64 key = sp_fd_key(id >> 32, fd);
 	struct sp_user_msghdr m = {};
 	struct sp_iovec iov = {};
+	s32 *proto = nl_socks.lookup(&key);
 
-	if (!nl_socks.lookup(&key))
+	if (!proto)
 		return 0;
+	if (!SP_NL_NETFILTER_REPLIES && *proto == SP_NETLINK_NETFILTER && kind == SP_NL_RECVMSG)
+		return 0; /* before reading the msghdr */
 	if (bpf_probe_read_user(&m, sizeof(m), umsg) < 0) {
 		sp_error(SP_ERR_READ);
 		return 0;

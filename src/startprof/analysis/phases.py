@@ -30,12 +30,15 @@ from startprof.analysis.model import STARTED_BEFORE, STILL_STARTING, Phase, Pod,
 from startprof.analysis.processes import (
     RUNTIMES,
     SEEDED_START_NS,
+    CREATING_VERBS,
     SHIM_PREFIX,
+    STARTING_VERBS,
     attribute,
     foreign_containers,
     missing,
     processes,
     runtime_programs,
+    runtime_verb,
 )
 from startprof.cri.api import V1, V1ALPHA2, path_of
 from startprof.events import attrs_of
@@ -53,7 +56,6 @@ STAYED_UP_NS = 1_000_000_000
 """A container whose entrypoint exits on its own sooner than this after its exec crashed (the
 kubelet restarts it: a crash loop); one that runs longer stayed up, and its start ended at its
 exec. Keep in sync with ``startprof.lab.kinds.STAY_UP_S``."""
-RUNTIME_VERBS = ("create", "start", "delete", "kill", "state", "run")
 _CNI_ERROR = re.compile(r'plugin type="(?P<type>[^"]+)"[^:]*? failed \((?:add|delete|check)\): ')
 _RUNTIME_ERROR = re.compile(r"OCI runtime (?P<verb>[a-z]+) failed: (?:[\w.-]+ (?P=verb) failed: )?")
 
@@ -131,10 +133,24 @@ class Proc:
         self.runtime_verb = None
         self.runtime = None
         if self.program in self.runtimes:
-            self.runtime_verb = next((a for a in self.argv[1:] if a in RUNTIME_VERBS), None)
+            self.runtime_verb = runtime_verb(self.argv)
             became = os.path.basename(self.image) if self.image else ""
             internal = not self.image or self.image.startswith("/dev/fd/")
             self.runtime = self.program if internal or self.image in NOT_ENTRYPOINTS else became
+
+    @property
+    def starts_container(self) -> bool:
+        """An OCI runtime's create, start or run: it makes a container run."""
+        return self.runtime_verb in STARTING_VERBS
+
+    @property
+    def failed(self) -> bool:
+        """Exited with a code other than 0: a CNI plugin, runtime or hook that failed."""
+        return self.exit_code not in (None, 0)
+
+    def exit_error(self, what: str = "") -> str | None:
+        """``exit code N`` (after ``what``, e.g. ``runc create ``) when it failed."""
+        return f"{what}exit code {self.exit_code}" if self.failed else None
 
     @property
     def wrapper(self) -> str | None:
@@ -422,10 +438,10 @@ class PhaseBuilder:
         name: str,
         start: int,
         end: int,
-        status: str = "ok",
         error: str | None = None,
         **attributes: Any,
     ) -> Phase:
+        """A phase below ``parent``; it failed when it has an ``error``."""
         base = name if parent is None else f"{parent.id}/{name}"
         self._ids[base] += 1
         pid = base if self._ids[base] == 1 else f"{base}#{self._ids[base]}"
@@ -438,7 +454,7 @@ class PhaseBuilder:
             name=name,
             start_ns=start,
             end_ns=max(end, start),
-            status="error" if status == "error" else "ok",
+            status="ok" if error is None else "error",
             error=error,
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
@@ -514,14 +530,12 @@ def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Co
 
 def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Phase:
     start, end = _proc_span(proc, ctx)
-    failed = proc.exit_code not in (None, 0)
     phase = b.add(
         parent,
         f"cni.plugin {proc.program}",
         start,
         end,
-        status="error" if failed else "ok",
-        error=f"exit code {proc.exit_code}" if failed else None,
+        error=proc.exit_error(),
         cni_plugin=proc.program,
         cni_command=proc.env.get("CNI_COMMAND"),
         cni_ifname=proc.env.get("CNI_IFNAME"),
@@ -532,27 +546,31 @@ def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) ->
         if child.is_cni_plugin:
             _add_cni_plugin(b, phase, child, ctx)
         elif child.exec_ns is not None:
-            c_start, c_end = _proc_span(child, ctx)
-            c_failed = child.exit_code not in (None, 0)
-            helper = b.add(
-                phase,
-                f"exec {child.name}",
-                c_start,
-                c_end,
-                **_proc_attrs(child),
-                # iptables -C exits 1 for "no such rule": a question, not a failure
-                exit_status="nonzero" if c_failed else None,
-            )
-            # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count
-            helper_ops: Counter[str] = Counter()
-            for grandchild in _subtree(ctx, child):
-                helper_ops += _netlink_ops(ctx, grandchild)
-            if helper_ops:
-                b.replace(helper, netlink_ops=dict(helper_ops))
-            ops += helper_ops
+            ops += _add_helper(b, phase, child, ctx)
     if ops:
         phase = b.replace(phase, netlink_ops=dict(ops))
     return phase
+
+
+def _add_helper(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
+    """``exec <child>`` for a program a CNI plugin ran (iptables); returns its netlink ops."""
+    start, end = _proc_span(proc, ctx)
+    helper = b.add(
+        parent,
+        f"exec {proc.name}",
+        start,
+        end,
+        **_proc_attrs(proc),
+        # iptables -C exits 1 for "no such rule": a question, not a failure
+        exit_status="nonzero" if proc.failed else None,
+    )
+    # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count
+    ops: Counter[str] = Counter()
+    for descendant in _subtree(ctx, proc):
+        ops += _netlink_ops(ctx, descendant)
+    if ops:
+        b.replace(helper, netlink_ops=dict(ops))
+    return ops
 
 
 def _exec_end(proc: Proc | None) -> int | None:
@@ -619,16 +637,8 @@ def _hooks(proc: Proc, ctx: Context, until: int | None) -> list[Proc]:
 def _add_hooks(b: PhaseBuilder, parent: Phase, hooks: Iterable[Proc], ctx: Context) -> None:
     for hook in sorted(hooks, key=lambda p: p.exec_ns or 0):
         start, end = _proc_span(hook, ctx)
-        failed = hook.exit_code not in (None, 0)
-        b.add(
-            parent,
-            f"runtime.hook {hook.program}",
-            start,
-            end,
-            status="error" if failed else "ok",
-            error=f"exit code {hook.exit_code}" if failed else None,
-            **_proc_attrs(hook),
-        )
+        name = f"runtime.hook {hook.program}"
+        b.add(parent, name, start, end, error=hook.exit_error(), **_proc_attrs(hook))
 
 
 def _add_runtime(
@@ -641,25 +651,19 @@ def _add_runtime(
     for shim in (p for p in mine if _is_shim_start(p)):
         start, end = _proc_span(shim, ctx)
         b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
-    entry = _runtime_entrypoint(
-        [p for p in mine if p.runtime_verb in ("create", "start", "run")], ctx
-    )
-    for proc in sorted(mine, key=lambda p: p.start_ns):
-        verb = proc.runtime_verb
-        if verb not in ("create", "start", "run"):
-            continue
+    entry = _runtime_entrypoint([p for p in mine if p.starts_container], ctx)
+    for proc in sorted((p for p in mine if p.starts_container), key=lambda p: p.start_ns):
         runtime = proc.runtime or proc.program
         start, end = _proc_span(proc, ctx)
-        failed = proc.exit_code not in (None, 0)
         common = {"runtime": runtime, "wrapper": proc.wrapper, **_proc_attrs(proc)}
-        if verb == "create":
+        error = proc.exit_error(f"{runtime} {proc.runtime_verb} ")
+        if proc.runtime_verb == "create":
             phase = b.add(
                 parent,
                 "runtime.create",
                 start,
                 end,
-                status="error" if failed else "ok",
-                error=f"{runtime} create exit code {proc.exit_code}" if failed else None,
+                error=error,
                 processes=len(_subtree(ctx, proc)),
                 **common,
             )
@@ -667,15 +671,9 @@ def _add_runtime(
         else:
             exec_end = _exec_end(entry)
             phase = b.add(
-                parent,
-                "runtime.start",
-                start,
-                max(end, exec_end or end),
-                status="error" if failed else "ok",
-                error=f"{runtime} {verb} exit code {proc.exit_code}" if failed else None,
-                **common,
+                parent, "runtime.start", start, max(end, exec_end or end), error=error, **common
             )
-            hooks = _hooks(proc, ctx, None) if verb == "start" else []
+            hooks = _hooks(proc, ctx, None) if proc.runtime_verb == "start" else []
             _add_hooks(b, phase, [h for h in hooks if h is not entry], ctx)
     return runtime, entry
 
@@ -729,6 +727,10 @@ class _Attempt:
     entry: Proc | None
     crashed: bool
     exit_code: int | None
+    end_ns: int
+    """Its end, or the recording's when it had not ended."""
+    incomplete: bool
+    runtime: str | None
 
 
 def _stopped_before(inputs: PodInputs, cid: str, t: int) -> bool:
@@ -753,98 +755,122 @@ def _crash(inputs: PodInputs, cid: str, entry: Proc | None, start_ok: bool) -> b
     return not _stopped_before(inputs, cid, entry.end_ns)
 
 
-def build_pod(
-    host: str, inputs: PodInputs, ctx: Context, image_calls: Sequence[tuple[Call, str | None]]
-) -> Pod | None:
-    """One pod's phases. ``image_calls`` are the image calls matched to this pod (see
-    ``assign_image_calls``), each with the container it was for."""
-    procs = inputs.procs
-    calls = sorted(inputs.calls, key=lambda c: c.start_ns)
-    rps = next((c for c in calls if c.method == RUN_POD_SANDBOX), None)
-    creates = [c for c in calls if c.method == CREATE_CONTAINER]
-    starts = {c.container_id: c for c in calls if c.method == START_CONTAINER and c.container_id}
-    cni_top = [
-        p
-        for p in procs
-        if p.is_cni_plugin
-        and p.env.get("CNI_COMMAND") == "ADD"
-        and not any(q.is_cni_plugin for q in procs if q.proc_id == p.parent_proc)
-    ]
-    sandbox_procs = [p for p in procs if p.container_id in (None, inputs.sandbox_id)]
-    sandbox_rt = [p for p in sandbox_procs if p.runtime_verb in ("create", "start", "run")]
-    # containers: CRI first, else runtime creates of non-sandbox container ids
-    container_ids = [c.container_id for c in creates if c.container_id]
-    for p in sorted(procs, key=lambda p: p.start_ns):
+@dataclass
+class _PodCalls:
+    """A pod's CRI calls in time order, by what they are."""
+
+    calls: list[Call]
+    rps: Call | None
+    creates: list[Call]
+    by_id: dict[str, Call]
+    """CreateContainer by container id."""
+    starts: dict[str, Call]
+    """StartContainer by container id."""
+
+    @classmethod
+    def of(cls, inputs: PodInputs) -> _PodCalls:
+        calls = sorted(inputs.calls, key=lambda c: c.start_ns)
+        creates = [c for c in calls if c.method == CREATE_CONTAINER]
+        return cls(
+            calls,
+            next((c for c in calls if c.method == RUN_POD_SANDBOX), None),
+            creates,
+            {c.container_id: c for c in creates if c.container_id},
+            {c.container_id: c for c in calls if c.method == START_CONTAINER and c.container_id},
+        )
+
+
+@dataclass
+class _Sandbox:
+    """What a pod's sandbox is made of, and its bounds (CRI's, else the kernel's)."""
+
+    procs: list[Proc]
+    """The processes of the sandbox itself (no container's)."""
+    runtime: list[Proc]
+    """Its OCI runtime's create/start/run."""
+    cni: list[Proc]
+    """The CNI ADD plugins containerd ran (not the ones they delegated to)."""
+    began_before: bool
+    """Made before the recording: no RunPodSandbox, CNI ADD or sandbox create of it."""
+    start_ns: int
+    end_ns: int | None
+    """None while it was still being made when the recording ended."""
+
+    @classmethod
+    def of(cls, inputs: PodInputs, rps: Call | None, ctx: Context) -> _Sandbox:
+        procs = inputs.procs
+        cni = [
+            p
+            for p in procs
+            if p.is_cni_plugin
+            and p.env.get("CNI_COMMAND") == "ADD"
+            and not any(q.is_cni_plugin for q in procs if q.proc_id == p.parent_proc)
+        ]
+        own = [p for p in procs if p.container_id in (None, inputs.sandbox_id)]
+        runtime = [p for p in own if p.starts_container]
+        began_before = (
+            rps is None and not cni and not any(p.runtime_verb in CREATING_VERBS for p in runtime)
+        )
+        if rps is not None:
+            return cls(own, runtime, cni, began_before, rps.start_ns, rps.end_ns)
+        # the kernel-side extent: first CNI or runtime exec (or netns) .. the pause exec
+        points = [p.exec_ns for p in cni + runtime if p.exec_ns is not None]
+        if inputs.netns:
+            points.append(inputs.netns[0])
+        end = _exec_end(_runtime_entrypoint(runtime, ctx))
+        return cls(own, runtime, cni, began_before, min(points) if points else 0, end)
+
+
+def _container_ids(inputs: PodInputs, creates: Sequence[Call]) -> list[str]:
+    """The pod's containers in creation order: CRI's, then runtime creates of other ids."""
+    ids = [c.container_id for c in creates if c.container_id]
+    for p in sorted(inputs.procs, key=lambda p: p.start_ns):
         if (
             p.runtime_verb == "create"
             and p.container_id
             and p.container_id != inputs.sandbox_id
-            and p.container_id not in container_ids
+            and p.container_id not in ids
         ):
-            container_ids.append(p.container_id)
-    # the sandbox was made before the recording: no RunPodSandbox, CNI ADD or sandbox create
-    began_before = (
-        rps is None
-        and not cni_top
-        and not any(p.runtime_verb in ("create", "run") for p in sandbox_rt)
+            ids.append(p.container_id)
+    return ids
+
+
+def _add_sandbox(
+    b: PhaseBuilder,
+    pod: Phase,
+    sandbox: _Sandbox,
+    inputs: PodInputs,
+    rps: Call | None,
+    ctx: Context,
+) -> str | None:
+    """``sandbox`` with its netns, CNI ADD and runtime phases; returns the runtime seen."""
+    end = sandbox.end_ns if sandbox.end_ns is not None else ctx.recording_end_ns
+    phase = b.add(
+        pod,
+        "sandbox",
+        sandbox.start_ns,
+        end,
+        error=None if rps is None or rps.ok else _call_error(rps),
+        source="cri" if rps is not None else "kernel",
+        runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
+        traceparent=rps.attrs.get("traceparent") if rps else None,
     )
-    if began_before and not container_ids:
-        return None  # only tear-down or status work of a pod that started before the recording
-
-    names = _names(inputs, rps, cni_top)
-    status: PodStatus = "ok"
-    failed_phase: str | None = None
-    source = "cri" if rps is not None else "kernel"
-
-    # the kernel-side extent of the sandbox, used when the CRI call is missing or still open
-    kernel_points = [p.exec_ns for p in cni_top + sandbox_rt if p.exec_ns is not None]
     if inputs.netns:
-        kernel_points.append(inputs.netns[0])
-    kernel_end = _exec_end(_runtime_entrypoint(sandbox_rt, ctx))
-    if rps is not None:
-        sb_start = rps.start_ns
-        sb_end = rps.end_ns
-    else:
-        sb_start = min(kernel_points) if kernel_points else 0
-        sb_end = kernel_end
-    incomplete = sb_end is None and not began_before
-    sb_end_v = sb_end if sb_end is not None else ctx.recording_end_ns
+        b.add(phase, "sandbox.netns", *inputs.netns)
+    if sandbox.cni:
+        spans = [_proc_span(p, ctx) for p in sandbox.cni]
+        cni = b.add(phase, "cni.add", min(s for s, _ in spans), max(e for _, e in spans))
+        for plugin in sorted(sandbox.cni, key=lambda p: p.exec_ns or 0):
+            _add_cni_plugin(b, cni, plugin, ctx)
+    runtime, _ = _add_runtime(b, phase, sandbox.procs, inputs.sandbox_id, ctx)
+    return runtime
 
-    b = PhaseBuilder()
-    # pod bounds are fixed after the children are known; start with a wide placeholder
-    first_seen = min(
-        [c.start_ns for c in calls] + [_proc_span(p, ctx)[0] for p in procs if not p.seeded],
-        default=sb_start,
-    )
-    pod = b.add(None, "pod", sb_start if not began_before else first_seen, ctx.recording_end_ns)
-    runtime: str | None = None
-    if not began_before:
-        sandbox = b.add(
-            pod,
-            "sandbox",
-            sb_start,
-            sb_end_v,
-            status="ok" if rps is None or rps.ok else "error",
-            error=None if rps is None or rps.ok else _call_error(rps),
-            source=source,
-            runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
-            traceparent=rps.attrs.get("traceparent") if rps else None,
-        )
-        if inputs.netns:
-            b.add(sandbox, "sandbox.netns", *inputs.netns)
-        if cni_top:
-            cni = b.add(
-                sandbox,
-                "cni.add",
-                min(_proc_span(p, ctx)[0] for p in cni_top),
-                max(_proc_span(p, ctx)[1] for p in cni_top),
-            )
-            for plugin in sorted(cni_top, key=lambda p: p.exec_ns or 0):
-                _add_cni_plugin(b, cni, plugin, ctx)
-        runtime, _ = _add_runtime(b, sandbox, sandbox_procs, inputs.sandbox_id, ctx)
 
-    # image: the calls that named this pod (PullImage's sandbox_config) or its containers'
-    # images, each right before its container's create
+def _add_images(
+    b: PhaseBuilder, pod: Phase, image_calls: Sequence[tuple[Call, str | None]]
+) -> None:
+    """The image calls that named this pod (PullImage's sandbox_config) or its containers'
+    images, each right before its container's create."""
     for call, for_container in image_calls:
         if call.end_ns is None:
             continue
@@ -853,7 +879,6 @@ def build_pod(
             "image",
             call.start_ns,
             call.end_ns,
-            status="ok" if call.ok else "error",
             error=None if call.ok else _call_error(call),
             source="cri",
             method=call.method.rsplit("/", 1)[-1],
@@ -861,120 +886,123 @@ def build_pod(
             container=for_container,
         )
 
-    attempts: list[_Attempt] = []
-    last_end = sb_end_v
-    create_starts = [c.start_ns for c in creates]
-    by_id = {c.container_id: c for c in creates if c.container_id}
-    for cid in container_ids:
-        create = by_id.get(cid)
-        next_create = next((t for t in create_starts if create and t > create.start_ns), None)
-        start_call = starts.get(cid)
-        name = (create.container if create else None) or inputs.container_names.get(cid) or cid[:12]
-        attempt = sum(a.name == name for a in attempts)
-        c_procs = [p for p in procs if p.container_id == cid]
-        rt = [
-            p for p in c_procs if p.runtime_verb in ("create", "start", "run") or _is_shim_start(p)
-        ]
-        k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
-        c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
-        entry = _runtime_entrypoint(rt, ctx)
-        ok = all(c.ok for c in (create, start_call) if c is not None)
-        crashed = _crash(inputs, cid, entry, ok)
-        ends = [
-            x
-            for x in (start_call.end_ns if start_call else None, _exec_end(entry))
-            if x is not None
-        ]
-        # an init container runs to completion before the next container is created (its
-        # entrypoint's exit, not StartContainer's reply, is when the pod could go on); a
-        # crashed one runs to its exit
-        if (
-            entry is not None
-            and entry.end_ns is not None
-            and ((next_create is not None and entry.end_ns <= next_create) or crashed)
-        ):
-            ends.append(entry.end_ns)
-        c_end = max(ends) if ends else None
-        started = start_call is not None and start_call.end_ns is not None
-        if c_end is None or (create is not None and not started):
-            incomplete = True
-        c_end_v = c_end if c_end is not None else ctx.recording_end_ns
-        code = entry.exit_code if entry is not None else None
-        if not ok:
-            error: str | None = "; ".join(
-                _call_error(c) for c in (create, start_call) if c is not None and not c.ok
-            )
-        elif crashed and entry is not None and entry.exec_ns is not None and entry.end_ns:
-            how = f"with code {code}" if code is not None else "on a signal"
-            error = f"exited {how} {(entry.end_ns - entry.exec_ns) / 1e6:.1f} ms after its exec"
-        else:
-            error = None
-        container = b.add(
-            pod,
-            f"container {name}",
-            c_start,
-            c_end_v,
-            status="ok" if error is None else "error",
-            error=error,
-            container_id=cid,
-            container=name,
-            attempt=attempt or None,  # the kubelet's metadata.attempt: restarts only
-            exit_code=code if crashed else None,
-            source="cri" if create else "kernel",
-        )
-        if create is not None and create.end_ns is not None:
-            b.add(
-                container,
-                "container.create",
-                create.start_ns,
-                create.end_ns,
-                source="cri",
-                traceparent=create.attrs.get("traceparent"),
-            )
-        if start_call is not None:
-            cs_start, cs_end = start_call.start_ns, start_call.end_ns or c_end_v
-        else:
-            cs_start, cs_end = (k_start if k_start is not None else c_start), c_end_v
-        # container.start is the StartContainer call as the kubelet sees it; with crun the
-        # entrypoint's exec may land just after the reply, and then it hangs off the container
-        c_start_phase = b.add(
+
+def _attempt_error(
+    calls: Sequence[Call | None], crashed: bool, entry: Proc | None, code: int | None
+) -> str | None:
+    """Why a container's start failed: its failed CRI calls, else how its entrypoint crashed."""
+    failed = [c for c in calls if c is not None and not c.ok]
+    if failed:
+        return "; ".join(_call_error(c) for c in failed)
+    if crashed and entry is not None and entry.exec_ns is not None and entry.end_ns:
+        how = f"with code {code}" if code is not None else "on a signal"
+        return f"exited {how} {(entry.end_ns - entry.exec_ns) / 1e6:.1f} ms after its exec"
+    return None
+
+
+def _add_container(
+    b: PhaseBuilder,
+    pod: Phase,
+    cid: str,
+    inputs: PodInputs,
+    cri: _PodCalls,
+    previous: Sequence[_Attempt],
+    last_end: int,
+    ctx: Context,
+) -> _Attempt:
+    """``container <name>`` of one attempt, with its create, start, runtime and exec phases.
+    ``last_end`` is where the pod's previous step ended (a start without CRI data)."""
+    create = cri.by_id.get(cid)
+    next_create = next(
+        (c.start_ns for c in cri.creates if create and c.start_ns > create.start_ns), None
+    )
+    start_call = cri.starts.get(cid)
+    name = (create.container if create else None) or inputs.container_names.get(cid) or cid[:12]
+    attempt = sum(a.name == name for a in previous)
+    rt = [
+        p
+        for p in inputs.procs
+        if p.container_id == cid and (p.starts_container or _is_shim_start(p))
+    ]
+    k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
+    c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
+    entry = _runtime_entrypoint(rt, ctx)
+    ok = all(c.ok for c in (create, start_call) if c is not None)
+    crashed = _crash(inputs, cid, entry, ok)
+    ends = [
+        x for x in (start_call.end_ns if start_call else None, _exec_end(entry)) if x is not None
+    ]
+    # an init container runs to completion before the next container is created (its
+    # entrypoint's exit, not StartContainer's reply, is when the pod could go on); a
+    # crashed one runs to its exit
+    if (
+        entry is not None
+        and entry.end_ns is not None
+        and ((next_create is not None and entry.end_ns <= next_create) or crashed)
+    ):
+        ends.append(entry.end_ns)
+    c_end = max(ends) if ends else None
+    started = start_call is not None and start_call.end_ns is not None
+    incomplete = c_end is None or (create is not None and not started)
+    c_end_v = c_end if c_end is not None else ctx.recording_end_ns
+    code = entry.exit_code if entry is not None else None
+    container = b.add(
+        pod,
+        f"container {name}",
+        c_start,
+        c_end_v,
+        error=_attempt_error((create, start_call), crashed, entry, code),
+        container_id=cid,
+        container=name,
+        attempt=attempt or None,  # the kubelet's metadata.attempt: restarts only
+        exit_code=code if crashed else None,
+        source="cri" if create else "kernel",
+    )
+    if create is not None and create.end_ns is not None:
+        traceparent = create.attrs.get("traceparent")
+        b.add(
             container,
-            "container.start",
-            cs_start,
-            cs_end if start_call is not None else c_end_v,
-            source="cri" if start_call else "kernel",
-            traceparent=start_call.attrs.get("traceparent") if start_call else None,
+            "container.create",
+            create.start_ns,
+            create.end_ns,
+            source="cri",
+            traceparent=traceparent,
         )
-        c_runtime, entry = _add_runtime(b, c_start_phase, procs, cid, ctx)
-        runtime = runtime or c_runtime
-        if entry is not None and entry.exec_ns is not None:
-            exec_end = _exec_end(entry) or entry.exec_ns
-            b.add(
-                c_start_phase if exec_end <= c_start_phase.end_ns else container,
-                "process.exec",
-                entry.exec_ns,
-                exec_end,
-                pid=entry.pid,
-                filename=entry.image,
-                argv=list(entry.argv),
-            )
-        attempts.append(_Attempt(name, cid, container, entry, crashed, code))
-        last_end = max(last_end, c_end_v)
+    # container.start is the StartContainer call as the kubelet sees it; with crun the
+    # entrypoint's exec may land just after the reply, and then it hangs off the container
+    if start_call is not None:
+        cs_start, cs_end = start_call.start_ns, start_call.end_ns or c_end_v
+    else:
+        cs_start, cs_end = (k_start if k_start is not None else c_start), c_end_v
+    c_start_phase = b.add(
+        container,
+        "container.start",
+        cs_start,
+        cs_end,
+        source="cri" if start_call else "kernel",
+        traceparent=start_call.attrs.get("traceparent") if start_call else None,
+    )
+    runtime, entry = _add_runtime(b, c_start_phase, inputs.procs, cid, ctx)
+    if entry is not None and entry.exec_ns is not None:
+        exec_end = _exec_end(entry) or entry.exec_ns
+        b.add(
+            c_start_phase if exec_end <= c_start_phase.end_ns else container,
+            "process.exec",
+            entry.exec_ns,
+            exec_end,
+            pid=entry.pid,
+            filename=entry.image,
+            argv=list(entry.argv),
+        )
+    return _Attempt(name, cid, container, entry, crashed, code, c_end_v, incomplete, runtime)
 
-    phases = b.phases
-    if rps is not None and not rps.ok:
-        _blame(phases, "pod/sandbox", rps)
-    for a in attempts:
-        failed_start = starts.get(a.container_id)
-        if failed_start is not None and not failed_start.ok:
-            _blame(phases, a.phase.id, failed_start)
 
-    # crash loops: a crashed attempt followed by one that stayed up was recovered from; one
-    # that never stayed up fails the pod, with how often it was tried
+def _crash_loops(phases: list[Phase], attempts: Sequence[_Attempt]) -> tuple[int, list[str]]:
+    """Restarts, and the crashed attempts recovered from (a later start stayed up). A
+    container whose every start crashed fails its last one, with how often it was tried."""
     restarts = 0
     recovered: list[str] = []
-    names_seen = list(dict.fromkeys(a.name for a in attempts))
-    for name in names_seen:
+    for name in dict.fromkeys(a.name for a in attempts):
         mine = [a for a in attempts if a.name == name]
         restarts += len(mine) - 1
         if not mine[-1].crashed:
@@ -989,41 +1017,106 @@ def build_pod(
                 status="error",
                 error=f"exited {how} at each of its {len(mine)} starts (crash loop)",
             )
+    return restarts, recovered
 
-    pod_end = max((p.end_ns for p in phases[1:]), default=sb_end_v)
-    pod_start = min((p.start_ns for p in phases[1:]), default=sb_start)
-    phases[0] = replace(phases[0], start_ns=pod_start, end_ns=pod_end)
-    phases = _clip_to_parents(phases)
-    phases = _add_waits(phases)
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: PodStatus = "ok"
+    failed_phase: str | None = None
+    error: str | None = None
+    incomplete_reason: str | None = None
+
+
+def _verdict(
+    phases: Sequence[Phase],
+    recovered: Sequence[str],
+    began_before: bool,
+    incomplete: bool,
+    containers: bool,
+    restarts: int,
+) -> _Verdict:
+    """The pod's status: failed (its deepest failing phase says why), incomplete, restarted
+    or ok."""
 
     def was_recovered(p: Phase) -> bool:
         return any(p.id == r or p.id.startswith(r + "/") for r in recovered)
 
     errors = [p for p in phases if p.status == "error" and not was_recovered(p)]
-    incomplete_reason: str | None = None
-    pod_error: str | None = None
     if errors:
-        status = "failed"
         # the deepest failing phase; of equals, the last (a crash loop's last start)
         deepest = max(reversed(errors), key=lambda p: p.id.count("/"))
-        failed_phase = deepest.name
-        pod_error = deepest.error
-    elif began_before:
-        status = "incomplete"
-        incomplete_reason = STARTED_BEFORE
-    elif incomplete or not container_ids:
-        status = "incomplete"
-        incomplete_reason = STILL_STARTING if container_ids else "no container seen"
-    elif restarts:
-        status = "restarted"
+        return _Verdict("failed", deepest.name, deepest.error)
+    if began_before:
+        return _Verdict("incomplete", incomplete_reason=STARTED_BEFORE)
+    if incomplete or not containers:
+        reason = STILL_STARTING if containers else "no container seen"
+        return _Verdict("incomplete", incomplete_reason=reason)
+    return _Verdict("restarted") if restarts else _Verdict()
+
+
+def build_pod(
+    host: str, inputs: PodInputs, ctx: Context, image_calls: Sequence[tuple[Call, str | None]]
+) -> Pod | None:
+    """One pod's phases. ``image_calls`` are the image calls matched to this pod (see
+    ``assign_image_calls``), each with the container it was for."""
+    cri = _PodCalls.of(inputs)
+    rps = cri.rps
+    sandbox = _Sandbox.of(inputs, rps, ctx)
+    container_ids = _container_ids(inputs, cri.creates)
+    if sandbox.began_before and not container_ids:
+        return None  # only tear-down or status work of a pod that started before the recording
+
+    b = PhaseBuilder()
+    # pod bounds are fixed once the children are known; start with a wide placeholder
+    first_seen = min(
+        [c.start_ns for c in cri.calls]
+        + [_proc_span(p, ctx)[0] for p in inputs.procs if not p.seeded],
+        default=sandbox.start_ns,
+    )
+    pod_start = first_seen if sandbox.began_before else sandbox.start_ns
+    pod = b.add(None, "pod", pod_start, ctx.recording_end_ns)
+    runtime: str | None = None
+    if not sandbox.began_before:
+        runtime = _add_sandbox(b, pod, sandbox, inputs, rps, ctx)
+    _add_images(b, pod, image_calls)
+
+    sb_end = sandbox.end_ns if sandbox.end_ns is not None else ctx.recording_end_ns
+    incomplete = sandbox.end_ns is None and not sandbox.began_before
+    attempts: list[_Attempt] = []
+    last_end = sb_end
+    for cid in container_ids:
+        attempt = _add_container(b, pod, cid, inputs, cri, attempts, last_end, ctx)
+        attempts.append(attempt)
+        incomplete = incomplete or attempt.incomplete
+        runtime = runtime or attempt.runtime
+        last_end = max(last_end, attempt.end_ns)
+
+    phases = b.phases
+    if rps is not None and not rps.ok:
+        _blame(phases, "pod/sandbox", rps)
+    for a in attempts:
+        failed_start = cri.starts.get(a.container_id)
+        if failed_start is not None and not failed_start.ok:
+            _blame(phases, a.phase.id, failed_start)
+    restarts, recovered = _crash_loops(phases, attempts)
+
+    pod_end = max((p.end_ns for p in phases[1:]), default=sb_end)
+    pod_start = min((p.start_ns for p in phases[1:]), default=sandbox.start_ns)
+    phases[0] = replace(phases[0], start_ns=pod_start, end_ns=pod_end)
+    phases = _add_waits(_clip_to_parents(phases))
+    verdict = _verdict(
+        phases, recovered, sandbox.began_before, incomplete, bool(container_ids), restarts
+    )
     phases_t, steps = apply_critical_path(phases)
+    names = _names(inputs, rps, sandbox.cni)
     return Pod(
         host=host,
         sandbox_id=inputs.sandbox_id,
         name=names.get("name"),
         namespace=names.get("namespace"),
         uid=names.get("uid"),
-        status=status,
+        status=verdict.status,
         start_ns=pod_start,
         end_ns=pod_end,
         phases=phases_t,
@@ -1031,11 +1124,11 @@ def build_pod(
         bottleneck=bottleneck(phases_t),
         runtime_handler=rps.attrs.get("runtime_handler") if rps else None,
         runtime=runtime,
-        failed_phase=failed_phase,
-        containers=tuple(names_seen),
-        incomplete_reason=incomplete_reason,
+        failed_phase=verdict.failed_phase,
+        containers=tuple(dict.fromkeys(a.name for a in attempts)),
+        incomplete_reason=verdict.incomplete_reason,
         restarts=restarts,
-        error=pod_error,
+        error=verdict.error,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,13 +32,18 @@ import pyarrow as pa
 RUNTIMES = frozenset({"runc", "crun"})
 """OCI runtimes known by name; any other is known by a ``create --bundle`` (runtime_programs)."""
 RUNTIME_VERBS = frozenset({"create", "start", "run", "delete", "kill", "state", "exec", "features"})
+STARTING_VERBS = frozenset({"create", "start", "run"})
+"""The verbs that make a container run: the runtime's ``runtime.create``/``runtime.start``."""
+CREATING_VERBS = frozenset({"create", "run"})
+"""The verbs that make a container from a bundle."""
 BUNDLE_OPTIONS = frozenset({"--bundle", "-b"})
 SHIM_PREFIX = "containerd-shim"
 CRI_NAMESPACE = "k8s.io"
 """The containerd namespace of the CRI plugin: the kubelet's pods live there, and only there."""
 SEEDED_START_NS = int(np.iinfo(np.int64).min // 2)
 """The ``start_ns`` of a process alive when recording began: before any event."""
-_TASK_DIR = re.compile(r"io\.containerd\.runtime\.v2\.task/([^/]+)/")
+_TASK_DIR_TEXT = "io.containerd.runtime.v2.task/"
+_TASK_DIR = re.compile(re.escape(_TASK_DIR_TEXT) + r"([^/]+)/")
 
 
 def missing(value: Any) -> bool:
@@ -140,21 +145,26 @@ def _verb(args: list[str]) -> int | None:
     return None
 
 
+def runtime_verb(argv: Sequence[str]) -> str | None:
+    """What an OCI runtime is asked to do (``create``, ``kill``, ...): its first operand that is
+    a verb, option values skipped."""
+    args = [str(a) for a in argv]
+    i = _verb(args)
+    return None if i is None else args[i]
+
+
 def creates_bundle(argv: Any) -> bool:
     """Whether a command line is an OCI runtime's ``create``/``run`` of a bundle."""
     if missing(argv) or len(argv) < 3:
         return False
     args = [str(a) for a in argv]
-    if (
-        "--bundle" not in args
-        and "-b" not in args
-        and not any(a.startswith("--bundle=") for a in args)
-    ):
+    # one substring test first: most command lines of a recording name no bundle at all
+    if "--bundle" not in "\0".join(args) and "-b" not in args:
         return False
     verb = _verb(args)
     return (
         verb is not None
-        and args[verb] in ("create", "run")
+        and args[verb] in CREATING_VERBS
         and any(a in BUNDLE_OPTIONS or a.startswith("--bundle=") for a in args[verb + 1 :])
     )
 
@@ -170,8 +180,8 @@ def _runtime_target(argv: Any, runtimes: frozenset[str] = RUNTIMES) -> str | Non
     """Container id an OCI runtime invocation acts on: the first operand after its verb."""
     if missing(argv) or len(argv) < 2 or os.path.basename(argv[0]) not in runtimes:
         return None
-    args = list(argv)
-    verb = next((i for i, a in enumerate(args) if a in RUNTIME_VERBS), None)
+    args = [str(a) for a in argv]
+    verb = _verb(args)
     if verb is None:
         return None
     i = verb + 1
@@ -196,6 +206,8 @@ def containerd_namespace(argv: Any) -> str | None:
         for i, a in enumerate(args[:-1]):
             if a == "-namespace":
                 return args[i + 1]
+    if _TASK_DIR_TEXT not in "\0".join(args[1:]):
+        return None  # one substring test instead of a regular expression per argument
     for a in args[1:]:
         found = _TASK_DIR.search(a)
         if found:
@@ -301,11 +313,6 @@ def _inherit(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
             break
 
 
-def _is_shim_daemon(argv: Any) -> bool:
-    """The long-lived shim of a pod (its ``-id`` is the sandbox's), not a ``start``/``delete``."""
-    return _shim_id(argv) is not None and list(argv)[-1] not in ("start", "delete")
-
-
 def foreign_containers(table: pd.DataFrame) -> dict[str, int]:
     """Containers seen in containerd namespaces other than CRI's, per namespace: the distinct
     ids their shims and runtimes acted on (``attribute`` gives them no pod)."""
@@ -338,8 +345,15 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     own_shim, own_runtime, container = (x.where(~foreign_own, None) for x in (shims, targets, ids))
 
     table["containerd_namespace"] = namespace
-    daemons = _map(argvs, lambda a: a is not None and _is_shim_daemon(a), table.index)
-    table["_pod_shim"] = own_shim.where(daemons.astype(bool), None)
+    # the long-lived shim of a pod (its -id is the sandbox's), not a ``start``/``delete``
+    daemons = pd.Series(
+        [
+            sid is not None and argv[-1] not in ("start", "delete")
+            for sid, argv in zip(shims, argvs, strict=True)
+        ],
+        index=table.index,
+    )
+    table["_pod_shim"] = own_shim.where(daemons, None)
     _inherit(table, ("containerd_namespace", "_pod_shim"))
     # what a foreign container starts is foreign too: no pod's, counted per namespace
     namespace = table["containerd_namespace"]

@@ -28,9 +28,9 @@ from startprof.analysis.critical_path import apply_critical_path, bottleneck
 from startprof.analysis.losses import LOST_EVENTS
 from startprof.analysis.model import STARTED_BEFORE, STILL_STARTING, Phase, Pod, PodStatus
 from startprof.analysis.processes import (
+    CREATING_VERBS,
     RUNTIMES,
     SEEDED_START_NS,
-    CREATING_VERBS,
     SHIM_PREFIX,
     STARTING_VERBS,
     attribute,

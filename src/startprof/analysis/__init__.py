@@ -7,7 +7,9 @@ from stored recordings or small factories. ``startprof.pipeline`` joins files to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -55,8 +57,29 @@ def timed(events: pd.DataFrame) -> pd.DataFrame:
     return events if bool(keep.all()) else events.loc[keep].reset_index(drop=True)
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """The analysis makes millions of small objects (a process, a phase, a dict of attributes
+    each) and keeps most of them until it returns, so every full collection of the cycle
+    collector walks all of them again: its cost grew with the square of the recording
+    (1.3x per pod at 10,000 pods, and 40% of the CPU time at 1,000). Reference counting still
+    frees what the analysis drops; cycles wait for the next collection after it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def analyze(sources: Sequence[Source]) -> Analysis:
     """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
+    with _without_cycle_collection():
+        return _analyze(sources)
+
+
+def _analyze(sources: Sequence[Source]) -> Analysis:
     pods: dict[tuple[str, str], Pod] = {}
     starts, ends = [], []
     lossy: list[tuple[int, int]] = []

@@ -29,6 +29,7 @@ moment: ``proc`` (processes alive at start-up or found after a containerd restar
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -106,18 +107,14 @@ class IncrementalAnalyzer:
         self.drops = 0
         self._chunks: list[pd.DataFrame] = []
         self._fresh = False
-        """An exec, or a CRI call while a pod may be starting, arrived since the last analysis:
-        a pod start may have begun or advanced."""
+        """An exec, or a reply that can end a pod start, arrived since the last analysis."""
         self._pending: dict[str, Pod] = {}
         """Pods the last analysis saw and that are not sent yet, by sandbox id."""
         self._emitted: OrderedDict[str, None] = OrderedDict()
         self._analysed_ns = start_monotonic_ns
         """Monotonic ns of the last analysis (the agent's start before the first)."""
         self._closing: list[int] = []
-        """Monotonic ns at which named CRI replies that can end a pod start have settled."""
-        self._unnamed_due: int | None = None
-        """When the first unnamed reply since the last analysis settles (one for them all: on
-        an aged connection every call is unnamed until the analysis names it)."""
+        """Monotonic ns at which CRI replies that can end a pod start have settled."""
 
     def add(self, frame: pd.DataFrame) -> None:
         if not len(frame):
@@ -133,21 +130,37 @@ class IncrementalAnalyzer:
             self._note_replies(calls)
 
     def _note_replies(self, calls: pd.DataFrame) -> None:
-        """Which replies can end a pod start, and when they settle. A call with no exec
-        around it and no pod pending (a kubelet polling ListContainers on a quiet node) ends
-        nothing: every pod start execs the runtime and the CNI plugins."""
+        """Which replies can end a pod start, and when they settle: a StartContainer reply, or
+        a failed call. An unnamed call (on an aged connection) counts when the decoder's shape
+        candidates include StartContainer, or it failed: the kubelet's PLEG relisting
+        (ListPodSandbox, ListContainers, ...) has shapes of its own and never brings one."""
         method = calls["method"].astype("string")
         failed = (calls["grpc_status"].astype("string") != "OK").fillna(False)
         ended = calls["end_ns"].where(calls["end_ns"].notna(), calls["ts_ns"])
-        closing = (method.str.endswith(CLOSING_METHOD).fillna(False) | failed) & method.notna()
-        self._closing.extend(int(t) + self.settle_ns for t in ended[closing].dropna())
+        named = method.str.endswith(CLOSING_METHOD).fillna(False)
+        unnamed = method.isna() & calls["attrs"].map(self._may_start_container).astype(bool)
+        closing = named | unnamed | failed
         if bool(closing.any()):
+            self._closing.extend(int(t) + self.settle_ns for t in ended[closing].dropna())
             self._fresh = True
-        unnamed = ended[method.isna()].dropna()
-        if len(unnamed) and (self._fresh or self._pending):
-            self._fresh = True
-            if self._unnamed_due is None:
-                self._unnamed_due = int(unnamed.min()) + self.settle_ns
+
+    def _may_start_container(self, attrs: object) -> bool:
+        """Whether an unnamed call's shape fits StartContainer (an id in, nothing out), as the
+        decoder's candidates say, for an id not of a pod already sent (the same shape is
+        StopPodSandbox's and RemovePodSandbox's at its tear-down). A call the decoder kept no
+        candidates for may be anything."""
+        try:
+            unnamed = json.loads(attrs).get("unnamed") if isinstance(attrs, str) else None
+        except ValueError:
+            return True
+        if not isinstance(unnamed, dict) or not isinstance(unnamed.get("candidates"), dict):
+            return True
+        candidates = unnamed["candidates"]
+        if CLOSING_METHOD[1:] not in candidates:
+            return False
+        ids = {v for fields in candidates.values() if isinstance(fields, dict)
+               for v in fields.values() if isinstance(v, str)}  # fmt: skip
+        return not any(i in self._emitted for i in ids)
 
     @property
     def pending(self) -> tuple[Pod, ...]:
@@ -161,8 +174,6 @@ class IncrementalAnalyzer:
         ``settle_s`` and one analysis, not ``settle_s`` plus up to an interval.
         """
         due = list(self._closing)
-        if self._unnamed_due is not None:
-            due.append(self._unnamed_due)
         for p in self._pending.values():
             if p.status == "incomplete" and p.incomplete_reason in (
                 STILL_STARTING,
@@ -234,8 +245,6 @@ class IncrementalAnalyzer:
         self._fresh = False
         self._analysed_ns = now_ns
         self._closing = [t for t in self._closing if t > now_ns]
-        if self._unnamed_due is not None and self._unnamed_due <= now_ns:
-            self._unnamed_due = None
         self.stats.analyses += 1
         source = Source(
             name="agent",

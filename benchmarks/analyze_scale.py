@@ -4,9 +4,12 @@
 Takes a real recording (default: tests/data/recordings/concurrent.arrows), copies its events N
 times with every pid, connection, sandbox and container id made unique and the times shifted,
 writes that as one recording, and times `startprof analyze --json` on it in a subprocess
-(reading the file included).
+(reading the file included), then each step of it alone in another (import, read, analysis,
+JSON). ``--keep DIR`` keeps the recordings and reuses them on the next run (and ``--source``
+is then ignored for files already there).
 
     .venv/bin/python benchmarks/analyze_scale.py --pods 1000 10000
+    .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --keep /tmp/scale --repeat 5
 """
 
 from __future__ import annotations
@@ -79,6 +82,32 @@ def build(source: Path, pods: int, out: Path) -> int:
     return copies * base_pods
 
 
+STEPS = """
+import json, sys, time
+t0 = time.perf_counter()
+from startprof.pipeline import source_of
+from startprof.analysis import analyze
+from startprof.recording import read_recording
+from startprof.reporters import json as json_reporter
+t1 = time.perf_counter()
+source = source_of(read_recording(sys.argv[1]))
+t2 = time.perf_counter()
+analysis = analyze([source])
+t3 = time.perf_counter()
+json_reporter.dumps(analysis)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "read": t2 - t1, "analysis": t3 - t2, "json": t4 - t3}))
+"""
+
+
+def _steps(path: Path) -> dict[str, float]:
+    """Seconds of each step of the command, timed inside one process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STEPS, str(path)], capture_output=True, text=True, check=True
+    )
+    return {k: round(v, 2) for k, v in json.loads(proc.stdout).items()}
+
+
 def _analyze_json(path: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "startprof", "analyze", "--json", str(path)],
@@ -94,18 +123,24 @@ def main() -> int:
     parser.add_argument("--pods", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--source", type=Path, default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="keep the recordings here, and reuse them")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="startprof-scale-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for pods in args.pods:
-            path = Path(tmp) / f"{pods}.arrows"
-            made = build(args.source, pods, path)
+            path = folder / f"{pods}.arrows"
+            made = pods if args.keep and path.exists() else build(args.source, pods, path)
             times = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
                 doc = json.loads(_analyze_json(path))
                 times.append(time.perf_counter() - t0)
+            made = len(doc["pods"]) if args.keep else made
             assert len(doc["pods"]) == made, (len(doc["pods"]), made)
+            steps = [_steps(path) for _ in range(args.repeat)]
+            analysis = [s["analysis"] for s in steps]
             events = read_recording(path).table.num_rows
             best = min(times)
             results.append(
@@ -116,6 +151,9 @@ def main() -> int:
                     "seconds_best": round(best, 2),
                     "seconds_all": [round(t, 2) for t in times],
                     "ms_per_pod": round(1000 * best / made, 3),
+                    "steps_best": min(steps, key=lambda s: s["analysis"]),
+                    "analysis_all": analysis,
+                    "analysis_ms_per_pod": round(1000 * min(analysis) / made, 3),
                 }
             )
             print(json.dumps(results[-1]), file=sys.stderr)

@@ -13,7 +13,6 @@ socket data the sandbox and container phases are bounded by process events, and 
 from __future__ import annotations
 
 import heapq
-import os
 import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
@@ -34,6 +33,8 @@ from startprof.analysis.processes import (
     SHIM_PREFIX,
     STARTING_VERBS,
     attribute,
+    basename,
+    dirname,
     foreign_containers,
     missing,
     processes,
@@ -121,20 +122,18 @@ class Proc:
 
     def __post_init__(self) -> None:
         first = self.argv[0] if self.argv else ""
-        self.name = os.path.basename(self.image or self.filename or first) or "?"
-        self.program = os.path.basename(self.filename or first) or "?"
+        self.name = basename(self.image or self.filename or first) or "?"
+        self.program = basename(self.filename or first) or "?"
         cni_dirs = [d for d in self.env.get("CNI_PATH", "").split(":") if d]
         self.is_cni_plugin = bool(
-            "CNI_COMMAND" in self.env
-            and self.filename
-            and os.path.dirname(self.filename) in cni_dirs
+            "CNI_COMMAND" in self.env and self.filename and dirname(self.filename) in cni_dirs
         )
         self.seeded = self.start_ns <= SEEDED_START_NS
         self.runtime_verb = None
         self.runtime = None
         if self.program in self.runtimes:
             self.runtime_verb = runtime_verb(self.argv)
-            became = os.path.basename(self.image) if self.image else ""
+            became = basename(self.image) if self.image else ""
             internal = not self.image or self.image.startswith("/dev/fd/")
             self.runtime = self.program if internal or self.image in NOT_ENTRYPOINTS else became
 
@@ -388,26 +387,24 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
     # distinct interface names and link kinds per run: few runs carry any, so work on those only
     for column, target in (("ifname", "ifnames"), ("link_kind", "kinds")):
         named = sends.loc[sends[column].notna(), ["run", column]].drop_duplicates()
-        lists = named.sort_values(column).groupby("run")[column].agg(list)
-        out[target] = lists.reindex(out.index)
-        out[target] = [v if isinstance(v, list) else [] for v in out[target]]
+        named = named.sort_values(column, kind="stable")
+        # a loop, not groupby().agg(list): that calls back into Python once per run
+        lists: dict[Any, list[Any]] = defaultdict(list)
+        for run, value in zip(_values(named["run"]), _values(named[column]), strict=True):
+            lists[run].append(value)
+        out[target] = [lists.get(run, []) for run in out.index]
     return out.reset_index(drop=True)
 
 
 def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
     """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
     mask = ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)
-    ns = ev.loc[mask, ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]]
+    columns = ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]
+    ns = ev.loc[mask, columns]
     spans = []
     pending: dict[int, int] = {}
     for kind, tid, flags, nstype, start, end in zip(
-        ns["kind"],
-        ns["tid"],
-        ns["flags"],
-        ns["nstype"],
-        ns["start_ns"],
-        ns["end_ns"],
-        strict=True,
+        *(_values(ns[c]) for c in columns), strict=True
     ):
         if kind == "unshare" and not missing(flags) and int(flags) & CLONE_NEWNET:
             pending[int(tid)] = int(start)
@@ -585,7 +582,7 @@ def _internal(p: Proc) -> bool:
     image = p.image or ""
     return (
         p.program in p.runtimes
-        or os.path.basename(image) in p.runtimes
+        or basename(image) in p.runtimes
         or image.startswith("/dev/fd/")
         or image in NOT_ENTRYPOINTS
         or p.program.startswith(SHIM_PREFIX)
@@ -1407,7 +1404,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     containerd = {
         p.proc_id
         for p in procs
-        if p.program == "containerd" or (p.argv and os.path.basename(p.argv[0]) == "containerd")
+        if p.program == "containerd" or (p.argv and basename(p.argv[0]) == "containerd")
     }
     networked = {
         p.sandbox_id for p in procs if p.is_cni_plugin and p.env.get("CNI_COMMAND") == "ADD"

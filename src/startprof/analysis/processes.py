@@ -20,6 +20,7 @@ namespace (``k8s.io``) holds pods: processes of the others get no pod.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,19 @@ SEEDED_START_NS = int(np.iinfo(np.int64).min // 2)
 """The ``start_ns`` of a process alive when recording began: before any event."""
 _TASK_DIR_TEXT = "io.containerd.runtime.v2.task/"
 _TASK_DIR = re.compile(re.escape(_TASK_DIR_TEXT) + r"([^/]+)/")
+
+
+@functools.lru_cache(maxsize=65536)
+def basename(path: str) -> str:
+    """``os.path.basename``, remembered: a recording runs the same few programs from the same
+    few paths hundreds of thousands of times."""
+    return os.path.basename(path)
+
+
+@functools.lru_cache(maxsize=65536)
+def dirname(path: str) -> str:
+    """``os.path.dirname``, remembered (see :func:`basename`)."""
+    return os.path.dirname(path)
 
 
 def missing(value: Any) -> bool:
@@ -172,13 +186,13 @@ def creates_bundle(argv: Any) -> bool:
 def runtime_programs(argvs: Any) -> frozenset[str]:
     """The programs acting as OCI runtimes in a recording: runc, crun, and every program seen
     creating a bundle (nvidia-container-runtime, runsc, kata-runtime, youki, a wrapper)."""
-    found = {os.path.basename(str(a[0])) for a in argvs if creates_bundle(a)}
+    found = {basename(str(a[0])) for a in argvs if creates_bundle(a)}
     return RUNTIMES | frozenset(found)
 
 
 def _runtime_target(argv: Any, runtimes: frozenset[str] = RUNTIMES) -> str | None:
     """Container id an OCI runtime invocation acts on: the first operand after its verb."""
-    if missing(argv) or len(argv) < 2 or os.path.basename(argv[0]) not in runtimes:
+    if missing(argv) or len(argv) < 2 or basename(argv[0]) not in runtimes:
         return None
     args = [str(a) for a in argv]
     verb = _verb(args)
@@ -202,7 +216,7 @@ def containerd_namespace(argv: Any) -> str | None:
     if missing(argv) or len(argv) < 2:
         return None
     args = [str(a) for a in argv]
-    if os.path.basename(args[0]).startswith(SHIM_PREFIX):
+    if basename(args[0]).startswith(SHIM_PREFIX):
         for i, a in enumerate(args[:-1]):
             if a == "-namespace":
                 return args[i + 1]
@@ -216,7 +230,7 @@ def containerd_namespace(argv: Any) -> str | None:
 
 
 def _shim_id(argv: Any) -> str | None:
-    if missing(argv) or len(argv) < 2 or not os.path.basename(argv[0]).startswith(SHIM_PREFIX):
+    if missing(argv) or len(argv) < 2 or not basename(argv[0]).startswith(SHIM_PREFIX):
         return None
     args = list(argv)
     for i, a in enumerate(args[:-1]):

@@ -107,7 +107,8 @@ def test_failed_pods_stay_failed() -> None:
 def test_a_sandbox_whose_start_was_lost_is_still_reported() -> None:
     """Only a late event of the sandbox is left (its CNI ADD and CRI calls were dropped): the
     pod is listed as incomplete inside the loss, and not at all without one."""
-    from startprof.analysis.phases import PodInputs, Proc, _partial_pod
+    from startprof.analysis.inputs import PodInputs, Proc
+    from startprof.analysis.phases import _partial_pod
 
     env = {"CNI_COMMAND": "DEL", "CNI_PATH": "/usr/lib/cni", "CNI_CONTAINERID": "abc123"}
     env["CNI_ARGS"] = "K8S_POD_NAME=web-0;K8S_POD_NAMESPACE=shop;K8S_POD_UID=u-1"

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from startprof.analysis import Source, analyze
+from startprof.analysis.inputs import canonical_method
 from startprof.analysis.model import STARTED_BEFORE, Analysis, Phase, Pod
-from startprof.analysis.phases import STAYED_UP_NS, canonical_method, own_error
+from startprof.analysis.phases import STAYED_UP_NS, own_error
 from startprof.lab.truth import read_truth
 from startprof.pipeline import analyze_files, source_of
 from startprof.recording import read_recording

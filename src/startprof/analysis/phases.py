@@ -1,7 +1,8 @@
 """Cut each pod start into the canonical phases of docs/architecture.md.
 
-The heavy, per-event work is vectorised (process table, attribution, per-process spans, netlink
-grouping); what remains per pod is assembling a few dozen spans from pre-grouped rows.
+The heavy, per-event work is vectorised in ``inputs`` (process table, attribution, per-process
+spans, netlink grouping); here each pod's spans are assembled from those pre-grouped rows by
+small builders, one per part of a pod start (sandbox, image, container attempt, status).
 
 Sources, in order of preference: the CRI calls decoded from containerd's socket (RunPodSandbox,
 CreateContainer, StartContainer bound the sandbox and container phases exactly as the kubelet
@@ -12,413 +13,46 @@ socket data the sandbox and container phases are bounded by process events, and 
 
 from __future__ import annotations
 
-import heapq
 import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
 from startprof.analysis.critical_path import apply_critical_path, bottleneck
+from startprof.analysis.inputs import (
+    CREATE_CONTAINER,
+    IMAGE_STATUS,
+    NOT_ENTRYPOINTS,
+    PULL_IMAGE,
+    RUN_POD_SANDBOX,
+    START_CONTAINER,
+    STOP_CONTAINER,
+    Call,
+    Context,
+    PodInputs,
+    Proc,
+    cni_args,
+    is_shim_start,
+    pod_inputs,
+)
 from startprof.analysis.losses import LOST_EVENTS
 from startprof.analysis.model import STARTED_BEFORE, STILL_STARTING, Phase, Pod, PodStatus
 from startprof.analysis.processes import (
     CREATING_VERBS,
-    RUNTIMES,
-    SEEDED_START_NS,
     SHIM_PREFIX,
-    STARTING_VERBS,
-    attribute,
     basename,
-    dirname,
-    foreign_containers,
-    missing,
-    processes,
-    runtime_programs,
-    runtime_verb,
 )
-from startprof.cri.api import V1, V1ALPHA2, path_of
-from startprof.events import attrs_of
-from startprof.linux import CLONE_NEWNET, type_name
 
-RUN_POD_SANDBOX = path_of("RunPodSandbox")
-CREATE_CONTAINER = path_of("CreateContainer")
-START_CONTAINER = path_of("StartContainer")
-STOP_CONTAINER = path_of("StopContainer")
-IMAGE_STATUS = path_of("ImageStatus")
-PULL_IMAGE = path_of("PullImage")
-IMAGE_METHODS = (IMAGE_STATUS, PULL_IMAGE)
-NOT_ENTRYPOINTS = ("/proc/self/exe",)
 STAYED_UP_NS = 1_000_000_000
 """A container whose entrypoint exits on its own sooner than this after its exec crashed (the
 kubelet restarts it: a crash loop); one that runs longer stayed up, and its start ended at its
 exec. Keep in sync with ``startprof.lab.kinds.STAY_UP_S``."""
 _CNI_ERROR = re.compile(r'plugin type="(?P<type>[^"]+)"[^:]*? failed \((?:add|delete|check)\): ')
 _RUNTIME_ERROR = re.compile(r"OCI runtime (?P<verb>[a-z]+) failed: (?:[\w.-]+ (?P=verb) failed: )?")
-
-
-def canonical_method(method: str) -> str:
-    """``runtime.v1alpha2`` paths as their ``runtime.v1`` twins: containerd 1.6 serves both,
-    with the same messages, and older kubelets call the first."""
-    prefix = f"/{V1ALPHA2}."
-    return f"/{V1}." + method[len(prefix) :] if method.startswith(prefix) else method
-
-
-@dataclass(frozen=True)
-class Call:
-    method: str
-    start_ns: int
-    end_ns: int | None
-    status: str | None
-    sandbox_id: str | None
-    container: str | None
-    container_id: str | None
-    pod: str | None
-    namespace: str | None
-    uid: str | None
-    attrs: Mapping[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (None, "OK")
-
-
-@dataclass(eq=False)
-class Proc:
-    """One process lifetime as the pod builder sees it. The derived facts below are computed
-    once at construction: the builder asks them of every process many times."""
-
-    proc_id: int
-    pid: int
-    parent_proc: int | None
-    start_ns: int
-    exec_ns: int | None
-    exec_done_ns: int | None
-    end_ns: int | None
-    exit_code: int | None
-    argv: tuple[str, ...]
-    filename: str | None
-    env: Mapping[str, str]
-    image: str | None
-    sandbox_id: str | None
-    container_id: str | None
-    runtimes: frozenset[str] = RUNTIMES
-    """The programs acting as OCI runtimes in this recording (``runtime_programs``)."""
-    name: str = field(init=False)
-    program: str = field(init=False)
-    """The program it was started as (argv[0]), not what it later re-exec'ed itself into."""
-    is_cni_plugin: bool = field(init=False)
-    """Exec'ed from a CNI_PATH directory with CNI_COMMAND set (iptables inherits the
-    variables but lives elsewhere)."""
-    runtime_verb: str | None = field(init=False)
-    runtime: str | None = field(init=False)
-    """The OCI runtime it ran as: runc for runc, and for a wrapper that exec'ed runc too."""
-    seeded: bool = field(init=False)
-    """Alive when the recording began: its start is not in the recording."""
-
-    def __post_init__(self) -> None:
-        first = self.argv[0] if self.argv else ""
-        self.name = basename(self.image or self.filename or first) or "?"
-        self.program = basename(self.filename or first) or "?"
-        cni_dirs = [d for d in self.env.get("CNI_PATH", "").split(":") if d]
-        self.is_cni_plugin = bool(
-            "CNI_COMMAND" in self.env and self.filename and dirname(self.filename) in cni_dirs
-        )
-        self.seeded = self.start_ns <= SEEDED_START_NS
-        self.runtime_verb = None
-        self.runtime = None
-        if self.program in self.runtimes:
-            self.runtime_verb = runtime_verb(self.argv)
-            became = basename(self.image) if self.image else ""
-            internal = not self.image or self.image.startswith("/dev/fd/")
-            self.runtime = self.program if internal or self.image in NOT_ENTRYPOINTS else became
-
-    @property
-    def starts_container(self) -> bool:
-        """An OCI runtime's create, start or run: it makes a container run."""
-        return self.runtime_verb in STARTING_VERBS
-
-    @property
-    def failed(self) -> bool:
-        """Exited with a code other than 0: a CNI plugin, runtime or hook that failed."""
-        return self.exit_code not in (None, 0)
-
-    def exit_error(self, what: str = "") -> str | None:
-        """``exit code N`` (after ``what``, e.g. ``runc create ``) when it failed."""
-        return f"{what}exit code {self.exit_code}" if self.failed else None
-
-    @property
-    def wrapper(self) -> str | None:
-        """The wrapper it was started as, when it exec'ed another runtime (nvidia-style)."""
-        return self.program if self.runtime and self.runtime != self.program else None
-
-
-@dataclass
-class PodInputs:
-    """Everything one pod's phases are built from."""
-
-    sandbox_id: str
-    procs: list[Proc] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    annotations: dict[str, Any] = field(default_factory=dict)
-    netns: tuple[int, int] | None = None
-    container_names: dict[str, str] = field(default_factory=dict)
-    """container id -> name, from bundle annotations (the kernel's view without CRI data)."""
-
-
-def _values(series: pd.Series) -> list[Any]:
-    """A column as Python objects with None for every kind of null (NA, NaN, None)."""
-    try:
-        # through Arrow: fast for Arrow-backed columns, and NaN becomes null for numpy ones
-        return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
-    except (pa.ArrowException, TypeError, ValueError):
-        return [None if missing(v) else v for v in series.tolist()]
-
-
-def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows as dicts; column-wise conversion is several times faster than ``to_dict``."""
-    values = [_values(frame[c]) for c in columns]
-    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
-
-
-def _env_map(env: Any) -> dict[str, str]:
-    if missing(env):
-        return {}
-    return dict(var.split("=", 1) for var in env if "=" in var)
-
-
-def _cni_args(env: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for item in env.get("CNI_ARGS", "").split(";"):
-        key, _, value = item.partition("=")
-        out[key] = value
-    return out
-
-
-CALL_COLUMNS = [
-    "method",
-    "start_ns",
-    "end_ns",
-    "grpc_status",
-    "sandbox_id",
-    "container",
-    "container_id",
-    "pod",
-    "namespace",
-    "uid",
-    "attrs",
-]
-
-
-def cri_calls(ev: pd.DataFrame) -> list[Call]:
-    calls = ev.loc[ev["kind"] == "cri_call", CALL_COLUMNS]
-    cols = CALL_COLUMNS
-    return [
-        Call(
-            method=canonical_method(r["method"] or "?"),
-            start_ns=int(r["start_ns"]),
-            end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
-            status=r["grpc_status"],
-            sandbox_id=r["sandbox_id"],
-            container=r["container"],
-            container_id=r["container_id"],
-            pod=r["pod"],
-            namespace=r["namespace"],
-            uid=r["uid"],
-            attrs=attrs_of(r["attrs"]),
-        )
-        for r in _records(calls, cols)
-        if r["start_ns"] is not None
-    ]
-
-
-def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, str]:
-    """container id -> sandbox id, from CreateContainer replies and bundle annotations."""
-    mapping: dict[str, str] = {}
-    has_ids = ev["container_id"].notna() & ev["sandbox_id"].notna()
-    notes = ev.loc[(ev["kind"] == "annotation") & has_ids, ["container_id", "sandbox_id"]]
-    for cid, sid in zip(notes["container_id"], notes["sandbox_id"], strict=True):
-        mapping[str(cid)] = str(sid)
-    for call in calls:
-        if call.container_id and call.sandbox_id:
-            mapping[call.container_id] = call.sandbox_id
-    return mapping
-
-
-PROC_COLUMNS = [
-    "proc_id",
-    "pid",
-    "parent_proc",
-    "start_ns",
-    "exec_ns",
-    "exec_done_ns",
-    "end_ns",
-    "exit_code",
-    "argv",
-    "filename",
-    "env",
-    "image",
-    "sandbox_id",
-    "container_id",
-]
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _procs(table: pd.DataFrame) -> list[Proc]:
-    columns = [_values(table[c]) for c in PROC_COLUMNS]
-    runtimes = table.attrs.get("runtimes") or runtime_programs(
-        a for a in columns[PROC_COLUMNS.index("argv")] if a
-    )
-    return [
-        Proc(
-            int(proc_id),
-            int(pid),
-            _int_or_none(parent),
-            int(start),
-            _int_or_none(exec_ns),
-            _int_or_none(done),
-            _int_or_none(end),
-            _int_or_none(code),
-            tuple(argv) if argv is not None else (),
-            filename,
-            _env_map(env),
-            image,
-            sandbox,
-            container,
-            runtimes,
-        )
-        for (
-            proc_id,
-            pid,
-            parent,
-            start,
-            exec_ns,
-            done,
-            end,
-            code,
-            argv,
-            filename,
-            env,
-            image,
-            sandbox,
-            container,
-        ) in zip(*columns, strict=True)
-    ]
-
-
-def _op_names(sends: pd.DataFrame) -> pd.Series:
-    """``RTM_NEWLINK``-style names, computed once per distinct (protocol, type) pair."""
-    pairs = sends[["nl_proto", "nl_type"]].astype("int64")
-    keys = pairs["nl_proto"] * 65536 + pairs["nl_type"]
-    names = {k: type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys.unique()}
-    return keys.map(names)
-
-
-def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
-    """Netlink requests per process and op (iptables' NFT_* traffic is kept as counts only)."""
-    sends = ev.loc[
-        (ev["kind"] == "nl_send") & ev["proc_id"].notna(), ["proc_id", "nl_proto", "nl_type"]
-    ]
-    if sends.empty:
-        return {}
-    counts = sends.assign(op=_op_names(sends)).groupby(["proc_id", "op"]).size().reset_index()
-    out: dict[int, dict[str, int]] = defaultdict(dict)
-    for proc_id, op, n in zip(counts["proc_id"], counts["op"], counts[0], strict=True):
-        out[int(proc_id)][str(op)] = int(n)
-    return out
-
-
-def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    """Runs of consecutive netlink requests of one op by one process, with their ack time.
-
-    ``proc_ids`` limits the work to the processes that get netlink spans (the CNI plugins).
-    Columns: proc_id, op, start_ns, end_ns, count, errors, ifnames, kinds.
-    """
-    columns = [
-        "proc_id",
-        "nl_proto",
-        "nl_type",
-        "nl_seq",
-        "start_ns",
-        "end_ns",
-        "ifname",
-        "link_kind",
-    ]
-    wanted = (ev["kind"] == "nl_send") & ev["proc_id"].notna()
-    if proc_ids is not None:
-        wanted &= ev["proc_id"].isin(list(proc_ids))
-    sends = ev.loc[wanted, columns].copy()
-    if sends.empty:
-        return pd.DataFrame(
-            columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
-        )
-    acks = ev.loc[
-        (ev["kind"] == "nl_ack") & ev["proc_id"].notna(), ["proc_id", "nl_seq", "ts_ns", "ret"]
-    ]
-    ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
-        columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
-    )
-    ack_key = ack_key.drop_duplicates(["proc_id", "nl_seq"], keep="first")
-    sends = sends.merge(ack_key, on=["proc_id", "nl_seq"], how="left")
-    sends["op"] = _op_names(sends)
-    sends = sends.sort_values(["proc_id", "start_ns"], kind="stable")
-    new_run = (sends["proc_id"] != sends["proc_id"].shift()) | (sends["op"] != sends["op"].shift())
-    sends["run"] = new_run.cumsum()
-    sends["done_ns"] = sends["ack_ns"].where(sends["ack_ns"].notna(), sends["end_ns"])
-    sends["failed"] = sends["ack_ret"].fillna(0) < 0
-    grouped = sends.groupby("run", sort=False)
-    out = pd.DataFrame(
-        {
-            "proc_id": grouped["proc_id"].first(),
-            "op": grouped["op"].first(),
-            "start_ns": grouped["start_ns"].min(),
-            "end_ns": grouped["done_ns"].max(),
-            "count": grouped.size(),
-            "errors": grouped["failed"].sum(),
-        }
-    )
-    # distinct interface names and link kinds per run: few runs carry any, so work on those only
-    for column, target in (("ifname", "ifnames"), ("link_kind", "kinds")):
-        named = sends.loc[sends[column].notna(), ["run", column]].drop_duplicates()
-        named = named.sort_values(column, kind="stable")
-        # a loop, not groupby().agg(list): that calls back into Python once per run
-        lists: dict[Any, list[Any]] = defaultdict(list)
-        for run, value in zip(_values(named["run"]), _values(named[column]), strict=True):
-            lists[run].append(value)
-        out[target] = [lists.get(run, []) for run in out.index]
-    return out.reset_index(drop=True)
-
-
-def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
-    """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
-    mask = ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)
-    columns = ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]
-    ns = ev.loc[mask, columns]
-    spans = []
-    pending: dict[int, int] = {}
-    for kind, tid, flags, nstype, start, end in zip(
-        *(_values(ns[c]) for c in columns), strict=True
-    ):
-        if kind == "unshare" and not missing(flags) and int(flags) & CLONE_NEWNET:
-            pending[int(tid)] = int(start)
-        elif (
-            kind == "setns"
-            and int(tid) in pending
-            and (missing(nstype) or int(nstype) in (0, CLONE_NEWNET))
-        ):
-            spans.append((pending.pop(int(tid)), int(end)))
-    return spans
-
-
-def _is_shim_start(proc: Proc) -> bool:
-    return proc.program.startswith(SHIM_PREFIX) and bool(proc.argv) and proc.argv[-1] == "start"
 
 
 class PhaseBuilder:
@@ -464,19 +98,6 @@ class PhaseBuilder:
         updated = replace(phase, attributes={**phase.attributes, **attributes})
         self.phases[self._position[phase.id]] = updated
         return updated
-
-
-@dataclass
-class Context:
-    """Per-recording lookups the pod builder needs."""
-
-    children: dict[int, list[Proc]]
-    netlink: dict[int, list[dict[str, Any]]]
-    recording_end_ns: int
-    ops: dict[int, dict[str, int]] = field(default_factory=dict)
-    procs: dict[int, Proc] = field(default_factory=dict)
-    """Every process lifetime by proc_id."""
-    foreign: dict[str, int] = field(default_factory=dict)
 
 
 def _subtree(ctx: Context, proc: Proc) -> list[Proc]:
@@ -645,7 +266,7 @@ def _add_runtime(
     the runtime and the entrypoint."""
     mine = [p for p in procs if p.container_id == container_id]
     runtime = None
-    for shim in (p for p in mine if _is_shim_start(p)):
+    for shim in (p for p in mine if is_shim_start(p)):
         start, end = _proc_span(shim, ctx)
         b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
     entry = _runtime_entrypoint([p for p in mine if p.starts_container], ctx)
@@ -919,7 +540,7 @@ def _add_container(
     rt = [
         p
         for p in inputs.procs
-        if p.container_id == cid and (p.starts_container or _is_shim_start(p))
+        if p.container_id == cid and (p.starts_container or is_shim_start(p))
     ]
     k_start = min((_proc_span(p, ctx)[0] for p in rt), default=None)
     c_start = create.start_ns if create else (k_start if k_start is not None else last_end)
@@ -1139,7 +760,7 @@ def _names(inputs: PodInputs, rps: Call | None, cni: Sequence[Proc]) -> dict[str
         if key not in out and inputs.annotations.get(key):
             out[key] = inputs.annotations[key]
     for proc in cni:
-        args = _cni_args(proc.env)
+        args = cni_args(proc.env)
         for key, arg in (
             ("name", "K8S_POD_NAME"),
             ("namespace", "K8S_POD_NAMESPACE"),
@@ -1183,49 +804,6 @@ def _add_waits(phases: list[Phase]) -> list[Phase]:
         if hi > lo
     ]
     return phases + extra
-
-
-def _sandbox_of_failed_call(
-    procs: Sequence[Proc], call: Call, sandbox_uids: Mapping[str, str], claimed: set[str]
-) -> str | None:
-    """A failed RunPodSandbox replies no sandbox id: it is the sandbox of the same pod uid
-    whose CNI plugins (CNI_ARGS K8S_POD_UID) or OCI runtime (bundle annotations) ran during
-    the call; else, when the runtime failed before its bundle could be read, the one sandbox
-    no other call claims whose runtime created it during the call."""
-    end = call.end_ns if call.end_ns is not None else float("inf")
-    unnamed: set[str] = set()
-    for p in procs:
-        if not p.sandbox_id or not call.start_ns <= p.start_ns <= end:
-            continue
-        if p.is_cni_plugin and _cni_args(p.env).get("K8S_POD_UID") == call.uid:
-            return p.sandbox_id
-        if p.runtime_verb == "create" and p.container_id == p.sandbox_id:
-            uid = sandbox_uids.get(p.sandbox_id)
-            if uid == call.uid:
-                return p.sandbox_id
-            if uid is None and p.sandbox_id not in claimed:
-                unnamed.add(p.sandbox_id)
-    return unnamed.pop() if len(unnamed) == 1 else None
-
-
-def _assign_windows(
-    points: Sequence[tuple[int, int]], windows: Sequence[tuple[int, int, str | None]]
-) -> list[str | None]:
-    """For each point (sorted), the earliest-starting window holding it that no earlier point
-    took; None when there is none. A sweep with a heap: O(n log n), not points x windows."""
-    out: list[str | None] = []
-    heap: list[tuple[int, int, str]] = []
-    i = 0
-    for start, _ in points:
-        while i < len(windows) and windows[i][0] <= start:
-            w_start, w_end, sid = windows[i]
-            if sid is not None:
-                heapq.heappush(heap, (w_start, w_end, sid))
-            i += 1
-        while heap and heap[0][1] < start:  # over before this point, so before all later ones
-            heapq.heappop(heap)
-        out.append(heapq.heappop(heap)[2] if heap else None)
-    return out
 
 
 def assign_image_calls(
@@ -1332,94 +910,6 @@ class Built:
     pods: list[Pod]
     foreign_containers: dict[str, int]
     """Containers of containerd namespaces other than CRI's, per namespace (no pods)."""
-
-
-def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
-    """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
-    calls = cri_calls(ev)
-    by_container = container_sandboxes(ev, calls)
-    table = processes(ev)
-    table = attribute(table, by_container)
-    procs = _procs(table)
-    children: dict[int, list[Proc]] = defaultdict(list)
-    for p in procs:
-        if p.parent_proc is not None:
-            children[p.parent_proc].append(p)
-    groups = netlink_groups(ev, (p.proc_id for p in procs if p.is_cni_plugin))
-    netlink: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for group in _records(groups, list(groups.columns)):
-        netlink[int(group["proc_id"])].append(group)
-    end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
-    ctx = Context(
-        children=children,
-        netlink=netlink,
-        recording_end_ns=end_ns,
-        ops=netlink_ops(ev),
-        procs={p.proc_id: p for p in procs},
-        foreign=foreign_containers(table),
-    )
-
-    pods: dict[str, PodInputs] = {}
-
-    def get(sid: str) -> PodInputs:
-        if sid not in pods:
-            pods[sid] = PodInputs(sid)
-        return pods[sid]
-
-    notes = _records(
-        ev[ev["kind"] == "annotation"],
-        ["sandbox_id", "pod", "namespace", "uid", "container", "container_id"],
-    )
-    sandbox_uids = {
-        str(n["sandbox_id"]): str(n["uid"]) for n in notes if n["sandbox_id"] and n["uid"]
-    }
-    for p in procs:
-        if p.sandbox_id:
-            get(p.sandbox_id).procs.append(p)
-    claimed = {c.sandbox_id for c in calls if c.method == RUN_POD_SANDBOX and c.sandbox_id}
-    for c in calls:
-        if c.method == RUN_POD_SANDBOX and c.sandbox_id:
-            get(c.sandbox_id).calls.append(c)
-        elif c.method == RUN_POD_SANDBOX and c.uid:
-            failed_sandbox = _sandbox_of_failed_call(procs, c, sandbox_uids, claimed)
-            if failed_sandbox:
-                claimed.add(failed_sandbox)
-                get(failed_sandbox).calls.append(c)
-    for c in calls:
-        if c.method in (CREATE_CONTAINER, START_CONTAINER, STOP_CONTAINER):
-            sid = c.sandbox_id or by_container.get(c.container_id or "")
-            if sid and (c.method != STOP_CONTAINER or sid in pods):
-                get(sid).calls.append(c)
-    for rec in notes:
-        if rec["sandbox_id"] in pods:
-            inputs = pods[rec["sandbox_id"]]
-            for key, col in (("name", "pod"), ("namespace", "namespace"), ("uid", "uid")):
-                if rec[col]:
-                    inputs.annotations.setdefault(key, rec[col])
-            if rec["container"] and rec["container_id"]:
-                inputs.container_names.setdefault(rec["container_id"], rec["container"])
-
-    # netns creations: each to the RunPodSandbox whose window holds it, in order; only pods
-    # with a network of their own get one (hostNetwork pods run no CNI ADD and make none)
-    containerd = {
-        p.proc_id
-        for p in procs
-        if p.program == "containerd" or (p.argv and basename(p.argv[0]) == "containerd")
-    }
-    networked = {
-        p.sandbox_id for p in procs if p.is_cni_plugin and p.env.get("CNI_COMMAND") == "ADD"
-    }
-    creations = sorted(_netns_creations(ev, containerd))
-    windows = sorted(
-        (c.start_ns, c.end_ns or end_ns, c.sandbox_id)
-        for c in calls
-        if c.method == RUN_POD_SANDBOX and c.sandbox_id in networked
-    )
-    for (start, end), sid in zip(creations, _assign_windows(creations, windows), strict=True):
-        if sid is not None:
-            get(sid).netns = (start, end)
-    image_calls = sorted((c for c in calls if c.method in IMAGE_METHODS), key=lambda c: c.start_ns)
-    return pods, ctx, image_calls
 
 
 def build(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> Built:

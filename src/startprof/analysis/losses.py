@@ -30,7 +30,8 @@ def drop_windows(events: pd.DataFrame, start_ns: int) -> list[tuple[int, int]]:
     """
     if events.empty or "kind" not in events:
         return []
-    drops = events[(events["kind"] == "drops") & events["ret"].notna()]
+    wanted = (events["kind"] == "drops") & events["ret"].notna()
+    drops = events.loc[wanted, ["ts_ns", "ret", "attrs"]]  # not all 40 columns of them
     if drops.empty:
         return []
     drops = drops.sort_values("ts_ns", kind="stable")

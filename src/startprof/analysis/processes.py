@@ -256,18 +256,21 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     """
     table = lifetimes(ev)
     ev["proc_id"] = attach_proc_ids(ev, table)
-    kinds = ("exit", "exit_group", "exec", "exec_done", "proc")
-    columns = ["kind", "ts_ns", "proc_id", "ret", "argv", "filename", "env", "comm"]
-    with_proc = ev.loc[ev["proc_id"].notna() & ev["kind"].isin(kinds), columns]
+    has_proc = ev["proc_id"].notna()
 
-    exits = with_proc[with_proc["kind"] == "exit"].groupby("proc_id")["ts_ns"].min()
-    codes = with_proc[with_proc["kind"] == "exit_group"].groupby("proc_id")["ret"].last()
-    execs = with_proc[with_proc["kind"] == "exec"]
+    def of(kind: str, columns: list[str]) -> pd.DataFrame:
+        # each kind with only its own columns: the list columns (argv, env) are the costly
+        # ones to copy, and only execs and seeded processes carry them
+        return ev.loc[has_proc & (ev["kind"] == kind), ["proc_id", *columns]]
+
+    exits = of("exit", ["ts_ns"]).groupby("proc_id")["ts_ns"].min()
+    codes = of("exit_group", ["ret"]).groupby("proc_id")["ret"].last()
+    execs = of("exec", ["ts_ns", "argv", "filename", "env"])
     first_exec = execs.groupby("proc_id").head(1).set_index("proc_id")
-    done = with_proc[with_proc["kind"] == "exec_done"]
+    done = of("exec_done", ["ts_ns", "filename", "comm"])
     first_done = done.groupby("proc_id")["ts_ns"].min()
     last_done = done.groupby("proc_id").tail(1).set_index("proc_id")
-    proc_rows = with_proc[with_proc["kind"] == "proc"].set_index("proc_id")
+    proc_rows = of("proc", ["argv", "comm"]).set_index("proc_id")
 
     table = table.set_index("proc_id", drop=False)
     table["end_ns"] = exits.reindex(table.index)

@@ -64,7 +64,8 @@ def phase_key(phase_id: str, name: str) -> str:
 
 
 def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
-    table = phase_table(pods)
+    # the phase statistics are over completed pods: tabulate only their phases
+    table = phase_table([p for p in pods if p.status == "ok"])
     counts = {status: sum(p.status == status for p in pods) for status in POD_STATUSES}
     durations = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
     summary: dict[str, Any] = {
@@ -88,9 +89,7 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
     }
     if table.empty:
         return summary
-    done = table[table["pod_status"] == "ok"].copy()
-    if done.empty:
-        return summary
+    done = table.copy()
     done["key"] = [phase_key(i, n) for i, n in zip(done["phase_id"], done["phase"], strict=True)]
     total_ms = float(durations.sum()) or 1.0
     # per pod and key first: a pod with 9 iptables execs counts once, with their sum

@@ -1,8 +1,8 @@
 """What ``lab up`` recorded about a lab (``run/lab.json``), read by ``run``, ``status``, ``down``
 and the leak check.
 
-Its own module so that everything that reads the state (the driver, the leak check, the foreign-container runner)
-can do so without importing the containerd that wrote it.
+Its own module so that everything that reads the state (the driver, the leak check, the
+foreign-container runner) can do so without importing the containerd that wrote it.
 """
 
 from __future__ import annotations

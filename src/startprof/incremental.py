@@ -115,6 +115,8 @@ class IncrementalAnalyzer:
         """Monotonic ns of the last analysis (the agent's start before the first)."""
         self._closing: list[int] = []
         """Monotonic ns at which CRI replies that can end a pod start have settled."""
+        self._news = False
+        """Any event arrived since the last analysis."""
 
     def add(self, frame: pd.DataFrame) -> None:
         if not len(frame):
@@ -122,6 +124,7 @@ class IncrementalAnalyzer:
         self._chunks.append(frame)
         self.stats.received += len(frame)
         self.stats.events += len(frame)
+        self._news = True
         kind = frame["kind"]
         if bool((kind == "exec").any()):
             self._fresh = True
@@ -182,7 +185,9 @@ class IncrementalAnalyzer:
                 due.append(p.start_ns - self.clock_offset_ns + int(self.pod_timeout_s * 1e9))
             else:
                 due.append(p.end_ns - self.clock_offset_ns + self.settle_ns)
-        if self._fresh:
+        if self._fresh or (self._news and self._pending):
+            # a pending pod still starting may also move on without a reply that shows it
+            # (its events late behind a busy agent): never more than review_s without a look
             due.append(self._analysed_ns + self.review_ns)
         return min(due) if due else None
 
@@ -242,7 +247,7 @@ class IncrementalAnalyzer:
 
     def _analyze(self, now_ns: int) -> Analysis:
         window = self._window()
-        self._fresh = False
+        self._fresh = self._news = False
         self._analysed_ns = now_ns
         self._closing = [t for t in self._closing if t > now_ns]
         self.stats.analyses += 1

@@ -40,11 +40,9 @@ class Source:
 
 def to_wall_clock(events: pd.DataFrame, offset_ns: int) -> pd.DataFrame:
     """The events with every monotonic time column moved to wall-clock ns."""
-    out = events.copy()
-    for column in TIME_COLUMNS:
-        if column in out:
-            out[column] = out[column] + offset_ns
-    return out
+    # a new frame that shares every other column with ``events`` (pandas copies on write):
+    # a deep copy was all 1.8 GB of a 10,000-pod recording once more
+    return events.assign(**{c: events[c] + offset_ns for c in TIME_COLUMNS if c in events})
 
 
 def timed(events: pd.DataFrame) -> pd.DataFrame:

@@ -371,7 +371,7 @@ def _apply(
             attrs.pop("unnamed", None)
             attrs["method_candidates"] = methods
             updates["attrs"][call.row] = json.dumps(attrs, sort_keys=True)
-    out = ev.copy()
+    out = ev.copy(deep=False)  # copy on write: only the columns written below are copied
     for column, values in updates.items():
         out.loc[list(values), column] = list(values.values())
     return out

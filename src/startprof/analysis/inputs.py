@@ -7,7 +7,7 @@ left per pod is assembling a few dozen spans from these pre-grouped rows.
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,11 +310,18 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     ]
     if sends.empty:
         return {}
-    counts = sends.assign(op=_op_names(sends)).groupby(["proc_id", "op"]).size().reset_index()
-    out: dict[int, dict[str, int]] = defaultdict(dict)
-    for proc_id, op, n in zip(counts["proc_id"], counts["op"], counts[0], strict=True):
-        out[int(proc_id)][str(op)] = int(n)
-    return out
+    # count by the integers, name the few distinct pairs after: grouping 1.8 M rows by a
+    # string column cost 2.5 s at 10,000 pods
+    counts = sends.astype("int64").groupby(["proc_id", "nl_proto", "nl_type"]).size()
+    names: dict[tuple[int, int], str] = {}
+    found: dict[int, Counter[str]] = defaultdict(Counter)
+    for (proc_id, proto, nl_type), n in zip(counts.index, counts.to_numpy(), strict=True):
+        pair = (int(proto), int(nl_type))
+        if pair not in names:
+            names[pair] = type_name(*pair)
+        found[int(proc_id)][names[pair]] += int(n)
+    # ops in name order, as a group-by of the names would give them
+    return {proc_id: dict(sorted(ops.items())) for proc_id, ops in found.items()}
 
 
 def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> pd.DataFrame:

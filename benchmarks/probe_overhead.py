@@ -161,6 +161,7 @@ def run_arm(
     tag: str,
     metric: str,
     containerd: int | None,
+    recordings: Path | None = None,
 ) -> ArmRun:
     """One round of ``pods`` pods; recorded with these probes (comma list, or ``all``) unless
     ``probes`` is None."""
@@ -183,12 +184,15 @@ def run_arm(
     env = None
     if probes is None:
         cmd = lab_run
+    elif probes.startswith("tp:"):  # only empty programs on these tracepoints: the floor
+        floor = Path(__file__).with_name("tp_floor.py")
+        cmd = [sys.executable, str(floor), *probes[3:].split(","), "--", *lab_run]
     else:
         probes, _, source = probes.partition("@")
         if source:  # another checkout's startprof records (before/after in the same rounds)
             env = {**os.environ, "PYTHONPATH": source}
         chosen = [] if probes == "all" else [a for p in probes.split(",") for a in ("--probe", p)]
-        output = workdir / f"{tag}.arrows"
+        output = (recordings or workdir) / f"{tag}.arrows"
         cmd = [*STARTPROF, "record", "-o", str(output), *chosen, "--", *lab_run]
     busy0, _ = _proc_stat()
     cd0 = _schedstat(containerd) if containerd else (0, 0)
@@ -206,7 +210,7 @@ def run_arm(
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
     if probes is not None:
-        (workdir / f"{tag}.arrows").unlink(missing_ok=True)  # a few MB per round
+        ((recordings or workdir) / f"{tag}.arrows").unlink(missing_ok=True)  # MBs per round
     hz = os.sysconf("SC_CLK_TCK")
     return ArmRun(
         times=pod_times(read_truth(truth), metric),
@@ -313,6 +317,7 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
                     f"{name}-{arm}-{i}",
                     args.metric,
                     containerd,
+                    args.recordings,
                 )
             )
         line = " ".join(
@@ -355,9 +360,16 @@ def main() -> int:
         default=["all"],
         help="recorded arms, space-separated: 'all' or comma lists of probes, e.g. "
         "'all exec namespaces,exec netlink cri' (default: all); 'NAME=PROBES@SRC' records "
-        "with the startprof under SRC (PYTHONPATH), e.g. 'before=all@/tmp/head/src after=all'",
+        "with the startprof under SRC (PYTHONPATH), e.g. 'before=all@/tmp/head/src after=all'; "
+        "'NAME=tp:CAT:EVENT,...' loads only empty programs there (benchmarks/tp_floor.py)",
     )
     parser.add_argument("--metric", choices=("image", "pod"), default="image")
+    parser.add_argument(
+        "--recordings",
+        type=Path,
+        help="where recorded arms write (default: a temporary dir in /var/tmp, on the lab's "
+        "file system; /dev/shm takes the recording's fsyncs off the disk containerd uses)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     configs = args.config or ["bridge"]

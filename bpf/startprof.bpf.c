@@ -164,7 +164,7 @@ static __always_inline void sp_fill_header(struct sp_header *h, u32 type, u32 si
 /*
  * Wake-ups: waking the reader costs the writing task an irq_work and the reader a context
  * switch on a CPU the pod's processes want (a wake-up per record doubled the cost of an exec;
- * one per 64 records still woke the recorder ~20 times per pod, in the middle of the pod's
+ * one per 64 records still woke the recorder ~12 times per pod, in the middle of the pod's
  * start). Records go out with BPF_RB_NO_WAKEUP; the reader drains on its poll timeout
  * (100 ms) and is woken early each time another SP_WAKEUP_BYTES were written (an eighth of
  * the ring buffer by default), so a burst cannot fill the ring buffer while it sleeps.

@@ -30,7 +30,7 @@ from startprof.enrichment import annotation_event
 from startprof.errors import InputError, PrivilegeError, StartprofError
 from startprof.events import Event
 from startprof.lab.versions import recording_metadata
-from startprof.probes import PROBES
+from startprof.probes import PROBE_NAMES
 from startprof.probes.abi import STARTPROF_ABI_VERSION as ABI_VERSION
 from startprof.probes.cri import find_cri_listeners
 from startprof.probes.session import ProbeSession
@@ -41,7 +41,7 @@ POLL_MS = 100
 HOUSEKEEPING_S = 1.0
 DRAIN_S = 0.3
 KUBELET_COMMS = ("kubelet",)
-ALL_PROBES = tuple(p.name for p in PROBES)
+ALL_PROBES = PROBE_NAMES
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ import click
 from startprof.cli.options import cri_socket_option, duration_option
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
-from startprof.probes import PROBES
+from startprof.probes import PROBE_NAMES
 from startprof.recording import SUFFIX
 
 if TYPE_CHECKING:
     from startprof.recorder import RecordStats
 
-ALL_PROBES = tuple(p.name for p in PROBES)
+ALL_PROBES = PROBE_NAMES
 
 
 def _default_output() -> Path:

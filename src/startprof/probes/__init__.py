@@ -1,8 +1,11 @@
 """The probes startprof loads: one module per ``bpf/<name>.bpf.c``.
 
-``PROBES`` is the table of every probe and the tracepoints it attaches to; ``startprof doctor``
-checks that each of them exists on the running kernel. ``CORE`` is what ``bpf/startprof.bpf.c``
-attaches whatever probes are chosen: the process-tree hooks that keep the in-kernel filter
+``PROBES`` is the one table of every probe: its name (also its module,
+``startprof.probes.<name>``, which registers its own record decoders in ``DECODERS``), its BPF
+source, the tracepoints it attaches to, and the fd-keyed BPF maps it owns. ``record``,
+``agent``, the probe session and ``startprof doctor`` (which checks that each tracepoint exists
+on the running kernel) all read it. ``CORE`` is what ``bpf/startprof.bpf.c`` attaches whatever
+probes are chosen: the process-tree hooks that keep the in-kernel filter
 right (and feed the exec probe's fork/exit and the namespaces probe's clone records).
 """
 
@@ -20,6 +23,14 @@ class ProbeSpec:
     preferred: tuple[str, ...] = ()
     """Tracepoints used instead of some of ``tracepoints`` where the kernel has them (cheaper);
     the probe works without them."""
+    fd_maps: tuple[str, ...] = ()
+    """BPF maps keyed by ``tgid << 32 | fd`` that the probe owns: the session drops the entries
+    of processes that exited without closing those fds (Go programs do)."""
+
+    @property
+    def module(self) -> str:
+        """The Python module that decodes the probe's records (its ``DECODERS``)."""
+        return f"startprof.probes.{self.name}"
 
 
 def _sys(*names: str) -> tuple[str, ...]:
@@ -60,6 +71,7 @@ PROBES: tuple[ProbeSpec, ...] = (
         "netlink",
         "netlink.bpf.c",
         (*_sys("socket", "sendto", "sendmsg", "recvfrom", "recvmsg"), "syscalls:sys_enter_close"),
+        fd_maps=("nl_socks",),
     ),
     ProbeSpec(
         "cri",
@@ -67,8 +79,12 @@ PROBES: tuple[ProbeSpec, ...] = (
         (*_sys("accept4", "accept", "read", "write"), "syscalls:sys_enter_close"),
         # instead of read/write on x86_64 with Linux >= 6.3: see cri.sock_tracepoints_usable
         ("sock:sock_recv_length", "sock:sock_send_length"),
+        fd_maps=("cri_conns",),
     ),
 )
+
+PROBE_NAMES: tuple[str, ...] = tuple(p.name for p in PROBES)
+"""Every probe, in the table's order: what ``record --probes`` accepts and loads by default."""
 
 
 def required_tracepoints() -> tuple[str, ...]:

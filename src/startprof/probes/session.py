@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import importlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 from startprof.errors import EnvironmentProblem, PrivilegeError
 from startprof.events import Event
-from startprof.probes import cri, namespaces, netlink
+from startprof.probes import PROBE_NAMES, PROBES, cri
 from startprof.probes import exec as exec_probe
 from startprof.probes.abi import (
     SP_CONN_ID_SEEDED,
@@ -34,14 +35,14 @@ from startprof.probes.abi import (
 from startprof.procfs import descendants
 from startprof.resources import bpf_dir
 
-ALL_PROBES: Final[tuple[str, ...]] = (exec_probe.NAME, namespaces.NAME, netlink.NAME, cri.NAME)
+ALL_PROBES: Final[tuple[str, ...]] = PROBE_NAMES
 
 MAIN_SOURCE: Final = "startprof.bpf.c"
 
 _DECODERS: Final[dict[int, tuple[str, Decoder]]] = {
-    int(rtype): (module.NAME, decoder)
-    for module in (exec_probe, namespaces, netlink, cri)
-    for rtype, decoder in module.DECODERS.items()
+    int(rtype): (spec.name, decoder)
+    for spec in PROBES
+    for rtype, decoder in importlib.import_module(spec.module).DECODERS.items()
 }
 
 _SEEDED: Final = 0x3
@@ -342,11 +343,7 @@ class ProbeSession:
         (Go programs do) leave map entries: drop those keyed by an exited tgid."""
         exited, self._exited = self._exited, set()
         bpf = self._require()
-        for name in ("nl_socks", "cri_conns"):
-            if (name == "nl_socks" and netlink.NAME not in self.probes) or (
-                name == "cri_conns" and cri.NAME not in self.probes
-            ):
-                continue
+        for name in (m for spec in PROBES if spec.name in self.probes for m in spec.fd_maps):
             table = bpf[name.encode()]
             stale = [k for k in table if (k.value >> 32) in exited]
             for key in stale:

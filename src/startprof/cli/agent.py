@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 import click
 
 from startprof.cli.options import (
+    check_ringbuf_pages,
     cri_socket_option,
     duration_option,
     otlp_option,
     otlp_protocol_option,
+    ringbuf_pages_option,
 )
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
@@ -75,13 +77,7 @@ def parse_size(text: str) -> int:
     help="Run at nice 10 instead of SCHED_IDLE: on a node whose CPUs are saturated while pods "
     "start, SCHED_IDLE delays the traces by seconds.",
 )
-@click.option(
-    "--ringbuf-pages",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Ring buffer size in pages (a power of two).",
-)
+@ringbuf_pages_option
 def agent_command(
     otlp_url: str | None,
     otlp_protocol: str | None,
@@ -114,8 +110,7 @@ def agent_command(
       sudo startprof agent --keep /var/lib/startprof --max-size 2G
       sudo startprof agent --otlp --duration 60    # one minute, then flush and exit
     """
-    if ringbuf_pages & (ringbuf_pages - 1):
-        raise InputError(f"--ringbuf-pages must be a power of two, not {ringbuf_pages}")
+    check_ringbuf_pages(ringbuf_pages)
     if otlp_protocol is not None and otlp_url is None:
         raise click.UsageError("--otlp-protocol applies to --otlp only")
     if otlp_url is None and keep_dir is None and metrics_port is None:

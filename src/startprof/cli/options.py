@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import click
 
+from startprof.errors import InputError
 from startprof.exporters.otlp import PROTOCOLS
 
 FC = TypeVar("FC", bound=Callable[..., object])
@@ -52,3 +53,17 @@ duration_option = click.option(
     metavar="S",
     help="Stop after S seconds.",
 )
+
+ringbuf_pages_option = click.option(
+    "--ringbuf-pages",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Ring buffer size in pages (a power of two).",
+)
+
+
+def check_ringbuf_pages(pages: int) -> None:
+    """The kernel's BPF ring buffer is a power of two of pages."""
+    if pages & (pages - 1):
+        raise InputError(f"--ringbuf-pages must be a power of two, not {pages}")

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from startprof.cli.options import cri_socket_option, duration_option
+from startprof.cli.options import (
+    check_ringbuf_pages,
+    cri_socket_option,
+    duration_option,
+    ringbuf_pages_option,
+)
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 from startprof.probes import PROBE_NAMES
@@ -60,13 +65,7 @@ def _status_line(stats: RecordStats) -> str:
     type=click.Choice(ALL_PROBES),
     help="Load only these probes (repeatable) [default: all].",
 )
-@click.option(
-    "--ringbuf-pages",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Ring buffer size in pages (a power of two).",
-)
+@ringbuf_pages_option
 @click.option("--dump-bpf", is_flag=True, help="Print the BPF C that would be loaded and exit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record_command(
@@ -92,8 +91,7 @@ def record_command(
       sudo startprof record -o pods.arrows -- startprof lab run --pods 10
       sudo startprof record --dump-bpf | less
     """
-    if ringbuf_pages & (ringbuf_pages - 1):
-        raise InputError(f"--ringbuf-pages must be a power of two, not {ringbuf_pages}")
+    check_ringbuf_pages(ringbuf_pages)
     # The recorder pulls in bcc; import it only when recording, so --help stays fast.
     from startprof.recorder import Recorder, RecordOptions
 

@@ -39,7 +39,7 @@ import pandas as pd
 
 from startprof.analysis import Source, analyze
 from startprof.analysis.cri_naming import name_calls
-from startprof.analysis.model import STILL_STARTING, Analysis, Pod
+from startprof.analysis.model import NO_CONTAINER_SEEN, STILL_STARTING, Analysis, Pod
 
 SETTLE_S: Final = 0.3
 POD_TIMEOUT_S: Final = 120.0
@@ -184,10 +184,7 @@ class IncrementalAnalyzer:
         """
         due = list(self._closing)
         for p in self._pending.values():
-            if p.status == "incomplete" and p.incomplete_reason in (
-                STILL_STARTING,
-                "no container seen",
-            ):
+            if _still_starting(p):
                 due.append(p.start_ns - self.clock_offset_ns + int(self.pod_timeout_s * 1e9))
             else:
                 due.append(p.end_ns - self.clock_offset_ns + self.settle_ns)
@@ -225,10 +222,7 @@ class IncrementalAnalyzer:
             elif pod.status == "incomplete" and now_wall - pod.start_ns >= self.pod_timeout_s * 1e9:
                 reason = GIVEN_UP.format(timeout=self.pod_timeout_s)
                 out.append(Emitted(_incomplete(pod, reason), "timeout", now_ns))
-            elif pod.status == "incomplete" and pod.incomplete_reason not in (
-                STILL_STARTING,
-                "no container seen",
-            ):
+            elif pod.status == "incomplete" and not _still_starting(pod):
                 # started before the agent, or events lost: no later event makes it whole
                 if now_wall - pod.end_ns >= self.settle_ns:
                     out.append(Emitted(pod, "done", now_ns))
@@ -306,6 +300,14 @@ class IncrementalAnalyzer:
             self.stats.emitted += 1
         while len(self._emitted) > EMITTED_MEMORY:
             self._emitted.popitem(last=False)
+
+
+def _still_starting(pod: Pod) -> bool:
+    """Incomplete only because more of its start is still to come (not lost or earlier)."""
+    return pod.status == "incomplete" and pod.incomplete_reason in (
+        STILL_STARTING,
+        NO_CONTAINER_SEEN,
+    )
 
 
 def _incomplete(pod: Pod, reason: str) -> Pod:

@@ -22,6 +22,8 @@ POD_STATUSES: tuple[PodStatus, ...] = ("ok", "restarted", "failed", "incomplete"
 STARTED_BEFORE = "started before recording"
 """``incomplete_reason`` of a pod whose sandbox was made before the recording began."""
 STILL_STARTING = "still starting when the recording ended"
+NO_CONTAINER_SEEN = "no container seen"
+"""``incomplete_reason`` of a pod whose sandbox is in the recording and none of its containers."""
 
 
 @dataclass(frozen=True)

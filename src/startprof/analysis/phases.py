@@ -40,7 +40,14 @@ from startprof.analysis.inputs import (
     pod_inputs,
 )
 from startprof.analysis.losses import LOST_EVENTS
-from startprof.analysis.model import STARTED_BEFORE, STILL_STARTING, Phase, Pod, PodStatus
+from startprof.analysis.model import (
+    NO_CONTAINER_SEEN,
+    STARTED_BEFORE,
+    STILL_STARTING,
+    Phase,
+    Pod,
+    PodStatus,
+)
 from startprof.analysis.processes import (
     CREATING_VERBS,
     SHIM_PREFIX,
@@ -668,7 +675,7 @@ def _verdict(
     if began_before:
         return _Verdict("incomplete", incomplete_reason=STARTED_BEFORE)
     if incomplete or not containers:
-        reason = STILL_STARTING if containers else "no container seen"
+        reason = STILL_STARTING if containers else NO_CONTAINER_SEEN
         return _Verdict("incomplete", incomplete_reason=reason)
     return _Verdict("restarted") if restarts else _Verdict()
 

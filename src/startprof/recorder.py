@@ -265,8 +265,8 @@ class Recorder:
         """When the drop counters were last read: a growth seen now happened after it."""
         self._priority = _Priority()
         self._clock_offset_ns = 0
-        self._cri_bytes = CriByteAccount()
         """Wall clock minus monotonic, sampled when the probes started."""
+        self._cri_bytes = CriByteAccount()
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
         opts = self.options

@@ -65,6 +65,16 @@ def cmdline(pid: int, proc: str = "/proc") -> list[bytes] | None:
         return None
 
 
+def has_env_prefix(pid: int, prefix: bytes, proc: str = "/proc") -> bool:
+    """Whether a variable of the process's initial environment starts with ``prefix``; the
+    values are looked at and dropped here, never kept."""
+    try:
+        with open(f"{proc}/{pid}/environ", "rb") as f:
+            return any(v.startswith(prefix) for v in f.read().split(b"\0"))
+    except OSError:
+        return False
+
+
 def proc_event(pid: int, proc: str = "/proc") -> Event | None:
     """A ``proc`` event for a process alive now (one that started before the probes, whose
     exec no probe saw): its parent, comm and argv. None once it is gone."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from startprof.lab.config import K8S_NAMESPACE, LAB_BRIDGES, LAB_CGROUP, LAB_NETWORKS
+from startprof.procfs import cmdline
 
 CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")
@@ -64,11 +65,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def process_argv(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    return [a.decode(errors="replace") for a in cmdline(pid) or []]
 
 
 def processes(match: Callable[[list[str]], bool]) -> list[tuple[int, list[str]]]:

@@ -32,7 +32,7 @@ from startprof.probes.abi import (
     Header,
     RecordType,
 )
-from startprof.procfs import descendants
+from startprof.procfs import descendants, has_env_prefix
 from startprof.resources import bpf_dir
 
 ALL_PROBES: Final[tuple[str, ...]] = PROBE_NAMES
@@ -282,7 +282,7 @@ class ProbeSession:
             # processes already running with CNI_* (a plugin mid-ADD) pass it to their children
             env = self._require()[b"env_procs"]
             for pid in (*pids, *children):
-                if _has_cni_env(pid):
+                if has_env_prefix(pid, b"CNI_"):
                     env[ct.c_uint32(pid)] = ct.c_uint8(_ENV_CNI)
 
     def add_cri_listener(self, pid: int, fd: int) -> None:
@@ -358,14 +358,6 @@ class ProbeSession:
 
 _ENV_CNI: Final = 0x3
 """``env_procs`` value SP_ENV_CANDIDATE | SP_ENV_CNI (exec.bpf.c)."""
-
-
-def _has_cni_env(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return any(v.startswith(b"CNI_") for v in f.read().split(b"\0"))
-    except OSError:
-        return False
 
 
 def _fd_key(pid: int, fd: int) -> int:

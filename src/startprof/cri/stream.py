@@ -44,7 +44,7 @@ from startprof.cri.api import (
     STATUS_FAILED_UNKNOWN_CODE,
     short_method,
 )
-from startprof.events import Event
+from startprof.events import Event, attrs_of
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -1008,15 +1008,8 @@ class CriStreamDecoder:
 
 
 def _attrs(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str | bytes):
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
+    """Live events may carry their attrs as a dict still; stored ones as JSON text."""
+    return raw if isinstance(raw, dict) else attrs_of(raw)
 
 
 def _unpad(buf: bytearray, p: int, length: int, flags: int) -> tuple[int, int]:

@@ -450,7 +450,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _uncompressed(path: Path) -> bytes:
-    """Every value in the recording, as uncompressed Arrow bytes (the file is zstd)."""
+    """Every value in the recording, as uncompressed Arrow bytes (the file is lz4-compressed)."""
     table = read_recording(path).table
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:

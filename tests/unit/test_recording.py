@@ -14,12 +14,16 @@ import pytest
 
 from startprof.errors import RecordingError
 from startprof.recording import (
+    EVENT_SCHEMA,
     FORMAT_VERSION,
     META_KEY,
     RecordingHeader,
     RecordingWriter,
+    events_batch,
     read_recording,
 )
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings"
 
 
 def header(**over: object) -> RecordingHeader:
@@ -215,3 +219,14 @@ def test_damaged_header(tmp_path: Path) -> None:
         pass
     with pytest.raises(RecordingError, match="damaged recording header"):
         read_recording(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECORDINGS.glob("*.arrows")))
+def test_events_batch_is_what_from_pylist_gives(name: str) -> None:
+    """The column-wise conversion the writer uses gives the generic converter's batch, for
+    every kind of event the stored recordings hold (missing keys, lists, large integers)."""
+    table = read_recording(RECORDINGS / name).table
+    events = [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+    expected = pa.RecordBatch.from_pylist(events, schema=EVENT_SCHEMA)
+    assert events_batch(events).equals(expected)
+    assert events_batch([]).num_rows == 0

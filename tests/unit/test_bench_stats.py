@@ -63,7 +63,8 @@ def test_ci_of_degenerate_samples_is_a_point() -> None:
 def test_ci_does_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(2).normal(100, 10, size=25)
     whole = stats.bootstrap_median_ci(x, seed=3, resamples=500)
-    monkeypatch.setattr("startprof.stats.MAX_CELLS", 25 * 7)  # 7 resamples per chunk, a ragged last one
+    # 7 resamples per chunk, a ragged last one
+    monkeypatch.setattr("startprof.stats.MAX_CELLS", 25 * 7)
     assert stats.bootstrap_median_ci(x, seed=3, resamples=500) == whole
 
 

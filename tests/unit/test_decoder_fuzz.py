@@ -24,10 +24,10 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from startprof.cri.stream import PREFACE, CriStreamDecoder, HeaderDecoder, TolerantHpack
 from startprof.events import COLUMN_NAMES, KINDS, Event
 from startprof.probes import abi, netlink
 from startprof.probes import exec as exec_probe
-from startprof.cri.stream import PREFACE, CriStreamDecoder, HeaderDecoder, TolerantHpack
 from startprof.probes.session import ProbeSession
 from startprof.recording import EVENT_SCHEMA
 

@@ -131,6 +131,8 @@ class _Priority:
 
     def __init__(self) -> None:
         self.mode = "normal"
+        self.boosted = False
+        """Out of SCHED_IDLE for a while only (``boost``), not for good (``catch_up``)."""
 
     def yield_to_workload(self) -> None:
         try:
@@ -140,12 +142,31 @@ class _Priority:
             self._nice()
 
     def catch_up(self) -> bool:
-        """Leave SCHED_IDLE for nice 10; True when that changed anything."""
+        """Leave SCHED_IDLE for nice 10 for good; True when that changed anything."""
+        if self.boosted:
+            self.boosted = False
+            return True
         if self.mode != "idle":
             return False
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         self._nice()
+        return True
+
+    def boost(self) -> bool:
+        """Leave SCHED_IDLE for nice 10 until ``relax``: work that is due cannot wait for idle
+        time (the agent's overdue trace on a saturated node); True when that changed anything."""
+        if self.mode != "idle":
+            return False
+        self.boosted = self.catch_up()
+        return self.boosted
+
+    def relax(self) -> bool:
+        """Back to SCHED_IDLE after a ``boost``; True when that changed anything."""
+        if not self.boosted:
+            return False
+        self.boosted = False
+        self.yield_to_workload()
         return True
 
     def _nice(self) -> None:

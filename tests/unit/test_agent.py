@@ -18,7 +18,7 @@ from startprof.errors import EnvironmentProblem
 from startprof.exporters.spans import describe_pod
 from startprof.incremental import GIVEN_UP, LONG_LIVED_KINDS, SHUT_DOWN
 from startprof.metrics import CRI_LOST_BYTES, POD_START, AgentMetrics
-from startprof.recorder import CriByteAccount
+from startprof.recorder import RECORDER_NICE, CriByteAccount, _Priority
 
 # every kind of pod start the stored recordings hold: fresh and aged connections, failures in
 # each phase, crash loops, sidecars, pulls, pods seen mid-start
@@ -257,3 +257,25 @@ def test_cri_bytes_lost_are_what_a_syscalls_chunks_lack() -> None:
     assert account.settle() == 10_000 - 8192 + 30
     account.add({"kind": "cri_data", "ts_ns": 5, "conn_id": 1, "ret": -11})  # EAGAIN: nothing
     assert account.settle() == 10_000 - 8192 + 30
+
+
+def test_a_boost_leaves_sched_idle_until_relaxed_and_catch_up_is_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduler calls are captured, not made: the test process keeps its own policy."""
+    calls: list[str] = []
+    monkeypatch.setattr(
+        os, "sched_setscheduler", lambda pid, policy, param: calls.append(f"policy {policy}")
+    )
+    monkeypatch.setattr(os, "setpriority", lambda which, who, nice: calls.append(f"nice {nice}"))
+    p = _Priority()
+    p.yield_to_workload()
+    assert p.mode == "idle" and calls == [f"policy {os.SCHED_IDLE}"]
+    assert p.relax() is False  # nothing to relax from
+    assert p.boost() is True and p.mode == f"nice {RECORDER_NICE}" and p.boosted
+    assert p.boost() is False  # already out of SCHED_IDLE
+    assert p.relax() is True and p.mode == "idle" and not p.boosted
+    assert p.boost() is True
+    assert p.catch_up() is True  # the ring buffer filled while boosted: now for good
+    assert p.relax() is False and p.mode == f"nice {RECORDER_NICE}"
+    assert calls[-1] == f"nice {RECORDER_NICE}"

@@ -14,6 +14,9 @@ host-local's address round-robin, other load on the machine) hits both halves of
 
 Figures per recorded arm:
 
+An arm ``NAME=none`` runs the same command unrecorded: its "overhead" against ``without`` is
+the benchmark's own noise (an A/A test), the resolution any recorded arm's figure has.
+
 - ``overhead_pct``: change of the median pod start over all its pods against the median over all
   ``without`` pods (the metric a reviewer computes);
 - ``paired_ci95_pct``: 95% bootstrap CI of that change with the *rounds* resampled (each
@@ -300,6 +303,8 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     cfg = CONFIGS[name]
     arms: list[tuple[str, str | None]] = [("without", None)]
     arms += [(a.partition("=")[0], a.partition("=")[2]) if "=" in a else (a, a) for a in args.arms]
+    # 'NAME=none': the same command unrecorded, a second control (A/A: the benchmark's noise)
+    arms = [(a, None if p == "none" else p) for a, p in arms]
     rounds = max(1, -(-args.pods // args.round_size))
     runs: dict[str, list[ArmRun]] = {a: [] for a, _ in arms}
     containerd = _lab_containerd()
@@ -361,7 +366,8 @@ def main() -> int:
         help="recorded arms, space-separated: 'all' or comma lists of probes, e.g. "
         "'all exec namespaces,exec netlink cri' (default: all); 'NAME=PROBES@SRC' records "
         "with the startprof under SRC (PYTHONPATH), e.g. 'before=all@/tmp/head/src after=all'; "
-        "'NAME=tp:CAT:EVENT,...' loads only empty programs there (benchmarks/tp_floor.py)",
+        "'NAME=tp:CAT:EVENT,...' loads only empty programs there (benchmarks/tp_floor.py); "
+        "'NAME=none' records nothing: an A/A control that shows the benchmark's own noise",
     )
     parser.add_argument("--metric", choices=("image", "pod"), default="image")
     parser.add_argument(

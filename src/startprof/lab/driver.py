@@ -35,7 +35,6 @@ from startprof.cri.api import short_method
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
-from startprof.lab.config import LAB_CGROUP
 from startprof.lab.containerd import import_archive
 from startprof.lab.cri import CriCallError, CriClient, status_name
 from startprof.lab.foreign import run_foreign_container
@@ -51,6 +50,12 @@ from startprof.lab.kinds import (
     ContainerPlan,
     PodKind,
     pod_kind,
+)
+from startprof.lab.kubelet import (
+    pod_annotations,
+    pod_cgroup_parent,
+    pod_labels,
+    pod_log_directory,
 )
 from startprof.lab.oci import LayerFile, OciLayout, build_image, read_archive
 from startprof.lab.paths import LabPaths
@@ -210,20 +215,12 @@ def sandbox_config(
     return api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name=name, uid=uid, namespace=NAMESPACE, attempt=0),
         hostname=hostname,
-        log_directory=str(paths.pod_logs / f"{NAMESPACE}_{name}_{uid}"),
+        log_directory=pod_log_directory(paths, name, NAMESPACE, uid),
         dns_config=api.DNSConfig(),
-        labels={
-            "io.kubernetes.pod.name": name,
-            "io.kubernetes.pod.namespace": NAMESPACE,
-            "io.kubernetes.pod.uid": uid,
-            "startprof.lab/run": run_id,
-        },
-        annotations={
-            "kubernetes.io/config.seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "kubernetes.io/config.source": "api",
-        },
+        labels={**pod_labels(name, NAMESPACE, uid), "startprof.lab/run": run_id},
+        annotations=pod_annotations(),
         linux=api.LinuxPodSandboxConfig(
-            cgroup_parent=f"/{LAB_CGROUP}/pod{uid}",
+            cgroup_parent=pod_cgroup_parent(uid),
             security_context=api.LinuxSandboxSecurityContext(
                 namespace_options=api.NamespaceOption(
                     network=api.NODE if host_network else api.POD, pid=api.CONTAINER, ipc=api.POD
@@ -254,9 +251,7 @@ def container_config(
         envs=[api.KeyValue(key="STARTPROF_POD", value=pod.name.encode())],
         labels={
             "io.kubernetes.container.name": name,
-            "io.kubernetes.pod.name": pod.name,
-            "io.kubernetes.pod.namespace": NAMESPACE,
-            "io.kubernetes.pod.uid": pod.uid,
+            **pod_labels(pod.name, NAMESPACE, pod.uid),
         },
         annotations={
             "io.kubernetes.container.restartCount": str(restart_index),

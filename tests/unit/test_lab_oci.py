@@ -17,9 +17,11 @@ from startprof.lab.oci import (
     ANNOTATION_REF_NAME,
     MEDIA_LAYER_GZIP,
     LayerFile,
+    LayerSource,
     build_image,
     read_archive,
     write_archive,
+    write_layer_archive,
 )
 
 NAME = "startprof.invalid/lab/app:0123abcd"
@@ -118,3 +120,44 @@ def test_read_archive_rejects_a_non_layout(tmp_path: Path) -> None:
 def test_name_needs_a_tag() -> None:
     with pytest.raises(InputError):
         build_image("startprof.invalid/lab/app", [], entrypoint=["/app"])
+
+
+def test_a_layer_written_from_disk_keeps_files_links_and_parents(tmp_path: Path) -> None:
+    """write_layer_archive (the agent image's writer): an uncompressed layer hashed as it is
+    written, host files copied as they are (a symlink stays one), every parent directory
+    before its children."""
+    host = tmp_path / "host"
+    (host / "lib").mkdir(parents=True)
+    (host / "lib" / "libx.so.1").write_bytes(b"\x7fELF")
+    (host / "lib" / "libx.so").symlink_to("libx.so.1")
+    sources = [
+        LayerSource("/usr/lib/libx.so.1", str(host / "lib" / "libx.so.1")),
+        LayerSource("/usr/lib/libx.so", str(host / "lib" / "libx.so")),
+        LayerSource("/opt/venv/pyvenv.cfg", data=b"home = /usr/bin\n", mode=0o644),
+        LayerSource("/opt/venv/bin/python3", link="/usr/bin/python3.11"),
+    ]
+    archive = tmp_path / "image.tar"
+    write_layer_archive("example.invalid/a:1", sources, archive, ["/opt/venv/bin/python3"],
+                        command=["-V"], dirs=("tmp",))  # fmt: skip
+    layout = read_archive(archive)  # every blob re-hashed
+    assert layout.images() and not (tmp_path / "image.tar.layer").exists()
+    (manifest_digest,) = layout.images().values()
+    manifest = json.loads(layout.blobs[manifest_digest])
+    (layer_desc,) = manifest["layers"]
+    assert layer_desc["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+    config = json.loads(layout.blobs[manifest["config"]["digest"]])
+    assert config["rootfs"]["diff_ids"] == [layer_desc["digest"]]  # uncompressed: the same
+    assert config["config"]["Cmd"] == ["-V"]
+    with tarfile.open(fileobj=io.BytesIO(layout.blobs[layer_desc["digest"]])) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        names = [m.name for m in tar.getmembers()]
+        assert members["usr/lib/libx.so"].issym() and members["usr/lib/libx.so"].linkname == (
+            "libx.so.1"
+        )
+        assert members["opt/venv/bin/python3"].linkname == "/usr/bin/python3.11"
+        assert tar.extractfile("usr/lib/libx.so.1").read() == b"\x7fELF"  # type: ignore[union-attr]
+        assert members["tmp"].isdir() and members["usr"].isdir()
+        assert all(m.uid == 0 and m.gid == 0 for m in members.values())
+    for name in names:  # parents first
+        parent = name.rsplit("/", 1)[0]
+        assert "/" not in name or names.index(parent) < names.index(name)

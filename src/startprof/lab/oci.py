@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from startprof.errors import InputError
 
@@ -23,6 +24,7 @@ MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -120,26 +122,8 @@ def build_image(
     raw = layer_tar(files, dirs)
     layer = gzip_deterministic(raw)
     diff_id = digest_of(raw)
-    config = _canonical_json(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "1970-01-01T00:00:00Z",
-            "config": {"Entrypoint": list(entrypoint), "Env": list(env), "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "startprof lab"}],
-        }
-    )
-    manifest = _canonical_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [
-                {"mediaType": MEDIA_LAYER_GZIP, "digest": digest_of(layer), "size": len(layer)}
-            ],
-        }
-    )
+    config = image_config(entrypoint, env, diff_id)
+    manifest = image_manifest(config, MEDIA_LAYER_GZIP, digest_of(layer), len(layer))
     blobs = {digest_of(b): b for b in (config, layer, manifest)}
     return OciImage(
         name=name,
@@ -151,7 +135,133 @@ def build_image(
     )
 
 
-def write_archive(image: OciImage, path: Path) -> None:
+def image_config(
+    entrypoint: Sequence[str], env: Sequence[str], diff_id: str, command: Sequence[str] = ()
+) -> bytes:
+    """The image config blob of a one-layer image."""
+    config: dict[str, object] = {
+        "Entrypoint": list(entrypoint),
+        "Env": list(env),
+        "WorkingDir": "/",
+    }
+    if command:
+        config["Cmd"] = list(command)
+    return _canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "1970-01-01T00:00:00Z",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "startprof lab"}],
+        }
+    )
+
+
+def image_manifest(config: bytes, layer_media: str, layer_digest: str, layer_size: int) -> bytes:
+    """The manifest blob of a one-layer image."""
+    return _canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": digest_of(config), "size": len(config)},
+            "layers": [{"mediaType": layer_media, "digest": layer_digest, "size": layer_size}],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """One entry of a layer written from disk: a host file, directory or symlink copied as it
+    is (``host``, not followed), or these bytes as a regular file, or a symlink to ``link``."""
+
+    path: str
+    host: str | None = None
+    data: bytes | None = None
+    link: str | None = None
+    mode: int = 0o755
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _write_layer(sources: Sequence[LayerSource], dirs: Sequence[str], out: BinaryIO) -> None:
+    """An uncompressed layer tar of ``sources``, every parent directory first, owned by root."""
+    by_path = {s.path.strip("/"): s for s in sources}
+    parents = {"/".join(p.split("/")[:i]) for p in by_path for i in range(1, p.count("/") + 1)}
+    parents |= {d.strip("/") for d in dirs}
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(parents | set(by_path)):
+            src = by_path.get(name)
+            if src is not None and src.host is not None:
+                info = tar.gettarinfo(src.host, arcname=name)
+            else:
+                info = tarfile.TarInfo(name)
+                info.mode = 0o755
+                if src is None:
+                    info.type = tarfile.DIRTYPE
+                elif src.link is not None:
+                    info.type, info.linkname = tarfile.SYMTYPE, src.link
+                else:
+                    info.size, info.mode = len(src.data or b""), src.mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isreg() and src is not None and src.host is not None:
+                with open(src.host, "rb") as f:
+                    tar.addfile(info, f)
+            elif info.isreg() and src is not None:
+                tar.addfile(info, io.BytesIO(src.data or b""))
+            else:
+                tar.addfile(info)
+
+
+def write_layer_archive(
+    name: str,
+    sources: Sequence[LayerSource],
+    path: Path,
+    entrypoint: Sequence[str],
+    command: Sequence[str] = (),
+    env: Sequence[str] = ("PATH=/",),
+    dirs: Sequence[str] = (),
+) -> None:
+    """A one-layer image too large for memory as an OCI archive at ``path``: the uncompressed
+    layer is written to disk and hashed as it is built, then added to the archive from there."""
+    if ":" not in name.rsplit("/", 1)[-1]:
+        raise InputError(f"image name {name!r} has no tag")
+    layer_path = path.with_name(path.name + ".layer")
+    try:
+        with open(layer_path, "wb") as raw:
+            out = _HashingFile(raw)
+            _write_layer(sources, dirs, out)  # type: ignore[arg-type]
+        layer_digest = "sha256:" + out.sha.hexdigest()
+        config = image_config(entrypoint, env, layer_digest, command)
+        manifest = image_manifest(config, MEDIA_LAYER, layer_digest, out.size)
+        image = OciImage(
+            name=name,
+            manifest_digest=digest_of(manifest),
+            config_digest=digest_of(config),
+            layer_digest=layer_digest,
+            diff_id=layer_digest,
+            blobs={digest_of(b): b for b in (config, manifest)},
+        )
+        write_archive(image, path, {layer_digest: layer_path})
+    finally:
+        layer_path.unlink(missing_ok=True)
+
+
+def write_archive(image: OciImage, path: Path, files: dict[str, Path] | None = None) -> None:
     """Write ``image`` as an OCI image-layout tar at ``path`` (atomically, via a temp file)."""
     entries: list[tuple[str, bytes]] = [
         ("oci-layout", _canonical_json({"imageLayoutVersion": "1.0.0"})),
@@ -160,6 +270,7 @@ def write_archive(image: OciImage, path: Path) -> None:
     entries += [
         (f"blobs/sha256/{d.split(':', 1)[1]}", data) for d, data in sorted(image.blobs.items())
     ]
+    on_disk = {f"blobs/sha256/{d.split(':', 1)[1]}": p for d, p in (files or {}).items()}
     tmp = path.with_name(path.name + ".tmp")
     with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for dirname in ("blobs", "blobs/sha256"):
@@ -170,6 +281,11 @@ def write_archive(image: OciImage, path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
+        for name, blob in sorted(on_disk.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = blob.stat().st_size, 0o644, 0
+            with blob.open("rb") as f:
+                tar.addfile(info, f)
     tmp.replace(path)
 
 

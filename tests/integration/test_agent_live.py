@@ -56,7 +56,15 @@ class Received:
     first_seen_ns: dict[bytes, int] = field(default_factory=dict)
     """trace id -> wall ns the receiver first got a span of it."""
     metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
+    span_attrs: dict[tuple[bytes, bytes], dict[str, str]] = field(default_factory=dict)
+    """(trace id, span id) -> the span's string attributes."""
+    resources: dict[bytes, dict[str, str]] = field(default_factory=dict)
+    """trace id -> its resource's string attributes."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _strings(attributes: Any) -> dict[str, str]:
+    return {a.key: a.value.string_value for a in attributes if a.value.HasField("string_value")}
 
 
 class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
@@ -69,10 +77,13 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         now = time.time_ns()
         with self.received.lock:
             for rs in request.resource_spans:
+                resource = _strings(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for s in ss.spans:
                         self.received.first_seen_ns.setdefault(s.trace_id, now)
+                        self.received.resources[s.trace_id] = resource
                         key = (s.trace_id, s.span_id)
+                        self.received.span_attrs[key] = _strings(s.attributes)
                         self.received.spans[key] = (
                             s.name,
                             s.start_time_unix_nano,

@@ -318,3 +318,132 @@ def _print_stats(result: object) -> None:
         label = f"[bold]{s.label}[/]" if s.label == "pod start" else s.label
         table.add_row(label, str(s.count), f"{s.median_ms:.1f}", f"{s.p95_ms:.1f}")
     Console().print(table)
+
+
+@lab_group.command("daemonset")
+@click.option("--dir", "directory", metavar="DIR", help=_DIR_HELP)
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("deploy/daemonset.yaml"),
+    show_default=True,
+    help="The manifest whose pod template runs (a DaemonSet, Deployment or Pod).",
+)
+@click.option(
+    "--otlp",
+    "otlp_url",
+    metavar="URL",
+    help="Send the agent's traces and metrics here (sets OTEL_EXPORTER_OTLP_ENDPOINT).",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set or override a variable of every container (repeatable).",
+)
+@click.option(
+    "--runtime-handler",
+    "handler",
+    default="runc-bridge",
+    show_default=True,
+    metavar="NAME",
+    help="The lab handler the pod runs under (a hostNetwork pod runs no CNI).",
+)
+@click.option(
+    "--duration", type=float, metavar="S", help="Stop the pod after S seconds [default: Ctrl-C]."
+)
+def daemonset_command(
+    directory: str | None,
+    manifest: Path,
+    otlp_url: str | None,
+    env_pairs: tuple[str, ...],
+    handler: str,
+    duration: float | None,
+) -> int:
+    """Run the agent's DaemonSet pod spec on the lab, as the kubelet would run it.
+
+    Builds the agent's image from this machine (Python, bcc, startprof and its requirements:
+    what deploy/Dockerfile builds, without docker or a registry; ~750 MB, cached in DIR),
+    imports it, then starts the manifest's pod template over CRI with its privileges, host
+    namespaces, hostPath mounts and downward-API environment. The lab's containerd socket
+    stands in for /run/containerd/containerd.sock. The pod's log is shown as it grows; Ctrl-C
+    (or --duration) stops it with its grace period, SIGTERM first, and removes it. The exit
+    code is the containers' (1 when any exited non-zero or was killed).
+
+    \b
+    Examples:
+      sudo startprof lab daemonset --otlp http://127.0.0.1:4317
+      sudo startprof lab daemonset --duration 60 --env OTEL_SERVICE_NAME=startprof-lab
+    """
+    import socket
+    import time
+
+    from startprof.errors import InputError, LabError
+    from startprof.lab.agent_image import build_agent_image
+    from startprof.lab.containerd import Lab, import_archive
+    from startprof.lab.cri import CriClient
+    from startprof.lab.podspec import load_template, pod_configs, start_pod
+
+    paths = _paths(directory)
+    if Lab(paths).status() is None:
+        raise LabError(f"the lab is down ({paths.root})", fix="sudo startprof lab up")
+    overrides = {}
+    for pair in env_pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--env {pair!r}: expected KEY=VALUE")
+        overrides[key] = value
+    if otlp_url is not None:
+        overrides["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_url
+    template = load_template(manifest)  # before the long image build: a bad manifest fails fast
+    archive = build_agent_image(paths.images_dir, _progress)
+    _progress(f"importing {archive.name} ({archive.stat().st_size / 1e6:.0f} MB)")
+    import_archive(paths, archive)
+    run = str(paths.run_dir)
+    pod = pod_configs(
+        template,
+        paths,
+        node=socket.gethostname(),
+        relocate={"/run/containerd": run, "/var/run/containerd": run},
+        env=overrides,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with CriClient(str(paths.socket)) as client:
+        running = start_pod(client, pod, handler, on_step=_progress)
+        _progress(f"pod {pod.namespace}/{pod.name} running; Ctrl-C stops it")
+        shown = 0
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.wait(0.5):
+                shown = _show_log(running.log_path(), shown)
+                if any(code is not None for code in running.exit_codes()):
+                    _progress("a container exited on its own")
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            _progress(f"stopping {pod.namespace}/{pod.name} (grace {pod.grace_s} s)")
+            codes = running.stop()
+            _show_log(running.log_path(), shown)
+            running.remove_logs()
+    text = ", ".join("killed" if c is None else str(c) for c in codes)
+    _progress(f"pod removed; container exit codes: {text}")
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def _show_log(path: Path, shown: int) -> int:
+    """Echo the CRI log lines (``TIME STREAM TAG MESSAGE``) after the first ``shown`` bytes."""
+    try:
+        with path.open("rb") as f:
+            f.seek(shown)
+            data = f.read()
+    except FileNotFoundError:
+        return shown
+    complete = data[: data.rfind(b"\n") + 1]
+    for line in complete.decode(errors="replace").splitlines():
+        parts = line.split(" ", 3)
+        click.echo(f"pod: {parts[3] if len(parts) == 4 else line}", err=True)
+    return shown + len(complete)

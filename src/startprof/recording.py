@@ -7,6 +7,14 @@ at most the last second, and the stream format needs no footer: a file cut anywh
 up to its last complete batch. A clean close appends one ``end`` event; its absence tells the
 reader the recording was cut short.
 
+While recording, batches are small (a flush's worth) and uncompressed: compressing them costs
+the recorder CPU while pods start, and a file of thousands of small compressed batches reads
+slowly (a 1,000-pod recording in 300-event lz4 batches: 2.0 s; in 65,536-event batches: 0.19 s).
+A clean close then *compacts* the file: the same events rewritten in large lz4 batches to a
+temporary file, fsynced and renamed over the original, so a crash meanwhile leaves the
+uncompressed original whole. A file cut short stays uncompressed (about 6x larger, and read
+without decompressing at all).
+
 Read it elsewhere with ``pyarrow.ipc.open_stream(path).read_all()`` (or duckdb/pandas).
 """
 
@@ -126,10 +134,7 @@ class RecordingWriter:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
         self._file: BinaryIO = os.fdopen(fd, "wb")
         schema = EVENT_SCHEMA.with_metadata({META_KEY: header.to_json()})
-        # lz4, not zstd: a 10,000-pod recording (1.8 GB of columns) reads in 1.3-2.0 s instead
-        # of 5.3-9.8 s, and compresses for less of the recorder's CPU, for 1.6x the size
-        options = ipc.IpcWriteOptions(compression="lz4")
-        self._writer = ipc.new_stream(self._file, schema, options=options)
+        self._writer = ipc.new_stream(self._file, schema)  # uncompressed until compact()
         self._sync()
 
     def write(self, events: Iterable[Event]) -> None:
@@ -157,7 +162,8 @@ class RecordingWriter:
         self._sync()
 
     def close(self, end: Mapping[str, Any] | None = None) -> None:
-        """Flush, append the ``end`` event (a clean end) and close. Idempotent."""
+        """Flush, append the ``end`` event (a clean end) and close; a clean end also
+        compacts the file (module docstring). Idempotent."""
         if self._file.closed:
             return
         if end is not None:
@@ -167,6 +173,8 @@ class RecordingWriter:
         self.flush()
         self._writer.close()
         self._file.close()
+        if end is not None:
+            compact(self.path)
 
     def _sync(self) -> None:
         self._file.flush()
@@ -177,6 +185,45 @@ class RecordingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+COMPACT_ROWS: Final = 65_536
+COMPRESSION: Final = "lz4"
+"""lz4, not zstd: a 10,000-pod recording (1.8 GB of columns) reads in 1.3-2.0 s instead of
+5.3-9.8 s for 1.6x the file size."""
+
+
+def compact(path: Path) -> None:
+    """Rewrite a recording in batches of COMPACT_ROWS events, lz4-compressed, in place
+    (through a temporary file renamed over it); the events and header stay the same."""
+    tmp = path.with_name(path.name + ".compact")
+    try:
+        reader = ipc.open_stream(pa.memory_map(str(path)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            options = ipc.IpcWriteOptions(compression=COMPRESSION)
+            with ipc.new_stream(f, reader.schema, options=options) as writer:
+                pending: list[pa.RecordBatch] = []
+                rows = 0
+                for batch in reader:
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if rows >= COMPACT_ROWS:
+                        _write_combined(writer, pending)
+                        pending, rows = [], 0
+                _write_combined(writer, pending)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, pa.ArrowException) as exc:
+        tmp.unlink(missing_ok=True)
+        raise RecordingError(f"{path}: recorded, but compacting it failed: {exc}") from exc
+
+
+def _write_combined(writer: ipc.RecordBatchStreamWriter, batches: list[pa.RecordBatch]) -> None:
+    if batches:
+        table = pa.Table.from_batches(batches).combine_chunks()
+        writer.write_table(table, max_chunksize=max(COMPACT_ROWS, table.num_rows))
 
 
 @dataclass(frozen=True)

@@ -230,3 +230,33 @@ def test_events_batch_is_what_from_pylist_gives(name: str) -> None:
     expected = pa.RecordBatch.from_pylist(events, schema=EVENT_SCHEMA)
     assert events_batch(events).equals(expected)
     assert events_batch([]).num_rows == 0
+
+
+def test_a_clean_close_compacts_small_batches_into_few_compressed_ones(tmp_path: Path) -> None:
+    path = tmp_path / "r.arrows"
+    w = RecordingWriter(path, header(), flush_interval=3600)
+    for i in range(50):  # fifty flushes: a recorder's small batches
+        w.write([{"kind": "exec", "ts_ns": i * 10 + j, "pid": j, "argv": ["a", str(j)]}
+                 for j in range(10)])  # fmt: skip
+        w.flush()
+    before = ipc.open_stream(pa.memory_map(str(path))).read_all()
+    size = path.stat().st_size
+    w.close({"drops": 0})
+    assert path.stat().st_size < size / 4  # one lz4 batch instead of fifty plain ones
+    reader = ipc.open_stream(pa.memory_map(str(path)))
+    batches = list(reader)
+    assert len(batches) == 1 and batches[0].num_rows == 501  # 500 events and the end
+    rec = read_recording(path)
+    assert rec.complete and rec.header == header()
+    assert rec.table.slice(0, 500).equals(before)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not (tmp_path / "r.arrows.compact").exists()
+
+
+def test_a_recording_cut_short_stays_uncompressed_and_readable(tmp_path: Path) -> None:
+    path = tmp_path / "r.arrows"
+    w = RecordingWriter(path, header())
+    w.write([{"kind": "exec", "ts_ns": 1, "pid": 2}])
+    w.close()  # no end: as after a crash, nothing is rewritten
+    rec = read_recording(path)
+    assert not rec.complete and rec.table.num_rows == 1

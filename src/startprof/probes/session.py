@@ -273,9 +273,13 @@ class ProbeSession:
         if self.follow_all or not pids:
             return
         table = self._require()[b"followed"]
+        # A recorder in a pod (the agent's DaemonSet) descends from the shim it follows: it
+        # does not record itself, nor what it runs.
+        me = {os.getpid(), *descendants([os.getpid()])}
+        pids = [p for p in pids if p not in me]
         for pid in pids:
             table[ct.c_uint32(pid)] = ct.c_uint8(_SEEDED)
-        children = descendants(pids)
+        children = [c for c in descendants(pids) if c not in me]
         for child in children:
             table[ct.c_uint32(child)] = ct.c_uint8(_SEEDED)
         if self.env_filter:

@@ -12,6 +12,7 @@ import ctypes as ct
 import ipaddress
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -236,8 +237,11 @@ def _decode_error(msg: NlMessage, body: bytes, end: int) -> None:
                 msg.extras["message"] = _str(payload)
 
 
-def parse_messages(data: bytes, proto: int) -> list[NlMessage]:
-    """Every netlink message in ``data`` (the copied head of one send or receive).
+def parse_messages(
+    data: bytes, proto: int, keep: Callable[[int, int, int], bool] | None = None
+) -> list[NlMessage]:
+    """Every netlink message in ``data`` (the copied head of one send or receive), or those
+    whose (type, flags, seq) ``keep`` accepts: the others are stepped over undecoded.
 
     A message cut by the copy limit is returned with what could be decoded and
     ``truncated=True``; parsing stops at the first header that does not fit or makes no sense.
@@ -249,6 +253,9 @@ def parse_messages(data: bytes, proto: int) -> list[NlMessage]:
         if length < _NLMSGHDR.size:
             break
         end = pos + length
+        if keep is not None and not keep(nl_type, flags, seq):
+            pos += (length + 3) & ~3
+            continue
         msg = NlMessage(nl_type, flags, seq, port, length, truncated=end > len(data))
         body = data[pos + _NLMSGHDR.size : min(end, len(data))]
         blen = len(body)
@@ -322,6 +329,14 @@ def decode_send(raw: bytes) -> list[Event]:
     return [_msg_event("nl_send", base, r.protocol, m) for m in parse_messages(data, r.protocol)]
 
 
+def _answers(nl_type: int, flags: int, seq: int) -> bool:
+    """A received message that answers a request (decode_recv); the rest (a dump's entries,
+    notifications) makes no event, so it is not decoded at all."""
+    return nl_type in (NLMSG_ERROR, NLMSG_DONE) or (
+        seq != 0 and not flags & NLM_F_MULTI and nl_type > NLMSG_OVERRUN
+    )
+
+
 def decode_recv(raw: bytes) -> list[Event]:
     """One ``nl_ack`` per request answered in a receive: ret = its error (0 = ack).
 
@@ -337,7 +352,7 @@ def decode_recv(raw: bytes) -> list[Event]:
     out = []
     base = base_event("nl_ack", r.h)
     base["fd"] = r.fd
-    for m in parse_messages(data, r.protocol):
+    for m in parse_messages(data, r.protocol, _answers):
         if m.nl_type in (NLMSG_ERROR, NLMSG_DONE):
             ev = _msg_event("nl_ack", base, r.protocol, m)
             ev["ret"] = m.error if m.error is not None else 0

@@ -24,6 +24,11 @@ the benchmark's own noise (an A/A test), the resolution any recorded arm's figur
   pairing), and ``rounds_slower`` (in how many rounds the recorded arm's median was slower);
 - ``calls``: the same change per CRI call (RunPodSandbox, CreateContainer, StartContainer):
   where on the critical path the time went;
+- ``stack_cpu_per_pod_ms``, and for recorded arms ``stack_cpu_change_pct`` with its
+  round-resampled ``stack_cpu_ci95_pct``: CPU time of the container stack per pod (the lab's
+  containerd, moved into ``startprof-lab/bench-stack`` for the run, with every shim, runc and
+  CNI plugin it starts, and the pods' cgroups; ``StackCgroup``). The probes' kernel work runs in
+  those tasks, so this is what they cost the pods, without the wall-clock noise of a shared VM;
 - ``cpu``: per pod, CPU used by the whole machine (``/proc/stat``), by the arm's process tree
   (``record`` + ``lab run``; the difference between arms is the recorder's), by the lab's
   containerd (all threads, ``/proc/PID/task/*/schedstat``: run time and run-queue wait), and the
@@ -48,6 +53,7 @@ Configs (``--config``, repeatable; the lab's runtime handlers, docs/lab.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -62,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from startprof.lab.config import LAB_CGROUP
 from startprof.lab.truth import read_truth
 from startprof.stats import RESAMPLES, change_pct, median, p95
 
@@ -145,6 +152,68 @@ def _lab_containerd() -> int | None:
         return None
 
 
+class StackCgroup:
+    """CPU time of the container stack the pods start on, the recorder's own left out.
+
+    The lab's containerd is moved into a cgroup of its own, ``startprof-lab/bench-stack``,
+    for the run; the shims, runc and CNI plugins it starts are born in it, and runc init
+    finishes in the pod's cgroup under ``startprof-lab``. The CPU usage of ``startprof-lab``
+    (cpuacct on cgroup v1, ``cpu.stat`` on v2: both count descendants, removed ones too) is
+    then the whole stack's. The probes' kernel work runs in these tasks, so a recorded arm's
+    extra stack CPU is what the probes cost the pods, undiluted by scheduling noise.
+    """
+
+    def __init__(self, containerd: int) -> None:
+        self.containerd = containerd
+        self.root = _cpu_hierarchy()
+        self.lab = self.root / LAB_CGROUP if self.root else None
+        self.stack = self.lab / "bench-stack" if self.lab else None
+        self.active = False
+
+    def __enter__(self) -> StackCgroup:
+        if self.stack is None:
+            return self
+        try:
+            self.stack.mkdir(parents=True, exist_ok=True)
+            (self.stack / "cgroup.procs").write_text(str(self.containerd))
+            self.active = True
+        except OSError as exc:
+            print(f"stack CPU not measured: {exc}", file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stack is None or not self.stack.exists() or self.root is None:
+            return
+        for pid in (self.stack / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):  # exited meanwhile
+                (self.root / "cgroup.procs").write_text(pid)
+        try:
+            self.stack.rmdir()
+        except OSError as exc:
+            print(f"{self.stack} left ({exc}); lab down removes it", file=sys.stderr)
+
+    def usage_ms(self) -> float | None:
+        if not self.active or self.lab is None:
+            return None
+        if (self.lab / "cpuacct.usage").exists():
+            return int((self.lab / "cpuacct.usage").read_text()) / 1e6
+        stat = dict(line.split() for line in (self.lab / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"]) / 1e3
+
+
+def _cpu_hierarchy() -> Path | None:
+    """The cgroup v1 cpuacct hierarchy, else the v2 one; None without either."""
+    v2 = None
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, where, fstype, options = line.split()[:4]
+            if fstype == "cgroup" and "cpuacct" in options.split(","):
+                return Path(where)
+            if fstype == "cgroup2":
+                v2 = Path(where)
+    return v2
+
+
 @dataclass
 class ArmRun:
     times: dict[str, dict[str, float]]
@@ -152,6 +221,7 @@ class ArmRun:
     tree_cpu_ms: float
     containerd_run_ms: float
     containerd_wait_ms: float
+    stack_cpu_ms: float | None
     wall_s: float
     load1: float
 
@@ -165,6 +235,7 @@ def run_arm(
     metric: str,
     containerd: int | None,
     recordings: Path | None = None,
+    stack: StackCgroup | None = None,
 ) -> ArmRun:
     """One round of ``pods`` pods; recorded with these probes (comma list, or ``all``) unless
     ``probes`` is None."""
@@ -199,6 +270,7 @@ def run_arm(
         cmd = [*STARTPROF, "record", "-o", str(output), *chosen, "--", *lab_run]
     busy0, _ = _proc_stat()
     cd0 = _schedstat(containerd) if containerd else (0, 0)
+    stack0 = stack.usage_ms() if stack else None
     t0 = time.monotonic()
     log = workdir / f"{tag}.log"
     with log.open("wb") as err:
@@ -208,6 +280,7 @@ def run_arm(
     wall = time.monotonic() - t0
     busy1, _ = _proc_stat()
     cd1 = _schedstat(containerd) if containerd else (0, 0)
+    stack1 = stack.usage_ms() if stack else None
     stderr = log.read_text(errors="replace")
     log.unlink()
     if proc.returncode != 0:
@@ -221,6 +294,7 @@ def run_arm(
         tree_cpu_ms=1e3 * (usage.ru_utime + usage.ru_stime),
         containerd_run_ms=(cd1[0] - cd0[0]) / 1e6,
         containerd_wait_ms=(cd1[1] - cd0[1]) / 1e6,
+        stack_cpu_ms=None if stack0 is None or stack1 is None else stack1 - stack0,
         wall_s=wall,
         load1=os.getloadavg()[0],
     )
@@ -250,6 +324,20 @@ def paired_change_ci(
     return float(lo), float(hi)
 
 
+def paired_ratio_ci(
+    rounds: list[tuple[float, float]], *, seed: int = 19, level: float = 0.95
+) -> tuple[float, float]:
+    """95% CI of the % change of sum(current) / sum(base) over rounds, resampled whole."""
+    rng = np.random.default_rng(seed)
+    base = np.asarray([b for b, _ in rounds], dtype=float)
+    cur = np.asarray([c for _, c in rounds], dtype=float)
+    pick = rng.integers(0, len(rounds), size=(RESAMPLES, len(rounds)))
+    changes = 100.0 * (cur[pick].sum(axis=1) / base[pick].sum(axis=1) - 1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(changes, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def summarize(runs: dict[str, list[ArmRun]], pods_per_round: int) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     base_runs = runs["without"]
@@ -273,6 +361,11 @@ def summarize(runs: dict[str, list[ArmRun]], pods_per_round: int) -> dict[str, d
                     sum(r.containerd_wait_ms for r in rs) / n_pods, 2
                 ),
             },
+            "stack_cpu_per_pod_ms": (
+                round(sum(r.stack_cpu_ms or 0 for r in rs) / n_pods, 2)
+                if all(r.stack_cpu_ms is not None for r in rs)
+                else None
+            ),
             "load1_mean": round(sum(r.load1 for r in rs) / len(rs), 2),
         }
         if arm != "without":
@@ -291,6 +384,16 @@ def summarize(runs: dict[str, list[ArmRun]], pods_per_round: int) -> dict[str, d
                 for c in CALLS
                 if values(rs, c) and values(base_runs, c)
             }
+            stack = [
+                (b.stack_cpu_ms, c.stack_cpu_ms)
+                for b, c in zip(base_runs, rs, strict=True)
+                if b.stack_cpu_ms is not None and c.stack_cpu_ms is not None
+            ]
+            if stack:
+                base_sum, cur_sum = sum(b for b, _ in stack), sum(c for _, c in stack)
+                entry["stack_cpu_change_pct"] = round(change_pct(base_sum, cur_sum), 2)
+                entry["stack_cpu_ci95_pct"] = [round(v, 2) for v in paired_ratio_ci(stack)]
+                entry["stack_cpu_rounds_higher"] = sum(c > b for b, c in stack)
             base_tree = sum(r.tree_cpu_ms for r in base_runs) / max(1, len(base_starts))
             entry["recorder_cpu_per_pod_ms"] = round(
                 entry["cpu_per_pod_ms"]["arm_process_tree"] - base_tree, 1
@@ -299,17 +402,17 @@ def summarize(runs: dict[str, list[ArmRun]], pods_per_round: int) -> dict[str, d
     return out
 
 
-def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    cfg = CONFIGS[name]
-    arms: list[tuple[str, str | None]] = [("without", None)]
-    arms += [(a.partition("=")[0], a.partition("=")[2]) if "=" in a else (a, a) for a in args.arms]
-    # 'NAME=none': the same command unrecorded, a second control (A/A: the benchmark's noise)
-    arms = [(a, None if p == "none" else p) for a, p in arms]
-    rounds = max(1, -(-args.pods // args.round_size))
-    runs: dict[str, list[ArmRun]] = {a: [] for a, _ in arms}
-    containerd = _lab_containerd()
-    # images, page cache
-    run_arm(None, cfg, 2, workdir, f"{name}-warmup", args.metric, containerd)
+def _rounds(
+    name: str,
+    cfg: Config,
+    args: argparse.Namespace,
+    workdir: Path,
+    arms: list[tuple[str, str | None]],
+    rounds: int,
+    runs: dict[str, list[ArmRun]],
+    containerd: int | None,
+    stack: StackCgroup | None,
+) -> None:
     for i in range(rounds):
         order = arms[i % len(arms) :] + arms[: i % len(arms)]
         for arm, probes in order:
@@ -323,6 +426,7 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
                     args.metric,
                     containerd,
                     args.recordings,
+                    stack,
                 )
             )
         line = " ".join(
@@ -330,6 +434,21 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
             for a, r in runs.items()
         )
         print(f"{name} round {i + 1}/{rounds}: {line}", file=sys.stderr, flush=True)
+
+
+def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    cfg = CONFIGS[name]
+    arms: list[tuple[str, str | None]] = [("without", None)]
+    arms += [(a.partition("=")[0], a.partition("=")[2]) if "=" in a else (a, a) for a in args.arms]
+    # 'NAME=none': the same command unrecorded, a second control (A/A: the benchmark's noise)
+    arms = [(a, None if p == "none" else p) for a, p in arms]
+    rounds = max(1, -(-args.pods // args.round_size))
+    runs: dict[str, list[ArmRun]] = {a: [] for a, _ in arms}
+    containerd = _lab_containerd()
+    # images, page cache
+    run_arm(None, cfg, 2, workdir, f"{name}-warmup", args.metric, containerd)
+    with StackCgroup(containerd) if containerd else contextlib.nullcontext() as stack:
+        _rounds(name, cfg, args, workdir, arms, rounds, runs, containerd, stack)
     return {
         "config": name,
         "handler": cfg.handler,

@@ -259,29 +259,6 @@ class TolerantHpack:
             self._evicted = True
 
 
-class _CountedTable(HeaderTable):
-    """hpack's dynamic table with a count of its changes (an insertion or a resize)."""
-
-    generation = 0
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.generation += 1
-        super().add(name, value)
-
-    @property
-    def maxsize(self) -> int:
-        return self._maxsize
-
-    @maxsize.setter
-    def maxsize(self, new_max: int) -> None:
-        self.generation += 1
-        HeaderTable.maxsize.fset(self, new_max)  # type: ignore[attr-defined]
-
-
-_DECODED_BLOCKS = 256
-"""Header blocks remembered per direction of a connection (HeaderDecoder.decode)."""
-
-
 class HeaderDecoder:
     """HPACK state of one direction of one connection: ``hpack.Decoder`` until it fails.
 
@@ -294,12 +271,10 @@ class HeaderDecoder:
         self._tolerant: TolerantHpack | None = None
         self._allowed = DEFAULT_TABLE_SIZE
         self._epochs = itertools.count()
-        self._cache: dict[tuple[tuple[object, ...], bytes], tuple[tuple[Header, ...], bool]] = {}
         if tolerant:
             self.forget()
         else:
             self._strict = Decoder(max_header_list_size=_MAX_HEADER_BLOCK)
-            self._strict.header_table = _CountedTable()
 
     def allow_table_size(self, size: int) -> None:
         """The decoding side advertised SETTINGS_HEADER_TABLE_SIZE.
@@ -318,33 +293,6 @@ class HeaderDecoder:
         self._tolerant = TolerantHpack(_MAX_TABLE_SIZE, self._epochs)
 
     def decode(self, block: bytes) -> tuple[list[Header], bool]:
-        """The headers of one block and whether all were resolved. A block that changes no
-        table state (all that gRPC sends once a connection is warm: the same indexed fields for
-        each call of a method) decodes the same way again, so those are remembered: hpack's
-        pure-Python decoding was most of the CRI decoder's ~150 us per call."""
-        state = self._state()
-        cached = self._cache.get((state, block))
-        if cached is not None:
-            return list(cached[0]), cached[1]
-        headers, resolved = self._decode(block)
-        if self._state() == state:
-            if len(self._cache) >= _DECODED_BLOCKS:
-                self._cache.clear()
-            self._cache[(state, block)] = (tuple(headers), resolved)
-        return headers, resolved
-
-    def _state(self) -> tuple[object, ...]:
-        """What decoding a block depends on besides its bytes."""
-        if self._strict is not None:
-            table = self._strict.header_table
-            assert isinstance(table, _CountedTable)
-            return (id(self._strict), self._allowed, table.generation)
-        t = self._tolerant
-        if t is None:  # pragma: no cover - forget() always sets it
-            return ()
-        return (id(t), t._epoch, t._inserted, t._max, t._size, t._evicted)
-
-    def _decode(self, block: bytes) -> tuple[list[Header], bool]:
         if self._strict is not None:
             try:
                 decoded = self._strict.decode(block, raw=True)

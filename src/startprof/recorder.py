@@ -198,9 +198,12 @@ def alive_events(roots: Iterable[int]) -> list[Event]:
 
 
 def seed_processes(roots: Iterable[int]) -> list[int]:
-    """The roots and all their descendants alive now."""
-    roots = list(dict.fromkeys(roots))
-    return roots + [pid for pid in descendants(roots) if pid not in roots]
+    """The roots and all their descendants alive now, but not this process and its own: a
+    recorder in a pod (the agent's DaemonSet) descends from the shim it follows, and must not
+    record itself nor what it runs."""
+    me = {os.getpid(), *descendants([os.getpid()])}
+    roots = [pid for pid in dict.fromkeys(roots) if pid not in me]
+    return roots + [pid for pid in descendants(roots) if pid not in roots and pid not in me]
 
 
 class CriByteAccount:
@@ -318,6 +321,7 @@ class Recorder:
             cri_socket=opts.cri_socket,
             ringbuf_pages=opts.ringbuf_pages,
             probes=tuple(opts.probes),
+            exclude=(os.getpid(),),
         )
         return session, seeds
 

@@ -92,6 +92,7 @@ class ProbeSession:
         probes: Sequence[str] = ALL_PROBES,
         extra_cflags: Sequence[str] = (),
         cri_sock_tracepoints: bool | None = None,
+        exclude: Iterable[int] = (),
     ) -> None:
         unknown = [p for p in probes if p not in ALL_PROBES]
         if unknown:
@@ -100,6 +101,10 @@ class ProbeSession:
             raise ValueError(f"ringbuf_pages must be a power of two, not {ringbuf_pages}")
         self.follow_all = follow_all
         self.seed_pids = tuple(seed_pids)
+        self.exclude = tuple(exclude)
+        """Processes never followed, nor their descendants alive when a tree is seeded: the
+        recorder itself, which in a pod (the agent's DaemonSet) descends from the shim it
+        follows."""
         self.cri_socket = cri_socket
         self.ringbuf_pages = ringbuf_pages
         self.probes = tuple(p for p in ALL_PROBES if p in probes)
@@ -273,13 +278,11 @@ class ProbeSession:
         if self.follow_all or not pids:
             return
         table = self._require()[b"followed"]
-        # A recorder in a pod (the agent's DaemonSet) descends from the shim it follows: it
-        # does not record itself, nor what it runs.
-        me = {os.getpid(), *descendants([os.getpid()])}
-        pids = [p for p in pids if p not in me]
+        skip = set(self.exclude) | set(descendants(self.exclude)) if self.exclude else set()
+        pids = [p for p in pids if p not in skip]
         for pid in pids:
             table[ct.c_uint32(pid)] = ct.c_uint8(_SEEDED)
-        children = [c for c in descendants(pids) if c not in me]
+        children = [c for c in descendants(pids) if c not in skip]
         for child in children:
             table[ct.c_uint32(child)] = ct.c_uint8(_SEEDED)
         if self.env_filter:

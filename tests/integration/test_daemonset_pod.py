@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ import pytest
 from test_agent_live import Received, receiver  # noqa: F401 (the fixture)
 from test_reliability import tracepoint_programs
 
+from startprof.lab.agent_image import REFERENCE
+from startprof.lab.cri import CriClient
+from startprof.lab.teardown import quiet_call
 from startprof.lab.truth import read_truth
 
 if TYPE_CHECKING:
@@ -87,6 +91,8 @@ def test_the_daemonset_pod_runs_the_agent_and_it_records_the_labs_pods(
     finally:
         pod.send_signal(signal.SIGINT)
         code = pod.wait(timeout=120)
+        with CriClient(lab.socket) as client:  # the lab's own two images, as other tests expect
+            quiet_call(partial(client.remove_image, REFERENCE))
     text = log.read_text()
     print(f"daemonset pod ready in {ready_s:.1f}s (image build and import included)")
     assert code == 0, text

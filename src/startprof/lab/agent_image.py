@@ -115,10 +115,12 @@ class _Tree:
                 )
 
     def shared_objects(self) -> list[str]:
+        """The dynamic objects to ask ``ldd`` about: shared libraries and the interpreter."""
+        python = os.path.realpath(sys.executable)
         return [
             host
             for image, host in self.entries.items()
-            if (".so" in os.path.basename(image) or image.endswith("python3.11"))
+            if (".so" in os.path.basename(image) or host == python)
             and os.path.isfile(host)
             and not os.path.islink(host)
         ]

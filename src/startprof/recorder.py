@@ -198,12 +198,10 @@ def alive_events(roots: Iterable[int]) -> list[Event]:
 
 
 def seed_processes(roots: Iterable[int]) -> list[int]:
-    """The roots and all their descendants alive now, but not this process and its own: a
-    recorder in a pod (the agent's DaemonSet) descends from the shim it follows, and must not
-    record itself nor what it runs."""
-    me = {os.getpid(), *descendants([os.getpid()])}
-    roots = [pid for pid in dict.fromkeys(roots) if pid not in me]
-    return roots + [pid for pid in descendants(roots) if pid not in roots and pid not in me]
+    """The roots and all their descendants alive now (the session leaves the recorder's own
+    tree out of the follow map: ``ProbeSession(exclude=)``)."""
+    roots = list(dict.fromkeys(roots))
+    return roots + [pid for pid in descendants(roots) if pid not in roots]
 
 
 class CriByteAccount:

@@ -37,7 +37,8 @@ BPF_TABLE("lru_hash", u32, s32, cri_accept_stash, 1024);
 struct sp_cri_stash {
 	u64 key; /* cri_conns key */
 	u64 buf;
-	u32 dir; /* 0 = in (read), SP_CRI_OUT (write) */
+	u64 ts_ns; /* a write's entry: its bytes' time (see cri_emit) */
+	u32 dir;   /* 0 = in (read), SP_CRI_OUT (write) */
 	u32 reserved;
 };
 /* Why: the bytes of a read exist only at exit; a write's count is its return value. */
@@ -116,9 +117,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 
 /*
  * Send the ret bytes at user address buf, read or written on the CRI connection key, as chunks
- * of SP_CRI_CHUNK bytes.
+ * of SP_CRI_CHUNK bytes. ts_ns, when not 0, is the records' time instead of now: when the
+ * write's bytes reached the reader. A write wakes the reader inside the kernel, and on a busy
+ * machine the reader (the kubelet) can have taken the reply and moved on before the writer's
+ * thread reaches the tracepoint after the copy; a reply's time must not follow its receipt.
  */
-static __always_inline int cri_emit(u64 key, u64 buf, long ret, u32 dir)
+static __always_inline int cri_emit(u64 key, u64 buf, long ret, u32 dir, u64 ts_ns)
 {
 	struct sp_conn *conn;
 	struct sp_cri_data *d;
@@ -133,6 +137,8 @@ static __always_inline int cri_emit(u64 key, u64 buf, long ret, u32 dir)
 	gap_bit = dir ? 2 : 1;
 	d = &s->cri_data;
 	sp_fill_header(&d->h, SP_CRI_DATA, 0);
+	if (ts_ns)
+		d->h.ts_ns = ts_ns;
 	d->conn_id = conn->conn_id;
 	d->fd = (s32)key;
 	d->ret = ret;
@@ -183,26 +189,85 @@ static __always_inline int cri_emit(u64 key, u64 buf, long ret, u32 dir)
 #define SP_NR_SENDTO 44
 #define SP_NR_RECVFROM 45
 
-static __always_inline int cri_sock_io(u16 family, int ret, u32 dir)
-{
-	u64 id = bpf_get_current_pid_tgid();
-	struct pt_regs *regs;
-	u64 nr = 0, fd = 0, buf = 0;
+struct sp_cri_send {
+	u64 key; /* cri_conns key of the write */
+	u64 ts_ns;
+};
+/* Why: a write's time (see cri_emit), from sk_data_ready inside the send to its tracepoint. */
+BPF_TABLE("lru_hash", u32, struct sp_cri_send, cri_send_ts, 1024);
 
-	if (family != SP_AF_UNIX || ret <= 0 || !sp_followed(id >> 32))
-		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+/*
+ * The fd and buffer of the syscall this socket message belongs to, from the task's saved user
+ * registers, if it is a read/recvfrom (dir 0) or write/sendto (SP_CRI_OUT): readv/writev and
+ * recvmsg/sendmsg carry an iovec, not a buffer, and Go's net uses read/write. 0 otherwise.
+ */
+static __always_inline int cri_syscall_args(u32 dir, u64 *fd, u64 *buf)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 nr = 0;
+
 	if (bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax) < 0)
 		return 0;
-	/* readv/writev/recvmsg/sendmsg carry an iovec, not a buffer: Go's net uses read/write */
 	if (dir ? nr != SP_NR_WRITE && nr != SP_NR_SENDTO : nr != SP_NR_READ && nr != SP_NR_RECVFROM)
 		return 0;
-	if (bpf_probe_read_kernel(&fd, sizeof(fd), &regs->di) < 0 ||
-	    bpf_probe_read_kernel(&buf, sizeof(buf), &regs->si) < 0) {
+	if (bpf_probe_read_kernel(fd, sizeof(*fd), &regs->di) < 0 ||
+	    bpf_probe_read_kernel(buf, sizeof(*buf), &regs->si) < 0) {
 		sp_error(SP_ERR_READ);
 		return 0;
 	}
-	return cri_emit(sp_fd_key(id >> 32, (s32)fd), buf, ret, dir);
+	return 1;
+}
+
+/*
+ * Why: a write's time is its first byte's arrival at the reader (see cri_emit). The socket
+ * layer's sock_def_readable fires this, before it wakes the reader, inside the writer's send
+ * (on the writer's thread: the unix send path delivers to the peer's queue itself); for TCP
+ * it fires in softirq and is left at the family test. A write on a CRI connection of a
+ * followed process notes its time here once; only the send tracepoint reads and deletes it.
+ */
+TRACEPOINT_PROBE(sock, sk_data_ready)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct sp_cri_send st = {};
+	u64 fd = 0, buf = 0;
+
+	if (args->family != SP_AF_UNIX || !sp_followed(id >> 32) || cri_send_ts.lookup(&tid))
+		return 0; /* not a unix send, not followed, or not the write's first bytes */
+	if (!cri_syscall_args(SP_CRI_OUT, &fd, &buf))
+		return 0;
+	st.key = sp_fd_key(id >> 32, (s32)fd);
+	if (!cri_conns.lookup(&st.key))
+		return 0;
+	st.ts_ns = bpf_ktime_get_ns();
+	if (cri_send_ts.update(&tid, &st) < 0)
+		sp_error(SP_ERR_STASH_FULL);
+	return 0;
+}
+
+static __always_inline int cri_sock_io(u16 family, int ret, u32 dir)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct sp_cri_send *sent;
+	u64 fd = 0, buf = 0, key = 0, ts_ns = 0;
+
+	if (family != SP_AF_UNIX || !sp_followed(id >> 32))
+		return 0;
+	if (dir) {
+		/* taken whatever ret is, so a failed write leaves no time behind for the next */
+		sent = cri_send_ts.lookup(&tid);
+		if (sent) {
+			key = sent->key;
+			ts_ns = sent->ts_ns;
+			cri_send_ts.delete(&tid);
+		}
+	}
+	if (ret <= 0 || !cri_syscall_args(dir, &fd, &buf))
+		return 0;
+	if (key != sp_fd_key(id >> 32, (s32)fd))
+		ts_ns = 0; /* not this write's: its entry was not seen */
+	return cri_emit(sp_fd_key(id >> 32, (s32)fd), buf, ret, dir, ts_ns);
 }
 
 /* Why: requests arrive with read on an accepted connection (Go's net.Conn.Read). */
@@ -230,6 +295,8 @@ static __always_inline int cri_rw_enter(s32 fd, u64 buf, u32 dir)
 		return 0;
 	st.buf = buf;
 	st.dir = dir;
+	if (dir)
+		st.ts_ns = bpf_ktime_get_ns();
 	if (cri_stash.update(&tid, &st) < 0)
 		sp_error(SP_ERR_STASH_FULL);
 	return 0;
@@ -243,7 +310,7 @@ static __always_inline int cri_rw_exit(long ret)
 	if (!st)
 		return 0;
 	if (ret > 0)
-		cri_emit(st->key, st->buf, ret, st->dir);
+		cri_emit(st->key, st->buf, ret, st->dir, st->ts_ns);
 	cri_stash.delete(&tid);
 	return 0;
 }

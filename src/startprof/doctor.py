@@ -211,7 +211,8 @@ def check_cri_hooks(host: Host) -> Check:
         False,
         "read/write syscall tracepoints: while recording, every read and write on the machine "
         "pays about +260 ns",
-        "Linux >= 6.3 on x86_64 has the cheaper sock:sock_recv_length/sock_send_length",
+        "Linux >= 6.3 on x86_64 has the cheaper sock:sock_recv_length, sock_send_length and "
+        "sk_data_ready",
     )
 
 

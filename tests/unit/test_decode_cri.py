@@ -52,12 +52,13 @@ def test_a_socket_is_the_same_however_it_is_spelled(tmp_path: Path) -> None:
     }
 
 
-def test_sock_tracepoints_need_both_events_and_x86_64(tmp_path: Path) -> None:
+def test_sock_tracepoints_need_all_three_events_and_x86_64(tmp_path: Path) -> None:
     events = tmp_path / "events"
     roots = [str(tmp_path / "absent"), str(events)]
     (events / "sock" / "sock_recv_length").mkdir(parents=True)
-    assert not cri.sock_tracepoints_usable("x86_64", roots)  # only one of the two
     (events / "sock" / "sock_send_length").mkdir()
+    assert not cri.sock_tracepoints_usable("x86_64", roots)  # the write's time is missing
+    (events / "sock" / "sk_data_ready").mkdir()
     assert cri.sock_tracepoints_usable("x86_64", roots)
     assert not cri.sock_tracepoints_usable("aarch64", roots)  # registers read are x86_64's
     assert not cri.sock_tracepoints_usable("x86_64", [str(tmp_path / "absent")])

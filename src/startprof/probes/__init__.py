@@ -78,7 +78,8 @@ PROBES: tuple[ProbeSpec, ...] = (
         "cri.bpf.c",
         (*_sys("accept4", "accept", "read", "write"), "syscalls:sys_enter_close"),
         # instead of read/write on x86_64 with Linux >= 6.3: see cri.sock_tracepoints_usable
-        ("sock:sock_recv_length", "sock:sock_send_length"),
+        # (sk_data_ready: a write's time, before it wakes the reader)
+        ("sock:sock_recv_length", "sock:sock_send_length", "sock:sk_data_ready"),
         fd_maps=("cri_conns",),
     ),
 )

@@ -38,7 +38,7 @@ SS_UNCONNECTED: Final = 1
 SS_CONNECTED: Final = 3
 
 PROC_NET_UNIX: Final = "/proc/net/unix"
-SOCK_TRACEPOINTS: Final = ("sock/sock_recv_length", "sock/sock_send_length")
+SOCK_TRACEPOINTS: Final = ("sock/sock_recv_length", "sock/sock_send_length", "sock/sk_data_ready")
 TRACEFS_EVENTS: Final = ("/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events")
 
 

@@ -43,6 +43,9 @@
 #ifndef SP_PROBE_CRI
 #define SP_PROBE_CRI 1
 #endif
+#ifndef SP_PROBE_RUNTIME
+#define SP_PROBE_RUNTIME 1
+#endif
 
 /* Per-CPU counters of things that went wrong in the kernel: index into the errors map. */
 #define SP_ERR_FOLLOW_FULL 0 /* the followed map was full: a child could not be followed */
@@ -257,6 +260,9 @@ static __always_inline int sp_ns_enter(u32 kind, u64 flags, s32 fd)
 #endif
 #if SP_PROBE_CRI
 #include "cri.bpf.c"
+#endif
+#if SP_PROBE_RUNTIME
+#include "runtime.bpf.c"
 #endif
 
 /* ---- process tree: keeps the filter right; always attached ---- */

@@ -42,6 +42,8 @@ enum sp_type {
 	SP_NL_RECV = 12,  /* struct sp_nl_msg: recvfrom/recvmsg on a netlink socket */
 	SP_CRI_ACCEPT = 13, /* struct sp_cri_accept: accept/accept4 on a CRI listener */
 	SP_CRI_DATA = 14, /* struct sp_cri_data: one chunk of a read/write on a CRI connection */
+	SP_RT_OP = 15,	  /* struct sp_rt_op: a mount-type syscall or a cgroup event */
+	SP_RENAME = 16,	  /* struct sp_rename: task_rename (prctl PR_SET_NAME, a comm write) */
 };
 
 /* The common header of every record: 48 bytes, no padding. */
@@ -186,6 +188,38 @@ struct sp_cri_data {
 	__u32 offset;	/* of this chunk within the syscall's bytes */
 	__u32 len;	/* bytes in data[] */
 	__u8 data[SP_CRI_CHUNK];
+};
+
+/* ---- runtime probe ---- */
+
+#define SP_RT_PATH 64 /* capacity of sp_rt_op.path, NUL-terminated (longer paths are cut) */
+#define SP_RT_FSTYPE 16
+
+/* sp_rt_op.op: the syscall, or the cgroup tracepoint */
+#define SP_RT_MOUNT 1	      /* mount(2): path = target, fstype = type */
+#define SP_RT_UMOUNT 2	      /* umount2(2): path = target */
+#define SP_RT_PIVOT_ROOT 3    /* pivot_root(2): path = new_root */
+#define SP_RT_MOUNT_SETATTR 4 /* mount_setattr(2): path */
+#define SP_RT_OPEN_TREE 5     /* open_tree(2): path = filename */
+#define SP_RT_MOVE_MOUNT 6    /* move_mount(2): path = to_pathname */
+#define SP_RT_FSMOUNT 7	      /* fsmount(2): no path */
+#define SP_RT_CGROUP_MKDIR 8  /* cgroup:cgroup_mkdir: path = the new cgroup's */
+#define SP_RT_CGROUP_ATTACH 9 /* cgroup:cgroup_attach_task: path = destination, ret = the pid */
+
+struct sp_rt_op {
+	struct sp_header h; /* ts_ns = the syscall's return (cgroup events: the event) */
+	__u64 enter_ns;	    /* when the syscall was entered (cgroup events: ts_ns) */
+	__s64 ret;	    /* 0 or -errno (cgroup_attach_task: the attached pid) */
+	__u64 flags;	    /* the syscall's flags argument (mount: MS_*), 0 for cgroup events */
+	__u32 op;	    /* SP_RT_* */
+	__u32 reserved;	    /* always 0 */
+	char fstype[SP_RT_FSTYPE];
+	char path[SP_RT_PATH];
+};
+
+struct sp_rename {
+	struct sp_header h; /* comm = the new name */
+	char old_comm[SP_COMM_LEN];
 };
 
 #endif /* STARTPROF_H */

@@ -37,6 +37,17 @@ KINDS: Final[dict[str, str]] = {
     "cri_accept": "containerd accepted a connection on the CRI socket: fd, conn_id",
     "cri_data": "bytes read (direction=in) or written (out) on a CRI connection",
     "cri_call": "a decoded CRI call: method, stream_id, start_ns..end_ns, grpc_status, fields",
+    # runtime probe
+    "mount": "mount(2): filename = target, attrs.fstype, flags = MS_*; start_ns..end_ns, ret",
+    "umount": "umount2(2): filename = target, flags; start_ns..end_ns, ret",
+    "pivot_root": "pivot_root(2): filename = new_root; start_ns..end_ns, ret",
+    "mount_setattr": "mount_setattr(2): filename = path, flags; start_ns..end_ns, ret",
+    "open_tree": "open_tree(2): filename, flags; start_ns..end_ns, ret = fd or -errno",
+    "move_mount": "move_mount(2): filename = to_pathname, flags; start_ns..end_ns, ret",
+    "fsmount": "fsmount(2): flags; start_ns..end_ns, ret = fd or -errno",
+    "cgroup_mkdir": "a cgroup was made (cgroup:cgroup_mkdir): filename = its path",
+    "cgroup_attach": "a task moved into a cgroup: filename = its path, ret = the task's pid",
+    "rename": "a task named itself (prctl PR_SET_NAME, not exec): comm = new, old_comm",
     # user space
     "proc": "a process alive when recording started (from /proc): pid, ppid, comm, argv",
     "annotation": "OCI bundle annotations of a runtime create: sandbox_id, container_id, attrs",

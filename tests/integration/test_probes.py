@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -382,3 +383,62 @@ def test_cri_connections_and_bytes(tmp_path: Path, sock_tracepoints: bool) -> No
     assert old["data"] == b"old" and old["direction"] == "in"
     assert old["conn_id"] & abi.SP_CONN_ID_SEEDED
     assert drops == [0] * len(drops)
+
+
+def _cgroup_hierarchy() -> Path:
+    """A cgroup hierarchy to make a directory in: v2's, else v1's pids (hybrid hosts)."""
+    for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        if Path(root, "cgroup.procs").exists():
+            return Path(root)
+    pytest.skip("no writable cgroup hierarchy")
+
+
+def test_runtime_probe_sees_mounts_cgroups_and_renames() -> None:
+    """What runc does inside create, done by a followed shell: a mount namespace with a tmpfs
+    mount and its umount, a cgroup made and joined, and a prctl rename."""
+    cgroup = _cgroup_hierarchy() / f"sp-test-{uuid.uuid4().hex[:8]}"
+    target = Path(tempfile.mkdtemp(prefix="sp-mnt-"))  # short: paths are cut at 63 bytes
+    rename = "import ctypes; ctypes.CDLL(None).prctl(15, b'sp-stage', 0, 0, 0)"
+    script = "; ".join(
+        [
+            f"unshare -m sh -c 'mount -t tmpfs sp-tmp {target} && umount {target}'",
+            f"mkdir {cgroup}",
+            f"echo $$ > {cgroup}/cgroup.procs",
+            f'python3 -c "{rename}"',
+        ]
+    )
+    shell = spawn_gated(script)
+    session = ProbeSession(seed_pids=[shell.pid])
+    try:
+        session.start()
+        release(shell)
+        shell.wait(timeout=30)
+        events = collect(
+            session,
+            lambda evs: any(e["kind"] == "exit" and e["pid"] == shell.pid for e in evs),
+        )
+        counts = session.counts()
+    finally:
+        session.close()
+        parent = cgroup.parent / "cgroup.procs"
+        if cgroup.exists():
+            for pid in (cgroup / "cgroup.procs").read_text().split():
+                parent.write_text(pid)  # nothing is left in it: the shell exited
+            cgroup.rmdir()
+        target.rmdir()
+    assert shell.returncode == 0
+    assert counts["runtime"] > 0
+    for e in events:
+        assert e["kind"] in KINDS and set(e) <= set(COLUMN_NAMES), e
+    (mount,) = [e for e in events if e["kind"] == "mount" and e.get("filename") == str(target)]
+    assert mount["ret"] == 0 and '"tmpfs"' in mount["attrs"]
+    assert mount["start_ns"] <= mount["end_ns"]
+    (umount,) = [e for e in events if e["kind"] == "umount" and e.get("filename") == str(target)]
+    assert umount["start_ns"] >= mount["end_ns"]
+    name = f"/{cgroup.name}"
+    assert [e["filename"] for e in events if e["kind"] == "cgroup_mkdir"] == [name]
+    (attach,) = [e for e in events if e["kind"] == "cgroup_attach"]
+    assert (attach["filename"], attach["ret"]) == (name, shell.pid)
+    # prctl's rename, not the execs' own (the exec probe's exec_done has those)
+    renames = [(e["old_comm"], e["comm"]) for e in events if e["kind"] == "rename"]
+    assert renames == [("python3", "sp-stage")]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from startprof.probes import abi, preferred_tracepoints, required_tracepoints
+from startprof.probes import PROBES, abi, preferred_tracepoints, required_tracepoints
 from startprof.probes.session import ProbeSession, expand_source
 from startprof.resources import bpf_dir
 
@@ -121,6 +121,7 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
         "-DSP_PROBE_NAMESPACES=0",
         "-DSP_PROBE_NETLINK=0",
         "-DSP_PROBE_CRI=1",
+        "-DSP_PROBE_RUNTIME=0",
         "-DSP_CRI_SOCK_TP=1",
         "-DSP_ENV_FILTER=0",
     ]
@@ -132,7 +133,7 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
     head = text[: text.index("*/")]
     assert all(flag in head for flag in session.cflags())
     # the header and every probe file inlined (the -D flags decide what compiles)
-    for name in ("startprof.h", "exec.bpf.c", "namespaces.bpf.c", "netlink.bpf.c", "cri.bpf.c"):
+    for name in ("startprof.h", *(f"{p.name}.bpf.c" for p in PROBES)):
         assert f'#line 1 "{name}"' in text
     assert '#include "' not in text
     assert text.count("#define STARTPROF_ABI_VERSION") == 1

@@ -50,6 +50,8 @@ FIXED: dict[abi.RecordType, type[ct.Structure]] = {
     abi.RecordType.NL_RECV: abi.NlMsgFixed,
     abi.RecordType.CRI_ACCEPT: abi.CriAccept,
     abi.RecordType.CRI_DATA: abi.CriDataFixed,
+    abi.RecordType.RT_OP: abi.RtOp,
+    abi.RecordType.RENAME: abi.Rename,
 }
 assert set(FIXED) == set(abi.RecordType), "a new record type needs a fuzz entry"
 

@@ -82,6 +82,17 @@ PROBES: tuple[ProbeSpec, ...] = (
         ("sock:sock_recv_length", "sock:sock_send_length", "sock:sk_data_ready"),
         fd_maps=("cri_conns",),
     ),
+    ProbeSpec(
+        "runtime",
+        "runtime.bpf.c",
+        (
+            *_sys("mount", "umount", "pivot_root"),
+            *_sys("mount_setattr", "open_tree", "move_mount", "fsmount"),
+            "cgroup:cgroup_mkdir",
+            "cgroup:cgroup_attach_task",
+            "task:task_rename",
+        ),
+    ),
 )
 
 PROBE_NAMES: tuple[str, ...] = tuple(p.name for p in PROBES)

@@ -24,6 +24,8 @@ SP_EXEC_STRINGS: Final = 8192
 SP_STR_CAP: Final = 1024
 SP_NL_DATA: Final = 4096
 SP_CRI_CHUNK: Final = 4096
+SP_RT_PATH: Final = 64
+SP_RT_FSTYPE: Final = 16
 
 SP_TRUNC_FILENAME: Final = 0x1
 SP_TRUNC_ARGV: Final = 0x2
@@ -39,6 +41,16 @@ SP_CRI_PREEXISTING: Final = 0x2
 SP_CRI_GAP: Final = 0x4
 SP_CRI_TRUNCATED: Final = 0x8
 SP_CONN_ID_SEEDED: Final = 0x8000000000000000
+
+SP_RT_MOUNT: Final = 1
+SP_RT_UMOUNT: Final = 2
+SP_RT_PIVOT_ROOT: Final = 3
+SP_RT_MOUNT_SETATTR: Final = 4
+SP_RT_OPEN_TREE: Final = 5
+SP_RT_MOVE_MOUNT: Final = 6
+SP_RT_FSMOUNT: Final = 7
+SP_RT_CGROUP_MKDIR: Final = 8
+SP_RT_CGROUP_ATTACH: Final = 9
 
 
 class RecordType(IntEnum):
@@ -58,6 +70,8 @@ class RecordType(IntEnum):
     NL_RECV = 12
     CRI_ACCEPT = 13
     CRI_DATA = 14
+    RT_OP = 15
+    RENAME = 16
 
 
 class Header(ct.Structure):
@@ -189,6 +203,23 @@ class CriData(ct.Structure):
     _fields_ = (*CriDataFixed._fields_, ("data", ct.c_uint8 * SP_CRI_CHUNK))
 
 
+class RtOp(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("enter_ns", ct.c_uint64),
+        ("ret", ct.c_int64),
+        ("flags", ct.c_uint64),
+        ("op", ct.c_uint32),
+        ("reserved", ct.c_uint32),
+        ("fstype", ct.c_char * SP_RT_FSTYPE),
+        ("path", ct.c_char * SP_RT_PATH),
+    )
+
+
+class Rename(ct.Structure):
+    _fields_ = (("h", Header), ("old_comm", ct.c_char * SP_COMM_LEN))
+
+
 STRUCTS: Final[dict[str, type[ct.Structure]]] = {
     "sp_header": Header,
     "sp_exec": Exec,
@@ -201,6 +232,8 @@ STRUCTS: Final[dict[str, type[ct.Structure]]] = {
     "sp_conn": Conn,
     "sp_cri_accept": CriAccept,
     "sp_cri_data": CriData,
+    "sp_rt_op": RtOp,
+    "sp_rename": Rename,
 }
 """C struct name -> mirror; the ABI test checks each of them field by field."""
 
@@ -231,6 +264,17 @@ CONSTANTS: Final[dict[str, int]] = {
     "SP_CRI_GAP": SP_CRI_GAP,
     "SP_CRI_TRUNCATED": SP_CRI_TRUNCATED,
     "SP_CONN_ID_SEEDED": SP_CONN_ID_SEEDED,
+    "SP_RT_PATH": SP_RT_PATH,
+    "SP_RT_FSTYPE": SP_RT_FSTYPE,
+    "SP_RT_MOUNT": SP_RT_MOUNT,
+    "SP_RT_UMOUNT": SP_RT_UMOUNT,
+    "SP_RT_PIVOT_ROOT": SP_RT_PIVOT_ROOT,
+    "SP_RT_MOUNT_SETATTR": SP_RT_MOUNT_SETATTR,
+    "SP_RT_OPEN_TREE": SP_RT_OPEN_TREE,
+    "SP_RT_MOVE_MOUNT": SP_RT_MOVE_MOUNT,
+    "SP_RT_FSMOUNT": SP_RT_FSMOUNT,
+    "SP_RT_CGROUP_MKDIR": SP_RT_CGROUP_MKDIR,
+    "SP_RT_CGROUP_ATTACH": SP_RT_CGROUP_ATTACH,
     **{f"SP_{t.name}": t.value for t in RecordType},
 }
 """Macros and enum values of startprof.h; the ABI test checks these too."""

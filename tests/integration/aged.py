@@ -350,7 +350,7 @@ def timing_failures(run: Run) -> list[str]:
     replies reach it many ms after containerd wrote them (on fresh connections, up to 33 ms for
     a RunPodSandbox reply to the grpc-go client and 10 ms to the Python one; the decoded call
     and the kernel agree, the client is late). So: every phase inside the client's call (no
-    edge early), nine in ten edges within max(1 ms, 2 %), and the median within 0.5 ms (for the
+    edge early), 85 % of edges within max(1 ms, 2 %), and the median within 0.5 ms (for the
     lab's Python client three in four and 1 ms, as the stored concurrent recording), as the other
     recording tests do; a phase 25 ms short (what a kernel-only sandbox was) fails all three.
     """
@@ -360,7 +360,10 @@ def timing_failures(run: Run) -> list[str]:
     # The lab's Python client times 5 workers and a poller under one GIL: on a loaded machine
     # it hears replies later still (seen: fresh and aged alike, 84 % within, median 0.85 ms,
     # one sandbox end 57 ms late), so it gets the concurrent stored recording's rule.
-    share, median_ns = (0.9, MS // 2) if run.client == "go" else (0.75, MS)
+    # The grpc-go client's tail is the scheduler's too, at both ends (containerd reads a
+    # request late as often as the client hears a reply late): in four quiet runs of its
+    # fresh and aged batches 73-80 of 80 edges were within, the medians 0.15-0.26 ms.
+    share, median_ns = (0.85, MS // 2) if run.client == "go" else (0.75, MS)
     if close < share * len(edges):
         far = sorted((e for e in edges if not e.close), key=lambda e: -e.gap_ns)
         problems.append(f"only {close} of {len(edges)} edges within max(1 ms, 2 %)")

@@ -55,6 +55,9 @@ SCENARIOS: dict[str, list[str]] = {
     "ctr-namespace": ["--kind", "ctr"],
     "mid-start": ["--kind", "slow-pull", "--slow-pull-seconds", MID_START_PULL_S],
     "quiet": ["--pods", "2", "--keep"],
+    # with the runtime probe's records (issue 17): the steps inside create and start
+    "runc-runtime": ["--pods", "2", "--runtime-handler", "runc-bridge"],
+    "crun-runtime": ["--pods", "2", "--runtime-handler", "crun-bridge"],
 }  # fmt: skip
 FAILING = {"runtime-fail", "bad-image", "no-entrypoint", "cni-fail", "crash-loop"}
 """Scenarios whose pod fails: `lab run` exits 1, and that is their point."""

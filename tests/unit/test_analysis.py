@@ -31,6 +31,8 @@ CANONICAL = {
     "runtime.shim",
     "runtime.create",
     "runtime.start",
+    *(f"runtime.{step}" for step in ("prepare", "bootstrap", "init", "rootfs", "ready", "cgroup")),
+    *(f"runtime.{step}" for step in ("release", "exec", "exit")),
     "image",
     "container",
     "container.create",

@@ -117,6 +117,16 @@ def _ms(ns: int) -> str:
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
+COUNTED: tuple[tuple[str, str], ...] = (("mounts", "mounts"), ("cgroups_made", "cgroups"))
+"""Phase attributes the bottleneck sentence repeats after a step's name: (attribute, noun)."""
+
+
+def _counts(phase: Phase) -> str:
+    """`` (14 mounts)`` for a step that counted what it did, else nothing."""
+    found = [f"{phase.attributes[k]} {noun}" for k, noun in COUNTED if phase.attributes.get(k)]
+    return f" ({', '.join(found)})" if found else ""
+
+
 def bottleneck(phases: Sequence[Phase]) -> str:
     """A sentence such as ``61% of 112 ms in sandbox: cni.plugin bridge 19 ms, of which
     11 ms in 9 iptables execs``.
@@ -141,7 +151,7 @@ def bottleneck(phases: Sequence[Phase]) -> str:
 
     top = max(top_children, key=lambda p: (path_ns(p.id), -p.start_ns))
     top_ns = path_ns(top.id)
-    text = f"{100 * top_ns / total:.0f}% of {_ms(total)} in {top.name}"
+    text = f"{100 * top_ns / total:.0f}% of {_ms(total)} in {top.name}{_counts(top)}"
     # descend while one child holds at least half of the current span's critical time
     children: dict[str, list[Phase]] = defaultdict(list)
     for p in phases:
@@ -158,7 +168,7 @@ def bottleneck(phases: Sequence[Phase]) -> str:
         focus = best
     if focus is top:
         return text
-    text += f": {focus.name} {_ms(path_ns(focus.id))}"
+    text += f": {focus.name} {_ms(path_ns(focus.id))}{_counts(focus)}"
     groups: dict[str, list[Phase]] = defaultdict(list)
     for i in _subtree_ids(phases, focus.id):
         if i != focus.id:
@@ -168,7 +178,7 @@ def bottleneck(phases: Sequence[Phase]) -> str:
         group_ns = sum(path_ns(m.id) for m in members)
         if group_ns > 0:
             if len(members) == 1:
-                text += f", of which {_ms(group_ns)} in {name}"
+                text += f", of which {_ms(group_ns)} in {name}{_counts(members[0])}"
             else:
                 kind, _, subject = name.partition(" ")
                 label = f"{subject} {kind}s" if subject else f"{kind}s"

@@ -29,6 +29,7 @@ from startprof.analysis.processes import (
     runtime_programs,
     runtime_verb,
 )
+from startprof.analysis.runtime_steps import RUNTIME_OP_KINDS, Op
 from startprof.cri.api import V1, V1ALPHA2, path_of
 from startprof.events import attrs_of
 from startprof.linux import CLONE_NEWNET, type_name
@@ -406,6 +407,25 @@ def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple
     return spans
 
 
+def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
+    """Mount-type syscalls and cgroup events per process (``analysis/runtime_steps.py``)."""
+    rows = ev.loc[
+        ev["kind"].isin(RUNTIME_OP_KINDS) & ev["proc_id"].notna(),
+        ["proc_id", "kind", "ts_ns", "start_ns", "end_ns"],
+    ]
+    if rows.empty:
+        return {}
+    rows = rows.sort_values("ts_ns", kind="stable")
+    starts = rows["start_ns"].fillna(rows["ts_ns"]).astype("int64").to_numpy()
+    ends = rows["end_ns"].fillna(rows["ts_ns"]).astype("int64").to_numpy()
+    found: dict[int, list[Op]] = defaultdict(list)
+    for proc_id, kind, lo, hi in zip(
+        rows["proc_id"].astype("int64").to_numpy(), _values(rows["kind"]), starts, ends, strict=True
+    ):
+        found[int(proc_id)].append(Op(str(kind), int(lo), int(hi)))
+    return dict(found)
+
+
 def is_shim_start(proc: Proc) -> bool:
     return proc.program.startswith(SHIM_PREFIX) and bool(proc.argv) and proc.argv[-1] == "start"
 
@@ -421,6 +441,8 @@ class Context:
     procs: dict[int, Proc] = field(default_factory=dict)
     """Every process lifetime by proc_id."""
     foreign: dict[str, int] = field(default_factory=dict)
+    runtime_ops: dict[int, list[Op]] = field(default_factory=dict)
+    """The runtime probe's mount-type syscalls and cgroup events, by proc_id, in time order."""
 
 
 def _sandbox_of_failed_call(
@@ -489,6 +511,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         ops=netlink_ops(ev),
         procs={p.proc_id: p for p in procs},
         foreign=foreign_containers(table),
+        runtime_ops=runtime_ops(ev),
     )
 
     pods: dict[str, PodInputs] = {}

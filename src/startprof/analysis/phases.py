@@ -53,6 +53,7 @@ from startprof.analysis.processes import (
     SHIM_PREFIX,
     basename,
 )
+from startprof.analysis.runtime_steps import Lifetime, Step, create_steps, start_steps
 
 STAYED_UP_NS = 1_000_000_000
 """A container whose entrypoint exits on its own sooner than this after its exec crashed (the
@@ -266,6 +267,30 @@ def _add_hooks(b: PhaseBuilder, parent: Phase, hooks: Iterable[Proc], ctx: Conte
         b.add(parent, name, start, end, error=hook.exit_error(), **_proc_attrs(hook))
 
 
+def _lifetime(proc: Proc, ctx: Context) -> Lifetime:
+    return Lifetime(proc.start_ns, proc.end_ns, ctx.runtime_ops.get(proc.proc_id, ()))
+
+
+def _create_steps(create: Proc, hooks: Sequence[Proc], ctx: Context, phase: Phase) -> list[Step]:
+    """runtime_steps.create_steps for one create: its subtree without the hooks; the init is
+    the runtime's process still alive when create returned (the one the entrypoint becomes)."""
+    hooked = {q.proc_id for h in hooks for q in _subtree(ctx, h)}
+    others = [p for p in _subtree(ctx, create)[1:] if p.proc_id not in hooked]
+    alive = [p for p in others if p.end_ns is None or p.end_ns > phase.end_ns]
+    init = max(alive, key=lambda p: p.start_ns) if alive else None
+    return create_steps(
+        Lifetime(phase.start_ns, create.end_ns, ctx.runtime_ops.get(create.proc_id, ())),
+        [_lifetime(p, ctx) for p in others],
+        _lifetime(init, ctx) if init else None,
+        phase.end_ns,
+    )
+
+
+def _add_steps(b: PhaseBuilder, parent: Phase, steps: Iterable[Step]) -> None:
+    for step in steps:
+        b.add(parent, step.name, step.start_ns, step.end_ns, **step.attributes)
+
+
 def _add_runtime(
     b: PhaseBuilder, parent: Phase, procs: list[Proc], container_id: str, ctx: Context
 ) -> tuple[str | None, Proc | None]:
@@ -292,12 +317,17 @@ def _add_runtime(
                 processes=len(_subtree(ctx, proc)),
                 **common,
             )
-            _add_hooks(b, phase, _hooks(proc, ctx, proc.end_ns), ctx)
+            hooks = _hooks(proc, ctx, proc.end_ns)
+            _add_steps(b, phase, _create_steps(proc, hooks, ctx, phase))
+            _add_hooks(b, phase, hooks, ctx)
         else:
             exec_end = _exec_end(entry)
             phase = b.add(
                 parent, "runtime.start", start, max(end, exec_end or end), error=error, **common
             )
+            if proc.runtime_verb == "start" and entry is not None:
+                steps = start_steps(start, phase.end_ns, entry.exec_ns, entry.exec_done_ns)
+                _add_steps(b, phase, steps)
             hooks = _hooks(proc, ctx, None) if proc.runtime_verb == "start" else []
             _add_hooks(b, phase, [h for h in hooks if h is not entry], ctx)
     return runtime, entry

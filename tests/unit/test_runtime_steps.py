@@ -92,12 +92,11 @@ def test_boundaries_out_of_order_or_outside_never_leave_the_parent() -> None:
 
 
 def test_start_is_release_then_the_entrypoint_exec() -> None:
-    assert _names(start_steps(0, 6 * MS, 4 * MS, 5 * MS)) == [
+    assert _names(start_steps(0, 6 * MS, 4 * MS)) == [
         ("runtime.release", 0, 4),
-        ("runtime.exec", 4, 5),
-        ("runtime.exit", 5, 6),
+        ("runtime.exec", 4, 6),
     ]
-    assert start_steps(0, 6 * MS, None, None) == []
+    assert start_steps(0, 6 * MS, None) == []
 
 
 def _header(rtype: RecordType, size: int, comm: bytes) -> Header:

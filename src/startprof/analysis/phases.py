@@ -291,6 +291,20 @@ def _add_steps(b: PhaseBuilder, parent: Phase, steps: Iterable[Step]) -> None:
         b.add(parent, step.name, step.start_ns, step.end_ns, **step.attributes)
 
 
+def _add_task_request(
+    b: PhaseBuilder, parent: Phase, proc: Proc, start: int, end: int, ctx: Context
+) -> None:
+    """``runtime.task.create`` / ``runtime.task.start``: from the moment containerd could ask
+    (the shim started, or the runtime's previous command returned) until the shim ran the
+    runtime: containerd's request over ttrpc and the shim's own work, for create the rootfs
+    mount it makes of the container's snapshot (``mounts``)."""
+    shim = ctx.procs.get(proc.parent_proc) if proc.parent_proc is not None else None
+    ops = ctx.runtime_ops.get(shim.proc_id, ()) if shim is not None else ()
+    mounts = sum(o.kind == "mount" and start <= o.start_ns <= end for o in ops)
+    name = f"runtime.task.{proc.runtime_verb}"
+    b.add(parent, name, start, end, mounts=mounts or None)
+
+
 def _add_runtime(
     b: PhaseBuilder, parent: Phase, procs: list[Proc], container_id: str, ctx: Context
 ) -> tuple[str | None, Proc | None]:
@@ -298,13 +312,18 @@ def _add_runtime(
     the runtime and the entrypoint."""
     mine = [p for p in procs if p.container_id == container_id]
     runtime = None
+    ready: int | None = None  # when containerd could send the shim its next task request
     for shim in (p for p in mine if is_shim_start(p)):
         start, end = _proc_span(shim, ctx)
         b.add(parent, "runtime.shim", start, end, **_proc_attrs(shim))
+        ready = end
     entry = _runtime_entrypoint([p for p in mine if p.starts_container], ctx)
     for proc in sorted((p for p in mine if p.starts_container), key=lambda p: p.start_ns):
         runtime = proc.runtime or proc.program
         start, end = _proc_span(proc, ctx)
+        if ready is not None and proc.runtime_verb in ("create", "start") and start > ready:
+            _add_task_request(b, parent, proc, ready, start, ctx)
+        ready = end
         common = {"runtime": runtime, "wrapper": proc.wrapper, **_proc_attrs(proc)}
         error = proc.exit_error(f"{runtime} {proc.runtime_verb} ")
         if proc.runtime_verb == "create":
@@ -326,7 +345,7 @@ def _add_runtime(
                 parent, "runtime.start", start, max(end, exec_end or end), error=error, **common
             )
             if proc.runtime_verb == "start" and entry is not None:
-                steps = start_steps(start, phase.end_ns, entry.exec_ns, entry.exec_done_ns)
+                steps = start_steps(start, phase.end_ns, entry.exec_ns)
                 _add_steps(b, phase, steps)
             hooks = _hooks(proc, ctx, None) if proc.runtime_verb == "start" else []
             _add_hooks(b, phase, [h for h in hooks if h is not entry], ctx)
@@ -518,7 +537,29 @@ def _add_sandbox(
         for plugin in sorted(sandbox.cni, key=lambda p: p.exec_ns or 0):
             _add_cni_plugin(b, cni, plugin, ctx)
     runtime, _ = _add_runtime(b, phase, sandbox.procs, inputs.sandbox_id, ctx)
+    if rps is not None:
+        _add_containerd_steps(b, phase)
     return runtime
+
+
+def _add_containerd_steps(b: PhaseBuilder, sandbox: Phase) -> None:
+    """containerd's own work in RunPodSandbox around what the kernel shows, in the order of
+    its code (docs/analyze.md): ``containerd.prepare`` from the call until the first of the
+    sandbox's kernel work (the sandbox image's lookup, its directories and /dev/shm), and
+    ``containerd.bundle`` from the end of the network until the shim starts (the pause
+    container's snapshot, spec and OCI bundle)."""
+    kids = [p for p in b.phases if p.parent_id == sandbox.id]
+    if not kids:
+        return
+    first = min(kids, key=lambda p: p.start_ns)
+    if first.start_ns > sandbox.start_ns:
+        b.add(sandbox, "containerd.prepare", sandbox.start_ns, first.start_ns)
+    shim = next((p for p in kids if p.name == "runtime.shim"), None)
+    network = [p for p in kids if p.name in ("sandbox.netns", "cni.add")]
+    if shim is not None and network:
+        net_end = max(p.end_ns for p in network)
+        if shim.start_ns > net_end:
+            b.add(sandbox, "containerd.bundle", net_end, shim.start_ns)
 
 
 def _add_images(

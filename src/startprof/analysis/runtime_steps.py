@@ -20,7 +20,8 @@ nsexec waits for its parent's cgroup work (bootstrap, cgroup, bootstrap), crun's
 crun's (init, cgroup, init).
 
 ``runtime.start`` is cut into ``runtime.release`` (the start command's own start-up until the
-waiting init runs the entrypoint's exec) and ``runtime.exec`` (that execve).
+waiting init runs the entrypoint's exec) and ``runtime.exec`` (that execve, to the start's
+end).
 
 Without the runtime probe's records (older recordings, ``--probes`` without it) the cuts that
 need mounts are left out: create ends in ``runtime.init``.
@@ -153,17 +154,11 @@ def create_steps(
     return steps
 
 
-def start_steps(start: int, end: int, exec_ns: int | None, exec_done_ns: int | None) -> list[Step]:
+def start_steps(start: int, end: int, exec_ns: int | None) -> list[Step]:
     """The steps of one ``runtime.start`` from ``start`` to ``end``, given the entrypoint's
-    exec (None when it was not seen)."""
+    exec (None when it was not seen). ``runtime.exec`` runs to the end: the execve, and the
+    start command's exit when that comes later (it does in some starts and not in others, so
+    it is no step of its own: a pod's phase names stay the same from start to start)."""
     if exec_ns is None:
         return []
-    return _tile(
-        [
-            ("runtime.release", start),
-            ("runtime.exec", exec_ns),
-            ("runtime.exit", exec_done_ns),
-        ],
-        start,
-        end,
-    )
+    return _tile([("runtime.release", start), ("runtime.exec", exec_ns)], start, end)

@@ -232,8 +232,10 @@ TRACEPOINT_PROBE(sock, sk_data_ready)
 	struct sp_cri_send st = {};
 	u64 fd = 0, buf = 0;
 
-	if (args->family != SP_AF_UNIX || !sp_followed(id >> 32) || cri_send_ts.lookup(&tid))
-		return 0; /* not a unix send, not followed, or not the write's first bytes */
+	/* only a process that accepted a CRI connection (or owns a netlink socket) can own one:
+	 * the shims, whose ttrpc sends are most of the followed tree's, stop here */
+	if (args->family != SP_AF_UNIX || !sp_has_fds(id >> 32) || cri_send_ts.lookup(&tid))
+		return 0; /* not a unix send, no CRI connection, or not the write's first bytes */
 	if (!cri_syscall_args(SP_CRI_OUT, &fd, &buf))
 		return 0;
 	st.key = sp_fd_key(id >> 32, (s32)fd);

@@ -10,8 +10,10 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -408,22 +410,32 @@ def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple
 
 
 def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
-    """Mount-type syscalls and cgroup events per process (``analysis/runtime_steps.py``)."""
+    """Mount-type syscalls and cgroup events per process (``analysis/runtime_steps.py``), each
+    process's in time order: one sort, then plain tuples per process."""
     rows = ev.loc[
         ev["kind"].isin(RUNTIME_OP_KINDS) & ev["proc_id"].notna(),
         ["proc_id", "kind", "ts_ns", "start_ns", "end_ns"],
     ]
     if rows.empty:
         return {}
-    rows = rows.sort_values("ts_ns", kind="stable")
-    starts = rows["start_ns"].fillna(rows["ts_ns"]).astype("int64").to_numpy()
-    ends = rows["end_ns"].fillna(rows["ts_ns"]).astype("int64").to_numpy()
-    found: dict[int, list[Op]] = defaultdict(list)
-    for proc_id, kind, lo, hi in zip(
-        rows["proc_id"].astype("int64").to_numpy(), _values(rows["kind"]), starts, ends, strict=True
-    ):
-        found[int(proc_id)].append(Op(str(kind), int(lo), int(hi)))
-    return dict(found)
+    rows = rows.assign(proc_id=rows["proc_id"].astype("int64")).sort_values(
+        ["proc_id", "ts_ns"], kind="stable"
+    )
+    ts = rows["ts_ns"]
+    ids = rows["proc_id"].to_numpy()
+    ops = list(
+        map(
+            Op._make,
+            zip(
+                rows["kind"].astype(str).tolist(),
+                rows["start_ns"].fillna(ts).astype("int64").tolist(),
+                rows["end_ns"].fillna(ts).astype("int64").tolist(),
+                strict=True,
+            ),
+        )
+    )
+    cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    return {int(ids[lo]): ops[lo:hi] for lo, hi in pairwise(cuts)}
 
 
 def is_shim_start(proc: Proc) -> bool:

@@ -49,6 +49,26 @@ def release(proc: subprocess.Popen[bytes]) -> None:
     proc.stdin.close()
 
 
+def run_followed(
+    script: str,
+) -> tuple[subprocess.Popen[bytes], list[Event], list[int], dict[str, int]]:
+    """Run script in a shell a fresh ProbeSession follows from its first instruction; the
+    shell, every event until its exit, and the session's drops and per-probe counts."""
+    shell = spawn_gated(script)
+    session = ProbeSession(seed_pids=[shell.pid])
+    try:
+        session.start()
+        release(shell)
+        shell.wait(timeout=30)
+        events = collect(
+            session,
+            lambda evs: any(e["kind"] == "exit" and e["pid"] == shell.pid for e in evs),
+        )
+        return shell, events, session.drops(), session.counts()
+    finally:
+        session.close()
+
+
 @pytest.fixture
 def netns_name() -> Iterator[str]:
     name = f"sp-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -82,20 +102,7 @@ def test_followed_shell(netns_name: str, outside_loop: str) -> None:
             "exit 3",
         ]
     )
-    shell = spawn_gated(script)
-    session = ProbeSession(seed_pids=[shell.pid])
-    try:
-        session.start()
-        release(shell)
-        shell.wait(timeout=30)
-        events = collect(
-            session,
-            lambda evs: any(e["kind"] == "exit" and e["pid"] == shell.pid for e in evs),
-        )
-        drops = session.drops()
-        counts = session.counts()
-    finally:
-        session.close()
+    shell, events, drops, counts = run_followed(script)
     assert shell.returncode == 3
 
     for e in events:
@@ -407,19 +414,9 @@ def test_runtime_probe_sees_mounts_cgroups_and_renames() -> None:
             f'python3 -c "{rename}"',
         ]
     )
-    shell = spawn_gated(script)
-    session = ProbeSession(seed_pids=[shell.pid])
     try:
-        session.start()
-        release(shell)
-        shell.wait(timeout=30)
-        events = collect(
-            session,
-            lambda evs: any(e["kind"] == "exit" and e["pid"] == shell.pid for e in evs),
-        )
-        counts = session.counts()
+        shell, events, _, counts = run_followed(script)
     finally:
-        session.close()
         parent = cgroup.parent / "cgroup.procs"
         if cgroup.exists():
             for pid in (cgroup / "cgroup.procs").read_text().split():

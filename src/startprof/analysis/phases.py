@@ -271,11 +271,14 @@ def _lifetime(proc: Proc, ctx: Context) -> Lifetime:
     return Lifetime(proc.start_ns, proc.end_ns, ctx.runtime_ops.get(proc.proc_id, ()))
 
 
-def _create_steps(create: Proc, hooks: Sequence[Proc], ctx: Context, phase: Phase) -> list[Step]:
-    """runtime_steps.create_steps for one create: its subtree without the hooks; the init is
-    the runtime's process still alive when create returned (the one the entrypoint becomes)."""
+def _create_steps(
+    create: Proc, subtree: Sequence[Proc], hooks: Sequence[Proc], ctx: Context, phase: Phase
+) -> list[Step]:
+    """runtime_steps.create_steps for one create (``subtree``: its own first): the subtree
+    without the hooks; the init is the runtime's process still alive when create returned
+    (the one the entrypoint becomes)."""
     hooked = {q.proc_id for h in hooks for q in _subtree(ctx, h)}
-    others = [p for p in _subtree(ctx, create)[1:] if p.proc_id not in hooked]
+    others = [p for p in subtree[1:] if p.proc_id not in hooked]
     alive = [p for p in others if p.end_ns is None or p.end_ns > phase.end_ns]
     init = max(alive, key=lambda p: p.start_ns) if alive else None
     return create_steps(
@@ -327,17 +330,18 @@ def _add_runtime(
         common = {"runtime": runtime, "wrapper": proc.wrapper, **_proc_attrs(proc)}
         error = proc.exit_error(f"{runtime} {proc.runtime_verb} ")
         if proc.runtime_verb == "create":
+            subtree = _subtree(ctx, proc)
             phase = b.add(
                 parent,
                 "runtime.create",
                 start,
                 end,
                 error=error,
-                processes=len(_subtree(ctx, proc)),
+                processes=len(subtree),
                 **common,
             )
             hooks = _hooks(proc, ctx, proc.end_ns)
-            _add_steps(b, phase, _create_steps(proc, hooks, ctx, phase))
+            _add_steps(b, phase, _create_steps(proc, subtree, hooks, ctx, phase))
             _add_hooks(b, phase, hooks, ctx)
         else:
             exec_end = _exec_end(entry)

@@ -19,6 +19,7 @@ from startprof.lab.oci import (
     LayerFile,
     LayerSource,
     build_image,
+    build_layered_image,
     read_archive,
     write_archive,
     write_layer_archive,
@@ -161,3 +162,61 @@ def test_a_layer_written_from_disk_keeps_files_links_and_parents(tmp_path: Path)
     for name in names:  # parents first
         parent = name.rsplit("/", 1)[0]
         assert "/" not in name or names.index(parent) < names.index(name)
+
+
+LAYERS = [
+    [LayerFile("app", BINARY, 0o755)],
+    [LayerFile(f"data/small/{i:03d}", bytes([i]) * (1024 + i), 0o644) for i in range(5)],
+    [LayerFile("data/big.bin", bytes(range(256)) * 64, 0o644)],
+]
+
+
+def test_a_layered_image_lists_every_layer_in_order() -> None:
+    image = build_layered_image(NAME, LAYERS, entrypoint=["/app"])
+    manifest = json.loads(image.manifest)
+    config = json.loads(image.blobs[manifest["config"]["digest"]])
+    assert [d["digest"] for d in manifest["layers"]] == list(image.layer_digests)
+    assert all(d["mediaType"] == MEDIA_LAYER_GZIP for d in manifest["layers"])
+    assert config["rootfs"]["diff_ids"] == list(image.diff_ids)
+    assert len(image.layer_digests) == len(image.diff_ids) == len(config["history"]) == 3
+    assert (image.layer_digest, image.diff_id) == (image.layer_digests[0], image.diff_ids[0])
+    names = []
+    for desc, diff_id in zip(manifest["layers"], image.diff_ids, strict=True):
+        blob = image.blobs[desc["digest"]]
+        assert desc["size"] == len(blob)
+        raw = gzip.decompress(blob)
+        assert _sha(raw) == diff_id  # diff_id: the uncompressed tar of the same layer
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            names.append(tar.getnames())
+    # The base layer has the image's directories; the others their files' parents first.
+    assert {"dev", "proc", "tmp", "app"} <= set(names[0])
+    assert names[1] == ["data", "data/small", *(f"data/small/{i:03d}" for i in range(5))]
+    assert names[2] == ["data", "data/big.bin"]
+
+
+def test_a_layered_image_is_deterministic_and_round_trips(tmp_path: Path) -> None:
+    a = build_layered_image(NAME, LAYERS, entrypoint=["/app"])
+    b = build_layered_image(NAME, LAYERS, entrypoint=["/app"])
+    assert (a.manifest_digest, a.layer_digests, a.diff_ids) == (
+        b.manifest_digest,
+        b.layer_digests,
+        b.diff_ids,
+    )
+    write_archive(a, tmp_path / "a.tar")
+    write_archive(b, tmp_path / "b.tar")
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    layout = read_archive(tmp_path / "a.tar")  # every blob re-hashed
+    assert layout.images() == {NAME: a.manifest_digest}
+    assert layout.blobs == a.blobs and len(layout.blobs) == 5  # manifest, config, 3 layers
+    assert a.layout() == layout
+    # A layer changed changes its own digest and the image's, not the others'.
+    c = build_layered_image(NAME, [*LAYERS[:2], [LayerFile("data/big.bin", b"other")]], ["/app"])
+    assert c.layer_digests[:2] == a.layer_digests[:2]
+    assert c.layer_digests[2] != a.layer_digests[2] and c.manifest_digest != a.manifest_digest
+
+
+def test_a_one_layer_image_is_a_layered_image_of_one_layer() -> None:
+    one = build_layered_image(NAME, LAYERS[:1], entrypoint=["/app"])
+    assert one.manifest_digest == build_image(NAME, LAYERS[0], ["/app"]).manifest_digest
+    with pytest.raises(InputError, match="no layers"):
+        build_layered_image(NAME, [], entrypoint=["/app"])

@@ -2,8 +2,10 @@
 
 An archive is a tar of an OCI image layout: ``oci-layout``, ``index.json`` and
 ``blobs/sha256/<hex>``. ``ctr images import`` loads it into containerd and the lab's registry
-serves its blobs. Everything is deterministic (fixed mtimes, owners and order), so the same
-sources always give the same digests and an unchanged image is never imported twice.
+serves its blobs. An image has one layer or several (``build_layered_image``: the config's
+``rootfs.diff_ids`` and the manifest's ``layers`` list them base first). Everything is
+deterministic (fixed mtimes, owners and order), so the same sources always give the same
+digests and an unchanged image is never imported twice.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from startprof.errors import InputError
 
@@ -47,11 +49,14 @@ class LayerFile:
 
 
 def layer_tar(files: Sequence[LayerFile], dirs: Sequence[str] = ()) -> bytes:
-    """An uncompressed layer tar holding ``dirs`` (0755) and ``files``, owned by root."""
+    """An uncompressed layer tar holding ``dirs`` and every parent directory of ``files``
+    (0755), then ``files``, all owned by root."""
+    names = [f.path.strip("/") for f in files]
+    parents = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(dirs):
-            info = tarfile.TarInfo(name.strip("/"))
+        for name in sorted(parents | {d.strip("/") for d in dirs}):
+            info = tarfile.TarInfo(name)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
             tar.addfile(info)
         for f in sorted(files, key=lambda f: f.path):
@@ -66,16 +71,34 @@ def gzip_deterministic(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
+class LayerDescriptor(NamedTuple):
+    """One entry of a manifest's ``layers``: the blob as it is stored and served."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
 @dataclass(frozen=True)
 class OciImage:
-    """One single-layer linux/amd64 image and all of its blobs, keyed by digest."""
+    """One linux/amd64 image of one or more layers and all of its blobs, keyed by digest."""
 
     name: str  # full reference, e.g. startprof.invalid/lab/app:1a2b3c4d
     manifest_digest: str
     config_digest: str
-    layer_digest: str
-    diff_id: str
+    layer_digests: tuple[str, ...]  # the layer blobs, base layer first
+    diff_ids: tuple[str, ...]  # digests of the uncompressed layer tars, in the same order
     blobs: dict[str, bytes] = field(repr=False)
+
+    @property
+    def layer_digest(self) -> str:
+        """The first layer's blob digest: the only one of a one-layer image."""
+        return self.layer_digests[0]
+
+    @property
+    def diff_id(self) -> str:
+        """The first layer's diff_id: the only one of a one-layer image."""
+        return self.diff_ids[0]
 
     @property
     def tag(self) -> str:
@@ -108,37 +131,69 @@ class OciImage:
             ],
         }
 
+    def layout(self) -> OciLayout:
+        """This image as the layout a registry serves (what :func:`read_archive` gives back)."""
+        return OciLayout(index=self.index(), blobs=dict(self.blobs))
+
+
+DEFAULT_DIRS = ("dev", "etc", "proc", "sys", "tmp")
+
 
 def build_image(
     name: str,
     files: Sequence[LayerFile],
     entrypoint: Sequence[str],
-    dirs: Sequence[str] = ("dev", "etc", "proc", "sys", "tmp"),
+    dirs: Sequence[str] = DEFAULT_DIRS,
     env: Sequence[str] = ("PATH=/",),
 ) -> OciImage:
     """Build a one-layer image from files; ``name`` must carry a tag."""
+    return build_layered_image(name, [files], entrypoint, dirs, env)
+
+
+def build_layered_image(
+    name: str,
+    layers: Sequence[Sequence[LayerFile]],
+    entrypoint: Sequence[str],
+    dirs: Sequence[str] = DEFAULT_DIRS,
+    env: Sequence[str] = ("PATH=/",),
+) -> OciImage:
+    """Build an image of one gzip layer per entry of ``layers``, base layer first; ``dirs``
+    go into the base layer. ``name`` must carry a tag."""
     if ":" not in name.rsplit("/", 1)[-1]:
         raise InputError(f"image name {name!r} has no tag")
-    raw = layer_tar(files, dirs)
-    layer = gzip_deterministic(raw)
-    diff_id = digest_of(raw)
-    config = image_config(entrypoint, env, diff_id)
-    manifest = image_manifest(config, MEDIA_LAYER_GZIP, digest_of(layer), len(layer))
-    blobs = {digest_of(b): b for b in (config, layer, manifest)}
+    if not layers:
+        raise InputError(f"image {name!r} has no layers")
+    diff_ids: list[str] = []
+    descriptors: list[LayerDescriptor] = []
+    blobs: dict[str, bytes] = {}
+    for i, files in enumerate(layers):
+        raw = layer_tar(files, dirs if i == 0 else ())
+        layer = gzip_deterministic(raw)
+        diff_ids.append(digest_of(raw))
+        descriptors.append(LayerDescriptor(MEDIA_LAYER_GZIP, digest_of(layer), len(layer)))
+        blobs[digest_of(layer)] = layer
+    config = image_config(entrypoint, env, diff_ids)
+    manifest = image_manifest(config, descriptors)
+    blobs.update({digest_of(b): b for b in (config, manifest)})
     return OciImage(
         name=name,
         manifest_digest=digest_of(manifest),
         config_digest=digest_of(config),
-        layer_digest=digest_of(layer),
-        diff_id=diff_id,
+        layer_digests=tuple(d.digest for d in descriptors),
+        diff_ids=tuple(diff_ids),
         blobs=blobs,
     )
 
 
 def image_config(
-    entrypoint: Sequence[str], env: Sequence[str], diff_id: str, command: Sequence[str] = ()
+    entrypoint: Sequence[str],
+    env: Sequence[str],
+    diff_ids: str | Sequence[str],
+    command: Sequence[str] = (),
 ) -> bytes:
-    """The image config blob of a one-layer image."""
+    """The image config blob: ``rootfs.diff_ids`` (one digest, or one per layer in order)
+    and one history entry per layer."""
+    ids = [diff_ids] if isinstance(diff_ids, str) else list(diff_ids)
     config: dict[str, object] = {
         "Entrypoint": list(entrypoint),
         "Env": list(env),
@@ -152,20 +207,23 @@ def image_config(
             "os": "linux",
             "created": "1970-01-01T00:00:00Z",
             "config": config,
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "startprof lab"}],
+            "rootfs": {"type": "layers", "diff_ids": ids},
+            "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "startprof lab"}]
+            * len(ids),
         }
     )
 
 
-def image_manifest(config: bytes, layer_media: str, layer_digest: str, layer_size: int) -> bytes:
-    """The manifest blob of a one-layer image."""
+def image_manifest(config: bytes, layers: Sequence[LayerDescriptor]) -> bytes:
+    """The manifest blob: the config and every layer, base layer first."""
     return _canonical_json(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "config": {"mediaType": MEDIA_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": layer_media, "digest": layer_digest, "size": layer_size}],
+            "layers": [
+                {"mediaType": d.media_type, "digest": d.digest, "size": d.size} for d in layers
+            ],
         }
     )
 
@@ -247,13 +305,13 @@ def write_layer_archive(
             _write_layer(sources, dirs, out)  # type: ignore[arg-type]
         layer_digest = "sha256:" + out.sha.hexdigest()
         config = image_config(entrypoint, env, layer_digest, command)
-        manifest = image_manifest(config, MEDIA_LAYER, layer_digest, out.size)
+        manifest = image_manifest(config, [LayerDescriptor(MEDIA_LAYER, layer_digest, out.size)])
         image = OciImage(
             name=name,
             manifest_digest=digest_of(manifest),
             config_digest=digest_of(config),
-            layer_digest=layer_digest,
-            diff_id=layer_digest,
+            layer_digests=(layer_digest,),
+            diff_ids=(layer_digest,),
             blobs={digest_of(b): b for b in (config, manifest)},
         )
         write_archive(image, path, {layer_digest: layer_path})

@@ -107,3 +107,10 @@ class LabPaths:
     def truth(self) -> Path:
         """Default ground-truth file; ``lab run`` appends one JSON line per CRI call."""
         return self.root / "truth.jsonl"
+
+    @property
+    def registry_log(self) -> Path:
+        """What the lab registry served in the last ``lab run`` that started one (``--pull``,
+        ``--kind slow-pull`` or ``bad-image``): one JSON line per manifest or blob request,
+        rewritten by each such run."""
+        return self.root / "registry.jsonl"

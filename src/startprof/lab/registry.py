@@ -8,6 +8,12 @@ GET and HEAD.
 A registry can be *throttled* (``rate``, bytes per second for blob bodies): a slow registry
 or a congested link, so that one pod's pull takes seconds while other pods start (``lab run
 --kind slow-pull``).
+
+Every manifest and blob request it answers (GET or HEAD, 200 or 404) is kept in
+``Registry.served``, timed with ``time.monotonic_ns()`` (CLOCK_MONOTONIC, like
+``bpf_ktime_get_ns()``) from when the handler begins serving it to when its last body byte
+has been written, so that the profiler's fetch spans can be checked against what was served.
+``lab run`` writes it as JSON lines (:func:`write_served`, read back by :func:`read_served`).
 """
 
 from __future__ import annotations
@@ -16,17 +22,34 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
-from startprof.errors import LabError
+from startprof.errors import InputError, LabError
 from startprof.lab.oci import MEDIA_MANIFEST, OciLayout
 
 _CHUNK = 4096
 _PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 
+# The exact key set of a served record, in the order written.
+SERVED_KEYS: tuple[str, ...] = (
+    "kind",  # "blob" or "manifest"
+    "method",  # "GET" or "HEAD"
+    "digest",  # what was served; for a 404, the reference asked for (a digest or a tag)
+    "bytes",  # body bytes written: 0 for HEAD
+    "status",  # HTTP status: 200 or 404
+    "start_monotonic_ns",  # the handler began serving the request
+    "end_monotonic_ns",  # its last body byte was written and flushed
+)
+KINDS = ("blob", "manifest")
+METHODS = ("GET", "HEAD")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    _sent = 0  # body bytes written for the request being served
     protocol_version = "HTTP/1.1"
     error_content_type = "application/json"
 
@@ -37,6 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:
+        start = time.monotonic_ns()
+        self._sent = 0
         path = self.path.split("?", 1)[0]
         if path in ("/v2", "/v2/"):
             return self._reply(200, b"{}", "application/json", None, body)
@@ -45,15 +70,29 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "NAME_UNKNOWN", body)
         name, kind, ref = m["name"], m["kind"], m["ref"]
         registry = self.server.registry
-        if kind == "manifests":
-            digest = ref if ref.startswith("sha256:") else registry.tags.get((name, ref))
-            if digest is None or digest not in registry.manifests:
-                return self._error(404, "MANIFEST_UNKNOWN", body)
-            return self._reply(200, registry.blobs[digest], MEDIA_MANIFEST, digest, body)
-        if ref not in registry.blobs:
-            return self._error(404, "BLOB_UNKNOWN", body)
-        data = registry.blobs[ref]
-        return self._reply(200, data, "application/octet-stream", ref, body, registry.rate)
+        record: dict[str, Any] = {
+            "kind": "manifest" if kind == "manifests" else "blob",
+            "method": self.command,
+            "digest": ref,
+            "status": 404,
+        }
+        try:
+            if kind == "manifests":
+                digest = ref if ref.startswith("sha256:") else registry.tags.get((name, ref))
+                if digest is None or digest not in registry.manifests:
+                    return self._error(404, "MANIFEST_UNKNOWN", body)
+                record.update(digest=digest, status=200)
+                return self._reply(200, registry.blobs[digest], MEDIA_MANIFEST, digest, body)
+            if ref not in registry.blobs:
+                return self._error(404, "BLOB_UNKNOWN", body)
+            record["status"] = 200
+            data = registry.blobs[ref]
+            return self._reply(200, data, "application/octet-stream", ref, body, registry.rate)
+        finally:
+            # Also when the client went away mid-body: the bytes are those written.
+            end = time.monotonic_ns()
+            record.update(bytes=self._sent, start_monotonic_ns=start, end_monotonic_ns=end)
+            registry._record({k: record[k] for k in SERVED_KEYS})
 
     def _reply(
         self,
@@ -75,6 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if rate is None:
             self.wfile.write(data)
+            self.wfile.flush()
+            self._sent += len(data)
             return
         # Paced in small chunks against a deadline: each chunk leaves when the bytes up to
         # its end are due, so the whole body takes len/rate seconds however sleeps round.
@@ -86,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(ahead)
             self.wfile.write(chunk)
             self.wfile.flush()
+            self._sent += len(chunk)
 
     def _error(self, code: int, kind: str, body: bool) -> None:
         data = json.dumps({"errors": [{"code": kind, "message": kind.lower()}]}).encode()
@@ -105,12 +147,15 @@ class Registry:
     """Serves every image of the given layouts as ``<repository>:<tag>`` on 127.0.0.1.
 
     ``rate`` (bytes per second) throttles blob bodies; None serves them at once.
+    ``served`` lists every manifest and blob request answered so far (``SERVED_KEYS``).
     """
 
     def __init__(self, layouts: list[OciLayout], port: int = 0, rate: int | None = None) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"registry rate must be positive, got {rate}")
         self.rate = rate
+        self._served: list[dict[str, Any]] = []
+        self._served_lock = threading.Lock()
         self.blobs: dict[str, bytes] = {}
         self.tags: dict[tuple[str, str], str] = {}
         for layout in layouts:
@@ -130,6 +175,17 @@ class Registry:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="startprof-registry", daemon=True
         )
+
+    @property
+    def served(self) -> list[dict[str, Any]]:
+        """Every manifest and blob request answered so far, in the order they finished (a
+        copy: safe to read while the registry serves)."""
+        with self._served_lock:
+            return list(self._served)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        with self._served_lock:
+            self._served.append(record)
 
     @property
     def port(self) -> int:
@@ -152,3 +208,68 @@ class Registry:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def registry_log_beside(truth_path: str | Path) -> Path:
+    """Where ``lab run`` writes the registry's served log beside a ``--truth`` file: the truth
+    path without ``.jsonl``, plus ``.registry.jsonl`` (``/tmp/t.truth.jsonl`` ->
+    ``/tmp/t.truth.registry.jsonl``; ``/tmp/t`` -> ``/tmp/t.registry.jsonl``)."""
+    p = Path(truth_path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".registry.jsonl")
+
+
+def write_served(served: Iterable[dict[str, Any]], path: Path) -> None:
+    """Write served records as JSON lines at ``path``, replacing what was there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({k: r[k] for k in SERVED_KEYS}, separators=(",", ":")) for r in served]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def validate_served(record: object, where: str) -> dict[str, Any]:
+    """Check one parsed served line; raise :class:`InputError` naming ``where`` (file:line)."""
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: a served line must be a JSON object")
+    missing = [k for k in SERVED_KEYS if k not in record]
+    if missing:
+        raise InputError(f"{where}: missing key(s) {', '.join(missing)}")
+    extra = sorted(set(record) - set(SERVED_KEYS))
+    if extra:
+        raise InputError(f"{where}: unknown key(s) {', '.join(extra)}")
+    for k, allowed in (("kind", KINDS), ("method", METHODS)):
+        if record[k] not in allowed:
+            raise InputError(f"{where}: {k} must be one of {', '.join(allowed)}, got {record[k]!r}")
+    if not isinstance(record["digest"], str) or not record["digest"]:
+        raise InputError(f"{where}: digest must be a non-empty string, got {record['digest']!r}")
+    for k in ("bytes", "status", "start_monotonic_ns", "end_monotonic_ns"):
+        value = record[k]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{where}: {k} must be a non-negative integer, got {value!r}")
+    if record["end_monotonic_ns"] < record["start_monotonic_ns"]:
+        raise InputError(f"{where}: end_monotonic_ns is before start_monotonic_ns")
+    if record["method"] == "HEAD" and record["bytes"] != 0:
+        raise InputError(f"{where}: a HEAD sends no body, got bytes {record['bytes']}")
+    return record
+
+
+def read_served(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a registry log (``DIR/registry.jsonl``), in file order. Blank lines are
+    skipped; a damaged line is one :class:`InputError` naming ``file:line``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read registry log {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a registry log (not UTF-8 at byte {exc.start})") from exc
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{n}: not JSON: {exc.msg}") from exc
+        records.append(validate_served(parsed, f"{p}:{n}"))
+    return records

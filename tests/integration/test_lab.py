@@ -19,6 +19,7 @@ from startprof.lab.cri import CriClient
 from startprof.lab.driver import NAMESPACE, RunResult, run_pods
 from startprof.lab.host import cgroup_mountpoints
 from startprof.lab.leaks import find_leaks
+from startprof.lab.registry import read_served, registry_log_beside
 from startprof.lab.truth import TRUTH_KEYS, read_truth
 
 if TYPE_CHECKING:
@@ -87,15 +88,22 @@ def test_three_pods_per_handler(lab: RunningLab, handler: str, tmp_path: Path) -
     _assert_torn_down(lab, plain, multi)
 
 
-def test_pull_from_the_lab_registry(lab: RunningLab) -> None:
-    result = run_pods(lab.socket, "runc-bridge", pods=2, concurrency=2, pull=True)
+def test_pull_from_the_lab_registry(lab: RunningLab, tmp_path: Path) -> None:
+    truth = tmp_path / "t.truth.jsonl"
+    result = run_pods(lab.socket, "runc-bridge", pods=2, concurrency=2, pull=True, truth_path=truth)
     _assert_all_ok(result)
     _assert_torn_down(lab, result)
     pulls = [r for r in result.records if r["method"] == cri.PULL_IMAGE]
     assert pulls, "--pull must make a real PullImage"
     assert result.image.startswith("localhost:")
+    # A new image of 3 layers: containerd fetched every blob of it, the config and 3 layers.
+    fetched = [s for s in result.served if s["kind"] == "blob" and s["method"] == "GET"]
+    assert len({s["digest"] for s in fetched}) == 4
+    assert sum(s["bytes"] for s in fetched) > 2 << 20
+    assert read_served(lab.paths.registry_log) == result.served
+    assert read_served(registry_log_beside(truth)) == result.served
     with CriClient(lab.socket) as client:
-        # The lab's own copy is back, the pulled one is gone.
+        # The lab's own copy stays, the pulled one is gone.
         tags = {t for i in client.list_images() for t in i.repo_tags}
     assert set(lab.info.images) <= tags
     assert not any(t.startswith("localhost:") for t in tags)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +14,17 @@ import pytest
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import InputError, LabError
 from startprof.lab.driver import (
+    PULL_BIG_BYTES,
+    PULL_SMALL_FILES,
     PodResult,
     RunResult,
+    pull_image,
     run_pods,
     sandbox_config,
+    slow_image,
 )
+from startprof.lab.images import APP
+from startprof.lab.oci import MEDIA_LAYER_GZIP, OciLayout
 from startprof.lab.paths import LabPaths
 
 
@@ -84,3 +94,50 @@ def test_lab_commands_need_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     with pytest.raises(PrivilegeError, match="lab down needs root"):
         Lab(LabPaths(tmp_path)).down()
     assert Lab(LabPaths(tmp_path)).status() is None
+
+
+def _lab_with_app(tmp_path: Path) -> LabPaths:
+    paths = LabPaths(tmp_path)
+    binary = paths.images_dir / "bin" / f"{APP.name}-{APP.tag()}"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"\x7fELF app" * 1000)
+    return paths
+
+
+def _layers(layout: OciLayout) -> tuple[Any, Any, list[dict[str, tarfile.TarInfo]]]:
+    """(manifest, config, the members of each layer by name) of a one-image layout."""
+    (digest,) = layout.images().values()
+    manifest = json.loads(layout.blobs[digest])
+    config = json.loads(layout.blobs[manifest["config"]["digest"]])
+    members = []
+    for desc in manifest["layers"]:
+        raw = gzip.decompress(layout.blobs[desc["digest"]])
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            members.append({m.name: m for m in tar.getmembers()})
+    return manifest, config, members
+
+
+def test_the_pull_image_has_three_new_layers_per_run(tmp_path: Path) -> None:
+    paths = _lab_with_app(tmp_path)
+    layout = pull_image(paths, "abc123")
+    ((name, _),) = layout.images().items()
+    assert name == "startprof.invalid/lab/pull-app:abc123"
+    manifest, config, (app, small, big) = _layers(layout)
+    assert [d["mediaType"] for d in manifest["layers"]] == [MEDIA_LAYER_GZIP] * 3
+    assert len(config["rootfs"]["diff_ids"]) == 3
+    assert config["config"]["Entrypoint"] == [APP.binary]  # pods start as on the app image
+    # 1: the app and the run id (as the slow image); 2: many small files; 3: one big file
+    assert {"app", "startprof-run"} <= set(app)
+    files = [m for n, m in small.items() if m.isfile() and n != "data/small/startprof-run"]
+    assert len(files) == PULL_SMALL_FILES and all(1024 <= m.size <= 4096 for m in files)
+    assert all(n.startswith("data/small/") for n in (m.name for m in files))
+    assert "data/small/startprof-run" in small and "data/startprof-run" in big
+    assert big["data/big.bin"].size == PULL_BIG_BYTES
+    big_layer = manifest["layers"][2]
+    assert big_layer["size"] > PULL_BIG_BYTES  # incompressible: gzip cannot shrink it
+    # The same run id gives the same image; another one makes every layer new.
+    assert pull_image(paths, "abc123") == layout
+    other = pull_image(paths, "def456")
+    assert not set(layout.blobs) & set(other.blobs)
+    # Layer 1 is the slow image's layer, shared code.
+    assert manifest["layers"][0]["digest"] in slow_image(paths, "abc123").blobs

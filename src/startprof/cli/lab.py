@@ -153,7 +153,8 @@ def status_command(directory: str | None, as_json: bool) -> int:
 @click.option(
     "--pull",
     is_flag=True,
-    help="Remove the app image first and pull it from a registry the lab serves on 127.0.0.1.",
+    help="Pull a 3-layer image of its own from a registry the lab serves on 127.0.0.1 "
+    "[what it served: DIR/registry.jsonl].",
 )
 @click.option("--keep", is_flag=True, help="Leave the pods running (lab down removes them).")
 @click.option(
@@ -266,6 +267,9 @@ def run_command(
     )
     _print_stats(result)
     click.echo(f"ground truth: {', '.join(str(p) for p in result.truth_paths)}", err=True)
+    if result.served_paths:
+        served = ", ".join(str(p) for p in result.served_paths)
+        click.echo(f"registry log: {served} ({len(result.served)} requests)", err=True)
     if result.errors:
         raise LabError(
             f"{len(result.errors)} of {pods} pod(s) failed; first: {result.errors[0]}",

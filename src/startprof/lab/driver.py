@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import random
 import secrets
 import shutil
 import threading
@@ -35,7 +36,6 @@ from startprof.cri.api import short_method
 from startprof.cri.proto import api_pb2 as api
 from startprof.errors import CriError, InputError, LabError
 from startprof.lab import cri as m
-from startprof.lab.containerd import import_archive
 from startprof.lab.cri import CriCallError, CriClient, status_name
 from startprof.lab.foreign import run_foreign_container
 from startprof.lab.host import remove_pod_cgroups
@@ -57,9 +57,9 @@ from startprof.lab.kubelet import (
     pod_labels,
     pod_log_directory,
 )
-from startprof.lab.oci import LayerFile, OciLayout, build_image, read_archive
+from startprof.lab.oci import LayerFile, OciLayout, build_image, build_layered_image
 from startprof.lab.paths import LabPaths
-from startprof.lab.registry import Registry
+from startprof.lab.registry import Registry, registry_log_beside, write_served
 from startprof.lab.state import app_image, load_state
 from startprof.lab.teardown import quiet_call
 from startprof.lab.truth import STATUS_OK, TruthWriter
@@ -72,6 +72,9 @@ STAY_UP_POLL = 0.05  # coarser while a started container must stay up: fewer cal
 SLOW_PULL_SECONDS = 3.0
 RELIST_PERIOD = 1.0  # the kubelet's PLEG relist period
 INIT_TIMEOUT = 60.0
+PULL_REPOSITORY = "lab/pull-app"  # --pull's image of its own, tagged with the run id
+PULL_SMALL_FILES = 200  # layer 2 of the pull image: this many files of 1-4 KiB
+PULL_BIG_BYTES = 2 << 20  # layer 3: one incompressible file of this size
 _T = TypeVar("_T")
 
 
@@ -102,6 +105,10 @@ class RunResult:
     pods: list[PodResult] = field(default_factory=list)
     truth_paths: list[Path] = field(default_factory=list)
     image: str = ""
+    # what the lab registry served, when the run started one (registry.SERVED_KEYS), and
+    # the files it was written to
+    served: list[dict[str, Any]] = field(default_factory=list)
+    served_paths: list[Path] = field(default_factory=list)
 
     @property
     def pod_start_ms(self) -> list[float]:
@@ -300,7 +307,13 @@ def run_pods(
 ) -> RunResult:
     """Start ``pods`` pods on the lab behind ``socket`` with runtime handler ``handler``.
 
-    Ground truth goes to ``truth_path`` (if given) and to the lab's default truth file.
+    Ground truth goes to ``truth_path`` (if given) and to the lab's default truth file. When
+    a registry serves the run (``pull``, the slow-pull and bad-image kinds), what it served
+    goes to ``DIR/registry.jsonl`` and beside ``truth_path`` (``registry_log_beside``).
+
+    ``pull`` pulls an image of three layers of its own (``pull_image``) instead of using the
+    lab's app image; it is removed afterwards unless ``keep``.
+
     Pod failures do not raise: they are in ``RunResult.errors`` (after tear-down) so that the
     caller still gets the truth of the calls that were made.
 
@@ -330,7 +343,8 @@ def run_pods(
         raise LabError(f"{socket} is not a startprof lab socket (no {paths.lab_state})")
     if handler not in state.handlers:
         raise InputError(f"unknown runtime handler {handler!r}; valid: {', '.join(state.handlers)}")
-    image, archive = app_image(paths)
+    app_ref, archive = app_image(paths)
+    image = app_ref
     truth_files = [paths.truth] + ([Path(truth_path)] if truth_path else [])
     result = RunResult(handler=handler, truth_paths=truth_files)
     run_id = secrets.token_hex(3)
@@ -350,11 +364,11 @@ def run_pods(
         registry: Registry | None = None
         images: dict[str, str] = {}
         if pull:
-            registry = Registry([read_archive(Path(archive))]).start()
-            pull_ref = registry.reference(image)
-            say(f"serving {image} at {pull_ref}; removing the local copy")
-            rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
-            image = pull_ref
+            layout = pull_image(paths, run_id)
+            registry = Registry([layout]).start()
+            image = registry.reference(next(iter(layout.images())))
+            size = sum(len(b) for b in layout.blobs.values())
+            say(f"serving {image}: 3 layers, {size / 1e6:.1f} MB")
         elif pod_type.image == "slow":
             layout = slow_image(paths, run_id)
             rate = max(1, int(sum(len(b) for b in layout.blobs.values()) / slow_pull_seconds))
@@ -373,7 +387,7 @@ def run_pods(
             containers_of = tuple(pod_type.containers(i, containers, init_containers))
             plan.append(_Pod(name, uid, handler, config, plan=containers_of, images=images))
         if pod_type.foreign:
-            cid = run_foreign_container(paths, archive, image, FOREIGN_NAMESPACE)
+            cid = run_foreign_container(paths, archive, app_ref, FOREIGN_NAMESPACE)
             say(f"ran container {cid} with ctr in containerd namespace {FOREIGN_NAMESPACE}")
         say(f"starting {pods} {kind} pod(s) on {handler}, {concurrency} at a time")
         # A garbage-collector pause inside a timed call would be charged to containerd; the
@@ -394,6 +408,8 @@ def run_pods(
                 _for_each(plan, concurrency, lambda p: _teardown_pod(client, rec, p))
             if registry is not None:
                 registry.stop()
+                result.served = registry.served
+                result.served_paths = _write_served_logs(paths, truth_path, result.served)
                 if pull and not keep:
                     quiet_call(
                         lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(image))
@@ -403,9 +419,6 @@ def run_pods(
                     quiet_call(
                         lambda: rec.call(None, m.REMOVE_IMAGE, lambda: client.remove_image(slow))
                     )
-                if pull:
-                    # Put the lab's own copy back so later runs start from an imported image.
-                    import_archive(paths, archive)
     result.pods = [
         PodResult(p.name, p.uid, p.sandbox_id, p.start_ms, p.error, p.restarts) for p in plan
     ]
@@ -487,19 +500,64 @@ def _age(
         raise LabError(f"aging pod {failed[0].name} failed: {failed[0].error}")
 
 
+def _run_layer(paths: LabPaths, run_id: str) -> list[LayerFile]:
+    """The app binary and a file with the run id: a layer new to containerd at every run."""
+    binary = paths.images_dir / "bin" / f"{APP.name}-{APP.tag()}"
+    return [
+        LayerFile(APP.binary.lstrip("/"), binary.read_bytes(), 0o755),
+        LayerFile("startprof-run", run_id.encode(), 0o644),
+    ]
+
+
 def slow_image(paths: LabPaths, run_id: str) -> OciLayout:
     """The app binary in an image of its own (a file with the run id makes its layer new):
     containerd fetches only blobs it lacks, so the lab's own app image would pull at once."""
-    binary = paths.images_dir / "bin" / f"{APP.name}-{APP.tag()}"
     image = build_image(
         f"{REGISTRY_HOST}/{SLOW_REPOSITORY}:{run_id}",
-        [
-            LayerFile(APP.binary.lstrip("/"), binary.read_bytes(), 0o755),
-            LayerFile("startprof-run", run_id.encode(), 0o644),
-        ],
+        _run_layer(paths, run_id),
         entrypoint=[APP.binary],
     )
-    return OciLayout(index=image.index(), blobs=image.blobs)
+    return image.layout()
+
+
+def pull_layers(run_id: str) -> list[list[LayerFile]]:
+    """Layers 2 and 3 of ``pull_image``, from a PRNG seeded by the run id (the same id, the
+    same bytes): ``PULL_SMALL_FILES`` files of 1-4 KiB under ``data/small/``, then one file of
+    ``PULL_BIG_BYTES`` that gzip cannot shrink, ``data/big.bin``; each with the run id."""
+    rng = random.Random(f"startprof-pull-{run_id}")
+    small = [
+        LayerFile(f"data/small/{i:03d}", rng.randbytes(rng.randint(1024, 4096)), 0o644)
+        for i in range(PULL_SMALL_FILES)
+    ]
+    small.append(LayerFile("data/small/startprof-run", run_id.encode(), 0o644))
+    big = [
+        LayerFile("data/big.bin", rng.randbytes(PULL_BIG_BYTES), 0o644),
+        LayerFile("data/startprof-run", run_id.encode(), 0o644),
+    ]
+    return [small, big]
+
+
+def pull_image(paths: LabPaths, run_id: str) -> OciLayout:
+    """``--pull``'s image: the app (entrypoint and binary, as ``slow_image``) in three gzip
+    layers that are all new at each run, so containerd fetches every one of them: the app and
+    the run id, many small files, one large incompressible file (``pull_layers``)."""
+    image = build_layered_image(
+        f"{REGISTRY_HOST}/{PULL_REPOSITORY}:{run_id}",
+        [_run_layer(paths, run_id), *pull_layers(run_id)],
+        entrypoint=[APP.binary],
+    )
+    return image.layout()
+
+
+def _write_served_logs(
+    paths: LabPaths, truth_path: Path | None, served: list[dict[str, Any]]
+) -> list[Path]:
+    """Write the registry's served log to ``DIR/registry.jsonl`` and beside ``truth_path``."""
+    out = [paths.registry_log] + ([registry_log_beside(truth_path)] if truth_path else [])
+    out = list(dict.fromkeys(out))
+    for p in out:
+        write_served(served, p)
+    return out
 
 
 def _check_counts(pods: int, concurrency: int, containers: int, init_containers: int) -> None:

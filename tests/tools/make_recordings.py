@@ -2,7 +2,9 @@
 """Re-record the small real recordings in tests/data/recordings (root; run under the lab lock).
 
 Each scenario is recorded the way a user would: `startprof record -- startprof lab run ...`,
-with the lab's CRI ground truth written beside the recording. The analysis unit tests read them.
+with the lab's CRI ground truth written beside the recording, and, when the run served images
+from the lab registry (``--pull``, slow-pull, bad-image), what the registry served as
+``NAME.registry.jsonl``. The analysis unit tests read them.
 The pod kinds of issue 14 (docs/lab.md) are scenarios too; three need more than one command:
 
 - ``cni-fail``: the bridge network's conf gets a bridge name the kernel refuses, containerd is
@@ -28,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from startprof.lab.registry import registry_log_beside
+
 STARTPROF = [sys.executable, "-m", "startprof"]
 BAD_BRIDGE = "sp-bridge-name-too-long"  # > IFNAMSIZ-1: the kernel refuses it, bridge exits 1
 MID_START_PULL_S = "20"  # longer than the recorder takes to load its probes
@@ -39,6 +43,8 @@ SCENARIOS: dict[str, list[str]] = {
     "multi-container": ["--pods", "1", "--runtime-handler", "runc-bridge", "--containers", "2",
                         "--init-containers", "1"],
     "pull": ["--pods", "1", "--runtime-handler", "runc-bridge", "--pull"],
+    # a 3-layer pull and the registry's log of every blob served (issue 17)
+    "pull-layers": ["--pods", "1", "--runtime-handler", "runc-bridge", "--pull"],
     "concurrent": ["--pods", "4", "--concurrency", "2", "--runtime-handler", "crun-bridge"],
     # the pod kinds of a real node (issue 14)
     "host-network": ["--pods", "2", "--kind", "host-network"],
@@ -152,11 +158,18 @@ def main() -> int:
         for name in args.names:
             out = args.dir / f"{name}.arrows"
             truth = args.dir / f"{name}.truth.jsonl"
-            truth.unlink(missing_ok=True)
+            served = args.dir / f"{name}.registry.jsonl"
+            beside = registry_log_beside(truth)  # lab run writes it there with --truth
+            for stale in (truth, served, beside):
+                stale.unlink(missing_ok=True)
             code = SPECIAL.get(name, plain)(name, out, truth)
             if code != (1 if name in FAILING else 0):
                 raise SystemExit(f"{name}: exit code {code}")
             out.chmod(0o644)  # test data, not a node's secrets: readable by the tests' user
+            if beside.exists():
+                beside.replace(served)
+                served.chmod(0o644)
+                print(f"{name}: {served}", file=sys.stderr)
             print(f"{name}: {out} ({out.stat().st_size / 1e3:.0f} kB)", file=sys.stderr)
     finally:
         subprocess.run([*STARTPROF, "lab", "down"], check=True)

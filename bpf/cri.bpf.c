@@ -275,6 +275,10 @@ static __always_inline int cri_sock_io(u16 family, int ret, u32 dir)
 /* Why: requests arrive with read on an accepted connection (Go's net.Conn.Read). */
 TRACEPOINT_PROBE(sock, sock_recv_length)
 {
+#if SP_PROBE_IMAGE
+	if (args->family != SP_AF_UNIX)
+		img_on_recv(args->ret); /* image.bpf.c: a registry response's bytes */
+#endif
 	return cri_sock_io(args->family, args->ret, 0);
 }
 
@@ -331,6 +335,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read)
 /* Why: replies leave with write (Go's net.Conn.Write). */
 TRACEPOINT_PROBE(syscalls, sys_enter_write)
 {
+#if SP_PROBE_IMAGE
+	img_on_write_enter((s32)args->fd, (u64)args->buf, args->count); /* image.bpf.c's hook */
+#endif
 	return cri_rw_enter(args->fd, (u64)args->buf, SP_CRI_OUT);
 }
 

@@ -46,6 +46,9 @@
 #ifndef SP_PROBE_RUNTIME
 #define SP_PROBE_RUNTIME 1
 #endif
+#ifndef SP_PROBE_IMAGE
+#define SP_PROBE_IMAGE 1
+#endif
 
 /* Per-CPU counters of things that went wrong in the kernel: index into the errors map. */
 #define SP_ERR_FOLLOW_FULL 0 /* the followed map was full: a child could not be followed */
@@ -75,6 +78,10 @@ union sp_scratch {
 	struct sp_exec_done exec_done;
 	struct sp_nl_msg nl_msg;
 	struct sp_cri_data cri_data;
+	struct {
+		char path[256]; /* a path containerd opens or renames */
+		struct sp_img rec;
+	} img; /* image.bpf.c */
 };
 BPF_PERCPU_ARRAY(scratch, union sp_scratch, 1);
 
@@ -258,6 +265,9 @@ static __always_inline int sp_ns_enter(u32 kind, u64 flags, s32 fd)
 #if SP_PROBE_NETLINK
 #include "netlink.bpf.c"
 #endif
+#if SP_PROBE_IMAGE
+#include "image.bpf.c"
+#endif
 #if SP_PROBE_CRI
 #include "cri.bpf.c"
 #endif
@@ -369,8 +379,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	return 0;
 }
 
-#if SP_PROBE_NETLINK || SP_PROBE_CRI
-/* Why: a closed fd number is reused; forget it as a netlink socket or CRI connection. */
+#if SP_PROBE_NETLINK || SP_PROBE_CRI || SP_PROBE_IMAGE
+/* Why: a closed fd number is reused; forget it as a netlink socket or CRI connection (and end
+   an ingest or blob read of the image probe). */
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -385,6 +396,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 #endif
 #if SP_PROBE_CRI
 	cri_on_close(key);
+#endif
+#if SP_PROBE_IMAGE
+	img_on_close(tgid, key, (s32)args->fd);
 #endif
 	return 0;
 }

@@ -44,6 +44,7 @@ enum sp_type {
 	SP_CRI_DATA = 14, /* struct sp_cri_data: one chunk of a read/write on a CRI connection */
 	SP_RT_OP = 15,	  /* struct sp_rt_op: a mount-type syscall or a cgroup event */
 	SP_RENAME = 16,	  /* struct sp_rename: task_rename (prctl PR_SET_NAME, a comm write) */
+	SP_IMG = 17,	  /* struct sp_img: containerd's content store and snapshot writes */
 };
 
 /* The common header of every record: 48 bytes, no padding. */
@@ -220,6 +221,53 @@ struct sp_rt_op {
 struct sp_rename {
 	struct sp_header h; /* comm = the new name */
 	char old_comm[SP_COMM_LEN];
+};
+
+/* ---- image probe ---- */
+
+#define SP_IMG_KEY 72	  /* capacity of sp_img.key/key2: a digest's 64 hex digits, a snapshot id */
+#define SP_IMG_HEAD 32	  /* first bytes of a fetched blob, kept to tell a manifest from a layer */
+#define SP_IMG_PREFIX 160 /* capacity of a path prefix user space gives the probe */
+#define SP_IMG_PREFIXES 8
+
+/* sp_img_prefix.kind: what a file under the prefix is */
+#define SP_IMG_K_INGEST 1 /* content store ingest: <prefix><64 hex>/data is a blob being fetched */
+#define SP_IMG_K_BLOB 2	  /* content store blobs: <prefix><64 hex> is a committed blob */
+#define SP_IMG_K_SNAP 3	  /* a snapshot being written: <prefix><id>/... (snapshots/N, tmpmounts) */
+#define SP_IMG_K_NET 4	  /* not a prefix: a socket containerd sent a registry request on */
+
+/* Value of the img_prefixes array; user space fills it from containerd's root. */
+struct sp_img_prefix {
+	__u32 len;  /* bytes of s in use (no NUL); 0 ends the list */
+	__u32 kind; /* SP_IMG_K_* */
+	char s[SP_IMG_PREFIX];
+};
+
+/* sp_img.op */
+#define SP_IMG_INGEST 1 /* an ingest data file was closed: key = its ingest dir; its writes */
+#define SP_IMG_COMMIT 2 /* rename of an ingest data file to a blob: key = digest, key2 = ingest */
+#define SP_IMG_BLOB 3	/* a blob read was closed: key = digest; the snapshot writes made while
+			   it was open (files > 0: it was a layer being unpacked), key2 = snapshot */
+#define SP_IMG_UNPACK 4 /* snapshot writes flushed because another snapshot began: key2 */
+
+struct sp_img {
+	struct sp_header h; /* ts_ns = the close (rename: its return) */
+	__u64 start_ns;	    /* the open (rename: its entry) */
+	__u64 first_ns;	    /* first write (unpack: first file made); 0 if none */
+	__u64 last_ns;	    /* last write */
+	__u64 bytes;	    /* bytes written */
+	/* INGEST: the registry response its bytes came from (0: not seen), read at its writes */
+	__u64 req_ns;	    /* the request written (GET /v2/...) */
+	__u64 net_first_ns; /* the response's first bytes received */
+	__u64 net_last_ns;  /* its last bytes received before the ingest's last write */
+	__u64 net_bytes;    /* bytes received on the connection since the request */
+	__u32 files;	    /* unpack: regular files created */
+	__u32 writes;	    /* write syscalls */
+	__u32 op;	    /* SP_IMG_* */
+	__s32 fd;	    /* the file's fd; -1 for COMMIT and UNPACK */
+	__u8 head[SP_IMG_HEAD]; /* INGEST: the first bytes written */
+	char key[SP_IMG_KEY];
+	char key2[SP_IMG_KEY];
 };
 
 #endif /* STARTPROF_H */

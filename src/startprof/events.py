@@ -48,6 +48,14 @@ KINDS: Final[dict[str, str]] = {
     "cgroup_mkdir": "a cgroup was made (cgroup:cgroup_mkdir): filename = its path",
     "cgroup_attach": "a task moved into a cgroup: filename = its path, ret = the task's pid",
     "rename": "a task named itself (prctl PR_SET_NAME, not exec): comm = new, old_comm",
+    # image probe
+    "img_ingest": "a blob fetched into containerd's content store: filename = ingest dir, "
+    "ret = bytes, start_ns = open, end_ns = close, attrs first_ns/last_ns/writes/media",
+    "img_commit": "a fetched blob committed (renamed to its digest): filename = sha256:<digest>, "
+    "attrs.ingest",
+    "img_blob": "a blob read closed: filename = digest; a layer's unpack when attrs.files "
+    "(ret = bytes written to the snapshot, attrs first_ns/last_ns/writes/snapshot)",
+    "img_unpack": "files made in a snapshot, sent when another began: attrs files/snapshot, ret",
     # user space
     "proc": "a process alive when recording started (from /proc): pid, ppid, comm, argv",
     "annotation": "OCI bundle annotations of a runtime create: sandbox_id, container_id, attrs",

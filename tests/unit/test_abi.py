@@ -122,6 +122,7 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
         "-DSP_PROBE_NETLINK=0",
         "-DSP_PROBE_CRI=1",
         "-DSP_PROBE_RUNTIME=0",
+        "-DSP_PROBE_IMAGE=0",
         "-DSP_CRI_SOCK_TP=1",
         "-DSP_ENV_FILTER=0",
     ]

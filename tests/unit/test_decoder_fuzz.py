@@ -52,6 +52,7 @@ FIXED: dict[abi.RecordType, type[ct.Structure]] = {
     abi.RecordType.CRI_DATA: abi.CriDataFixed,
     abi.RecordType.RT_OP: abi.RtOp,
     abi.RecordType.RENAME: abi.Rename,
+    abi.RecordType.IMG: abi.Img,
 }
 assert set(FIXED) == set(abi.RecordType), "a new record type needs a fuzz entry"
 

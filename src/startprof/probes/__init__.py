@@ -93,6 +93,18 @@ PROBES: tuple[ProbeSpec, ...] = (
             "task:task_rename",
         ),
     ),
+    ProbeSpec(
+        "image",
+        "image.bpf.c",
+        (
+            *_sys("openat", "renameat", "renameat2"),
+            "syscalls:sys_enter_write",
+            "syscalls:sys_enter_close",
+        ),
+        # a registry response's bytes as containerd reads them (else the ingest's writes)
+        ("sock:sock_recv_length",),
+        fd_maps=("img_fds",),
+    ),
 )
 
 PROBE_NAMES: tuple[str, ...] = tuple(p.name for p in PROBES)

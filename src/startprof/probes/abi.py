@@ -26,6 +26,10 @@ SP_NL_DATA: Final = 4096
 SP_CRI_CHUNK: Final = 4096
 SP_RT_PATH: Final = 64
 SP_RT_FSTYPE: Final = 16
+SP_IMG_KEY: Final = 72
+SP_IMG_HEAD: Final = 32
+SP_IMG_PREFIX: Final = 160
+SP_IMG_PREFIXES: Final = 8
 
 SP_TRUNC_FILENAME: Final = 0x1
 SP_TRUNC_ARGV: Final = 0x2
@@ -52,6 +56,15 @@ SP_RT_FSMOUNT: Final = 7
 SP_RT_CGROUP_MKDIR: Final = 8
 SP_RT_CGROUP_ATTACH: Final = 9
 
+SP_IMG_K_INGEST: Final = 1
+SP_IMG_K_BLOB: Final = 2
+SP_IMG_K_SNAP: Final = 3
+SP_IMG_K_NET: Final = 4
+SP_IMG_INGEST: Final = 1
+SP_IMG_COMMIT: Final = 2
+SP_IMG_BLOB: Final = 3
+SP_IMG_UNPACK: Final = 4
+
 
 class RecordType(IntEnum):
     """``enum sp_type``."""
@@ -72,6 +85,7 @@ class RecordType(IntEnum):
     CRI_DATA = 14
     RT_OP = 15
     RENAME = 16
+    IMG = 17
 
 
 class Header(ct.Structure):
@@ -220,6 +234,31 @@ class Rename(ct.Structure):
     _fields_ = (("h", Header), ("old_comm", ct.c_char * SP_COMM_LEN))
 
 
+class ImgPrefix(ct.Structure):
+    _fields_ = (("len", ct.c_uint32), ("kind", ct.c_uint32), ("s", ct.c_char * SP_IMG_PREFIX))
+
+
+class Img(ct.Structure):
+    _fields_ = (
+        ("h", Header),
+        ("start_ns", ct.c_uint64),
+        ("first_ns", ct.c_uint64),
+        ("last_ns", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+        ("req_ns", ct.c_uint64),
+        ("net_first_ns", ct.c_uint64),
+        ("net_last_ns", ct.c_uint64),
+        ("net_bytes", ct.c_uint64),
+        ("files", ct.c_uint32),
+        ("writes", ct.c_uint32),
+        ("op", ct.c_uint32),
+        ("fd", ct.c_int32),
+        ("head", ct.c_uint8 * SP_IMG_HEAD),
+        ("key", ct.c_char * SP_IMG_KEY),
+        ("key2", ct.c_char * SP_IMG_KEY),
+    )
+
+
 STRUCTS: Final[dict[str, type[ct.Structure]]] = {
     "sp_header": Header,
     "sp_exec": Exec,
@@ -234,6 +273,8 @@ STRUCTS: Final[dict[str, type[ct.Structure]]] = {
     "sp_cri_data": CriData,
     "sp_rt_op": RtOp,
     "sp_rename": Rename,
+    "sp_img_prefix": ImgPrefix,
+    "sp_img": Img,
 }
 """C struct name -> mirror; the ABI test checks each of them field by field."""
 
@@ -275,6 +316,18 @@ CONSTANTS: Final[dict[str, int]] = {
     "SP_RT_FSMOUNT": SP_RT_FSMOUNT,
     "SP_RT_CGROUP_MKDIR": SP_RT_CGROUP_MKDIR,
     "SP_RT_CGROUP_ATTACH": SP_RT_CGROUP_ATTACH,
+    "SP_IMG_KEY": SP_IMG_KEY,
+    "SP_IMG_HEAD": SP_IMG_HEAD,
+    "SP_IMG_PREFIX": SP_IMG_PREFIX,
+    "SP_IMG_PREFIXES": SP_IMG_PREFIXES,
+    "SP_IMG_K_INGEST": SP_IMG_K_INGEST,
+    "SP_IMG_K_BLOB": SP_IMG_K_BLOB,
+    "SP_IMG_K_SNAP": SP_IMG_K_SNAP,
+    "SP_IMG_K_NET": SP_IMG_K_NET,
+    "SP_IMG_INGEST": SP_IMG_INGEST,
+    "SP_IMG_COMMIT": SP_IMG_COMMIT,
+    "SP_IMG_BLOB": SP_IMG_BLOB,
+    "SP_IMG_UNPACK": SP_IMG_UNPACK,
     **{f"SP_{t.name}": t.value for t in RecordType},
 }
 """Macros and enum values of startprof.h; the ABI test checks these too."""

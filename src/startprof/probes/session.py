@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from startprof.errors import EnvironmentProblem, PrivilegeError
 from startprof.events import Event
-from startprof.probes import PROBE_NAMES, PROBES, cri
+from startprof.probes import PROBE_NAMES, PROBES, cri, image
 from startprof.probes import exec as exec_probe
 from startprof.probes.abi import (
     SP_CONN_ID_SEEDED,
@@ -30,6 +30,7 @@ from startprof.probes.abi import (
     Conn,
     Decoder,
     Header,
+    ImgPrefix,
     RecordType,
 )
 from startprof.procfs import descendants, has_env_prefix
@@ -300,6 +301,21 @@ class ProbeSession:
         if cri.NAME in self.probes:
             table = self._require()[b"cri_listeners"]
             table[ct.c_uint64(_fd_key(pid, fd))] = ct.c_uint8(1)
+        if image.NAME in self.probes:
+            self._seed_image(pid)
+
+    def _seed_image(self, pid: int) -> None:
+        """The image probe watches this containerd's content store and snapshots (the prefixes
+        of the first containerd seeded; a restarted one has the same root)."""
+        bpf = self._require()
+        bpf[b"img_procs"][ct.c_uint32(pid)] = ct.c_uint8(1)
+        table = bpf[b"img_prefixes"]
+        if table[ct.c_int(0)].len:
+            return
+        root = image.containerd_root(pid)
+        for i, (prefix, kind) in enumerate(image.prefixes(root, pid)):
+            raw = prefix.encode()
+            table[ct.c_int(i)] = ImgPrefix(len(raw), kind, raw)
 
     def add_cri_connection(self, pid: int, fd: int) -> int:
         """Follow an already-accepted connection; its events are flagged preexisting.

@@ -117,7 +117,11 @@ def _ms(ns: int) -> str:
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
-COUNTED: tuple[tuple[str, str], ...] = (("mounts", "mounts"), ("cgroups_made", "cgroups"))
+COUNTED: tuple[tuple[str, str], ...] = (
+    ("mounts", "mounts"),
+    ("cgroups_made", "cgroups"),
+    ("files", "files"),
+)
 """Phase attributes the bottleneck sentence repeats after a step's name: (attribute, noun)."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from startprof.analysis.image_steps import IMAGE_KINDS, ImgOp, assign
 from startprof.analysis.processes import (
     RUNTIMES,
     SEEDED_START_NS,
@@ -438,6 +439,29 @@ def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
     return {int(ids[lo]): ops[lo:hi] for lo, hi in pairwise(cuts)}
 
 
+def image_ops(ev: pd.DataFrame) -> list[ImgOp]:
+    """The image probe's records (``analysis/image_steps.py``), in time order: a pull has a
+    handful (one per blob fetched, committed and unpacked), however many files its layers hold."""
+    rows = ev.loc[ev["kind"].isin(IMAGE_KINDS)]
+    if rows.empty:
+        return []
+    rows = rows.sort_values("ts_ns", kind="stable")
+    ts = rows["ts_ns"]
+    return [
+        ImgOp(str(kind), int(pid), key or "", int(start), int(end), int(size), attrs_of(raw))
+        for kind, pid, key, start, end, size, raw in zip(
+            rows["kind"].astype(str).tolist(),
+            rows["pid"].fillna(0).astype("int64").tolist(),
+            rows["filename"].astype(object).where(rows["filename"].notna(), None).tolist(),
+            rows["start_ns"].fillna(ts).astype("int64").tolist(),
+            rows["end_ns"].fillna(ts).astype("int64").tolist(),
+            rows["ret"].fillna(0).astype("int64").tolist(),
+            rows["attrs"].astype(object).where(rows["attrs"].notna(), None).tolist(),
+            strict=True,
+        )
+    ]
+
+
 def is_shim_start(proc: Proc) -> bool:
     return proc.program.startswith(SHIM_PREFIX) and bool(proc.argv) and proc.argv[-1] == "start"
 
@@ -455,6 +479,8 @@ class Context:
     foreign: dict[str, int] = field(default_factory=dict)
     runtime_ops: dict[int, list[Op]] = field(default_factory=dict)
     """The runtime probe's mount-type syscalls and cgroup events, by proc_id, in time order."""
+    pull_ops: dict[int, list[ImgOp]] = field(default_factory=dict)
+    """The image probe's records of each PullImage call, keyed by the call's start."""
 
 
 def _sandbox_of_failed_call(
@@ -586,4 +612,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         if sid is not None:
             get(sid).netns = (start, end)
     image_calls = sorted((c for c in calls if c.method in IMAGE_METHODS), key=lambda c: c.start_ns)
+    pulls = [(c.start_ns, c.end_ns or end_ns) for c in image_calls if c.method == PULL_IMAGE]
+    if pulls:
+        ctx.pull_ops = assign(pulls, image_ops(ev))
     return pods, ctx, image_calls

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from startprof.analysis.critical_path import apply_critical_path, bottleneck
+from startprof.analysis.image_steps import pull_steps
 from startprof.analysis.inputs import (
     CREATE_CONTAINER,
     IMAGE_STATUS,
@@ -567,14 +568,15 @@ def _add_containerd_steps(b: PhaseBuilder, sandbox: Phase) -> None:
 
 
 def _add_images(
-    b: PhaseBuilder, pod: Phase, image_calls: Sequence[tuple[Call, str | None]]
+    b: PhaseBuilder, pod: Phase, image_calls: Sequence[tuple[Call, str | None]], ctx: Context
 ) -> None:
     """The image calls that named this pod (PullImage's sandbox_config) or its containers'
-    images, each right before its container's create."""
+    images, each right before its container's create; a pull with its steps
+    (``analysis/image_steps.py``)."""
     for call, for_container in image_calls:
         if call.end_ns is None:
             continue
-        b.add(
+        phase = b.add(
             pod,
             "image",
             call.start_ns,
@@ -585,6 +587,9 @@ def _add_images(
             image=call.attrs.get("image"),
             container=for_container,
         )
+        ops = ctx.pull_ops.get(call.start_ns) if call.method == PULL_IMAGE else None
+        if ops:
+            _add_steps(b, phase, pull_steps(call.start_ns, call.end_ns, ops))
 
 
 def _attempt_error(
@@ -779,7 +784,7 @@ def build_pod(
     runtime: str | None = None
     if not sandbox.began_before:
         runtime = _add_sandbox(b, pod, sandbox, inputs, rps, ctx)
-    _add_images(b, pod, image_calls)
+    _add_images(b, pod, image_calls, ctx)
 
     sb_end = sandbox.end_ns if sandbox.end_ns is not None else ctx.recording_end_ns
     incomplete = sandbox.end_ns is None and not sandbox.began_before

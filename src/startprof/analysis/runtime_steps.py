@@ -1,4 +1,4 @@
-"""The steps inside an OCI runtime's create and start (docs/phases.md, "Inside the runtime").
+"""The steps inside an OCI runtime's create and start (the phase tree: docs/architecture.md).
 
 ``runtime.create`` is cut at the moments the kernel shows, in the order every runtime goes
 through them (runc and crun alike):

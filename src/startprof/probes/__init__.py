@@ -97,7 +97,8 @@ PROBES: tuple[ProbeSpec, ...] = (
         "image",
         "image.bpf.c",
         (
-            *_sys("openat", "renameat", "renameat2"),
+            "syscalls:sys_exit_openat",
+            *_sys("renameat", "renameat2"),
             "syscalls:sys_enter_write",
             "syscalls:sys_enter_close",
         ),

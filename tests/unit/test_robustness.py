@@ -33,7 +33,9 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from startprof import pipeline
+from startprof.analysis.image_steps import IMAGE_KINDS
 from startprof.analysis.model import Analysis
+from startprof.analysis.runtime_steps import RUNTIME_OP_KINDS
 from startprof.cli import main
 from startprof.errors import InternalError
 from startprof.exporters import otlp
@@ -47,6 +49,8 @@ PROBE_KINDS = {
     "namespaces": ("clone", "unshare", "setns"),
     "netlink": ("nl_socket", "nl_send", "nl_ack"),
     "cri": ("cri_accept", "cri_data", "cri_call"),
+    "runtime": (*RUNTIME_OP_KINDS, "rename"),
+    "image": IMAGE_KINDS,
 }
 CUTS = 3
 UNREAD = frozenset({"cri_accept", "cri_data", "nl_socket", "clone", "exec_ret", "note"})

@@ -184,7 +184,8 @@ class Registry:
     @property
     def served(self) -> list[dict[str, Any]]:
         """Every manifest and blob request answered so far, in the order they finished (a
-        copy: safe to read while the registry serves)."""
+        copy: safe to read while the registry serves). A request is logged after its last
+        write returned: its client may have read the whole reply a moment before."""
         with self._served_lock:
             return list(self._served)
 

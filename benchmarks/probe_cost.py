@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--handler", default="runc-bridge")
     parser.add_argument("--dispatch-ns", type=float, default=150.0)
     parser.add_argument("--probe", action="append", help="record only these probes")
+    parser.add_argument(
+        "--pull", action="store_true", help="the run pulls its image first (lab run --pull)"
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
 
@@ -126,6 +129,7 @@ def main() -> int:
             str(args.concurrency),
             "--runtime-handler",
             args.handler,
+            *(["--pull"] if args.pull else []),
         ]
         extra = {"probes": tuple(args.probe)} if args.probe else {}
         options = RecordOptions(

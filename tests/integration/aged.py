@@ -359,6 +359,14 @@ def timing_failures(run: Run) -> list[str]:
     edges, problems = timing_edges(run)
     problems += [str(e) for e in edges if not e.inside]
     close = sum(e.close for e in edges)
+    gaps_ms = sorted(abs(e.gap_ns) / 1e6 for e in edges)
+    if gaps_ms:
+        print(
+            f"{run.client} {'aged' if run.aged else 'fresh'}: {close} of {len(edges)} edges "
+            f"within max(1 ms, 2 %), median {gaps_ms[len(gaps_ms) // 2]:.3f} ms, "
+            f"max {gaps_ms[-1]:.3f} ms",
+            file=sys.stderr,
+        )
     # The lab's Python client times 5 workers and a poller under one GIL: on a loaded machine
     # it hears replies later still (seen: fresh and aged alike, 84 % within, median 0.85 ms,
     # one sandbox end 57 ms late), so it gets the concurrent stored recording's rule.

@@ -78,7 +78,9 @@ def test_record_and_analyze_on_each_containerd(
         out, truth_path = tmp_path / "r.arrows", tmp_path / "truth.jsonl"
         handler = "crun-bridge" if version == "1.7" and "crun-bridge" in info.handlers else None
         handler = handler or "runc-bridge"
-        run = [*STARTPROF, "lab", "run", "--dir", str(root), "--pods", str(PODS),
+        # --pull: each version pulls the lab's 3-layer image from the lab registry (2.x only
+        # over the hosts.toml the lab writes: it tries HTTPS for localhost)
+        run = [*STARTPROF, "lab", "run", "--dir", str(root), "--pods", str(PODS), "--pull",
                "--runtime-handler", handler, "--truth", str(truth_path)]  # fmt: skip
         proc = subprocess.run(
             [*STARTPROF, "record", "-o", str(out), "--cri-socket", str(paths.socket), "--", *run],
@@ -103,6 +105,17 @@ def test_record_and_analyze_on_each_containerd(
         for pod in doc["pods"]:
             assert pod["runtime_handler"] == handler
             assert abs(sum(s["self_ms"] for s in pod["critical_path"]) - pod["duration_ms"]) <= 0.1
+        # the one pull, seen inside containerd on every version: a fetch and an unpack per layer
+        pulls = [
+            p for pod in doc["pods"] for p in pod["phases"]
+            if p["name"] == "image" and p["attributes"].get("method") == "PullImage"
+        ]  # fmt: skip
+        assert len(pulls) == 1, [p["id"] for p in pulls]
+        steps = [
+            p["name"].split(" ")[0] for pod in doc["pods"] for p in pod["phases"]
+            if p["parent_id"] == pulls[0]["id"]
+        ]  # fmt: skip
+        assert (steps.count("image.fetch"), steps.count("image.unpack")) == (3, 3), steps
 
         # Shim reuse: 1.x execs `containerd-shim-runc-v2 ... start` for the app container too
         # (it finds the sandbox's shim and exits); 2.1 talks to the sandbox's shim directly.

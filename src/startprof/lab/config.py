@@ -233,6 +233,7 @@ def render_containerd_config(
                 "discard_unpacked_layers": False,
             },
         ),
+        *_table(f"{cri}.registry", {"config_path": str(paths.registry_hosts)}),
     ]
     lines += _runtime_tables(cri, paths, handlers)
     lines += _table(
@@ -288,6 +289,8 @@ def _render_v3(paths: LabPaths, handlers: Sequence[Handler], sandbox_image: str)
             },
         ),
         *_table(f"{images}.pinned_images", {"sandbox": sandbox_image}),
+        # 2.x resolves localhost over HTTPS (1.x used plain HTTP): the lab registry's hosts.toml
+        *_table(f"{images}.registry", {"config_path": str(paths.registry_hosts)}),
         *_table(
             runtime,
             {

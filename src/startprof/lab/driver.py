@@ -369,18 +369,18 @@ def run_pods(
         images: dict[str, str] = {}
         if pull:
             layout = pull_image(paths, run_id)
-            registry = Registry([layout], rate=PULL_RATE).start()
+            registry = Registry([layout], rate=PULL_RATE).start(paths.registry_hosts)
             image = registry.reference(next(iter(layout.images())))
             size = sum(len(b) for b in layout.blobs.values())
             say(f"serving {image}: 3 layers, {size / 1e6:.1f} MB at {PULL_RATE / 1e6:g} MB/s")
         elif pod_type.image == "slow":
             layout = slow_image(paths, run_id)
             rate = max(1, int(sum(len(b) for b in layout.blobs.values()) / slow_pull_seconds))
-            registry = Registry([layout], rate=rate).start()
+            registry = Registry([layout], rate=rate).start(paths.registry_hosts)
             images["slow"] = registry.reference(next(iter(layout.images())))
             say(f"serving {images['slow']} at {rate} B/s")
         elif pod_type.image == "missing":
-            registry = Registry([]).start()
+            registry = Registry([]).start(paths.registry_hosts)
             images["missing"] = f"localhost:{registry.port}/{MISSING_REPOSITORY}:1"
         result.image = image
         pull_lock = threading.Lock()

@@ -109,6 +109,13 @@ class LabPaths:
         return self.root / "truth.jsonl"
 
     @property
+    def registry_hosts(self) -> Path:
+        """containerd's registry host configs (``config_path``): ``lab run`` writes a
+        ``localhost:<port>/hosts.toml`` for each registry it serves, so that containerd 2.x
+        pulls from it over plain HTTP (1.x did so for localhost unasked)."""
+        return self.root / "certs.d"
+
+    @property
     def registry_log(self) -> Path:
         """What the lab registry served in the last ``lab run`` that started one (``--pull``,
         ``--kind slow-pull`` or ``bad-image``): one JSON line per manifest or blob request,

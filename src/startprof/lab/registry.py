@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterable
@@ -177,6 +178,7 @@ class Registry:
                 f"cannot serve the lab registry on 127.0.0.1:{port}: {exc.strerror}"
             ) from exc
         self._server.registry = self
+        self._hosts: Path | None = None
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="startprof-registry", daemon=True
         )
@@ -201,13 +203,27 @@ class Registry:
         """The pull reference of a lab image: ``localhost:<port>/<path>:<tag>``."""
         return f"localhost:{self.port}/{image_name.split('/', 1)[1]}"
 
-    def start(self) -> Registry:
+    def start(self, hosts_dir: Path | None = None) -> Registry:
+        """Serve; with ``hosts_dir`` (containerd's registry ``config_path``) also write the
+        ``localhost:<port>/hosts.toml`` that makes containerd pull from it over plain HTTP
+        (2.x tries HTTPS for localhost; 1.x used HTTP unasked). ``stop`` removes it."""
+        if hosts_dir is not None:
+            host = f"localhost:{self.port}"
+            self._hosts = hosts_dir / host
+            self._hosts.mkdir(parents=True, exist_ok=True)
+            (self._hosts / "hosts.toml").write_text(
+                f'server = "http://{host}"\n\n[host."http://{host}"]\n'
+                '  capabilities = ["pull", "resolve"]\n'
+            )
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._hosts is not None:
+            shutil.rmtree(self._hosts, ignore_errors=True)
+            self._hosts = None
 
     def __enter__(self) -> Registry:
         return self.start()

@@ -30,6 +30,7 @@ from typing import Any
 
 from startprof.errors import InputError, LabError
 from startprof.lab.oci import MEDIA_MANIFEST, OciLayout
+from startprof.lab.truth import read_json_lines
 
 _CHUNK = 4096
 _PATH = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
@@ -278,20 +279,4 @@ def validate_served(record: object, where: str) -> dict[str, Any]:
 def read_served(path: str | Path) -> list[dict[str, Any]]:
     """All records of a registry log (``DIR/registry.jsonl``), in file order. Blank lines are
     skipped; a damaged line is one :class:`InputError` naming ``file:line``."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read registry log {p}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not a registry log (not UTF-8 at byte {exc.start})") from exc
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            parsed = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}:{n}: not JSON: {exc.msg}") from exc
-        records.append(validate_served(parsed, f"{p}:{n}"))
-    return records
+    return read_json_lines(path, "registry log", validate_served)

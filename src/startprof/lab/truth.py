@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,13 +61,19 @@ def validate_record(record: object, where: str) -> dict[str, Any]:
     return record
 
 
-def read_truth(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a truth file, in file order. Blank lines are skipped."""
+def read_json_lines(
+    path: str | Path, noun: str, validate: Callable[[object, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file the lab wrote (``noun`` names it in errors), in file
+    order, each checked by ``validate(record, "file:line")``. Blank lines are skipped; a damaged
+    line is one :class:`InputError` naming ``file:line``."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"cannot read truth file {p}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {noun} {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a {noun} (not UTF-8 at byte {exc.start})") from exc
     records = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -76,8 +82,13 @@ def read_truth(path: str | Path) -> list[dict[str, Any]]:
             parsed = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{p}:{n}: not JSON: {exc.msg}") from exc
-        records.append(validate_record(parsed, f"{p}:{n}"))
+        records.append(validate(parsed, f"{p}:{n}"))
     return records
+
+
+def read_truth(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a truth file, in file order. Blank lines are skipped."""
+    return read_json_lines(path, "truth file", validate_record)
 
 
 class TruthWriter:

@@ -29,6 +29,7 @@ kubelet's parallel pulls, ``serializeImagePulls: false``) are left out rather th
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
@@ -55,12 +56,21 @@ class ImgOp(NamedTuple):
 
 def assign(pulls: Sequence[tuple[int, int]], ops: Iterable[ImgOp]) -> dict[int, list[ImgOp]]:
     """Each op to the one pull window ``(start, end)`` holding its start, keyed by the window's
-    start; an op in no window or in several is left out. ``pulls`` sorted by start."""
+    start; an op in no window or in several is left out. ``pulls`` sorted by start. The windows
+    holding a moment are those begun by then less those over before it: two bisections per op,
+    not a scan of every pull (a rollout's merged recordings hold thousands)."""
+    starts = [lo for lo, _ in pulls]
+    ends = sorted(hi for _, hi in pulls)
     out: dict[int, list[ImgOp]] = {}
     for op in ops:
-        hits = [lo for lo, hi in pulls if lo <= op.start_ns <= hi]
-        if len(hits) == 1:
-            out.setdefault(hits[0], []).append(op)
+        t = op.start_ns
+        begun = bisect_right(starts, t)
+        if begun - bisect_left(ends, t) != 1:
+            continue
+        i = begun - 1
+        while pulls[i][1] < t:  # the one still open: usually the latest begun
+            i -= 1
+        out.setdefault(pulls[i][0], []).append(op)
     return out
 
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from startprof.probes import PROBE_NAMES
 from startprof.probes.session import ProbeSession
 
 LOOP_C = r"""
@@ -42,7 +43,7 @@ static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1000000, fd = open("/dev/zero", O_RDONLY), sv[2];
     char b[64] = {0};
-    double best[4] = {1e18, 1e18, 1e18, 1e18}, t0, t;
+    double best[5] = {1e18, 1e18, 1e18, 1e18, 1e18}, t0, t;
     int spawns = n / 5000 > 0 ? n / 5000 : 1;
     socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
     for (int r = 0; r < 5; r++) {
@@ -59,13 +60,28 @@ int main(int argc, char **argv) {
             waitpid(pid, 0, 0);
         }
         t = (now() - t0) / spawns; if (t < best[3]) best[3] = t;
+        t0 = now(); for (int i = 0; i < n / 4; i++) close(open("/dev/null", O_RDONLY));
+        t = (now() - t0) / (n / 4); if (t < best[4]) best[4] = t;
     }
-    printf("%.1f %.1f %.1f %.1f\n", best[0], best[1], best[2], best[3]);
+    printf("%.1f %.1f %.1f %.1f %.1f\n", best[0], best[1], best[2], best[3], best[4]);
     return 0;
 }
 """
-OPS = ("read_dev_zero_ns", "getppid_ns", "unix_write_read_pair_ns", "fork_exec_wait_true_ns")
-ARMS: dict[str, bool | None] = {"none": None, "cri-sock": True, "cri-syscalls": False}
+OPS = (
+    "read_dev_zero_ns",
+    "getppid_ns",
+    "unix_write_read_pair_ns",
+    "fork_exec_wait_true_ns",
+    "openat_close_dev_null_ns",
+)
+ARMS: dict[str, bool | None] = {
+    "none": None,
+    "cri-sock": True,
+    "cri-syscalls": False,
+    "cri-sock-no-image": True,
+}
+"""Arm -> the cri probe on the sock tracepoints (True), on read/write (False), no probes (None);
+``-no-image``: every probe but the image probe (what it costs processes it does not follow)."""
 
 
 def main() -> int:
@@ -86,7 +102,12 @@ def main() -> int:
                 session = None
                 if sock_tp is not None:
                     # follows only init, which does none of the loop's syscalls
-                    session = ProbeSession(seed_pids=[1], cri_sock_tracepoints=sock_tp)
+                    probes = [
+                        p for p in PROBE_NAMES if not (arm.endswith("-no-image") and p == "image")
+                    ]
+                    session = ProbeSession(
+                        seed_pids=[1], cri_sock_tracepoints=sock_tp, probes=probes
+                    )
                     session.start()
                 try:
                     out = subprocess.run(
@@ -105,7 +126,7 @@ def main() -> int:
     for arm, row in table.items():
         print(f"{arm:14} " + " ".join(f"{row[op]:>24}" for op in OPS))
     base = table["none"]
-    for arm in ("cri-sock", "cri-syscalls"):
+    for arm in ("cri-sock", "cri-syscalls", "cri-sock-no-image"):
         change = {op: f"{100 * (table[arm][op] - base[op]) / base[op]:+.1f}%" for op in OPS}
         print(f"{arm + ' vs none':22} " + " ".join(f"{op}={v}" for op, v in change.items()))
     if args.json:

@@ -312,8 +312,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 #define SP_IMG_SHA 0x3a36353261687300ULL	/* "\0sha256:" shifted: the 7 bytes "sha256:" */
 
 /*
- * The digest a request line names (..sha256:<hex> HTTP/1.1\r\n) into key; 0 when it names
- * none (a manifest by tag). The line is scanned for its end once, then checked at fixed places.
+ * The digest a request line names (..sha256:<hex> HTTP/1.1\r\n) into key; false when it
+ * names none (a manifest by tag). The line is scanned for its end once, then checked at fixed places.
  */
 static __always_inline bool img_request_digest(u64 buf, u64 count, char *key)
 {
@@ -329,8 +329,9 @@ static __always_inline bool img_request_digest(u64 buf, u64 count, char *key)
 		if (line[end] == '\r')
 			break;
 	}
-	/* "sha256:" (7) + 64 hex + " HTTP/1.1" (9) before the \r */
-	if (end >= SP_IMG_PATH || end < 7 + SP_IMG_HEX + 9 + 8)
+	/* "sha256:" (7) + 64 hex + " HTTP/1.1" (9) before the \r, inside what was written (the
+	   scratch beyond it holds an earlier path) */
+	if (end >= n || end >= SP_IMG_PATH || end < 7 + SP_IMG_HEX + 9 + 8)
 		return false;
 	SP_RD(s->img.rec.fd) = end; /* through map memory: one verifier state from here on */
 	at = SP_RD(s->img.rec.fd);

@@ -79,6 +79,11 @@ PULL_BIG_BYTES = 3 << 19
 fetch in 1 MiB buffers, so a blob whose last few bytes follow a full buffer is read to its end
 only after that buffer was hashed and written, 5-10 ms after the registry sent it
 (docs/probes/image.md); the registry's log could not time such a fetch's end."""
+PULL_RATE: Final = 50_000_000
+"""Bytes per second of the ``--pull`` registry's blob bodies: a registry across a network
+(400 Mbit/s). Served from memory at once, a blob is in containerd's socket buffer before
+containerd reads it (a 2 MB layer: the registry done in 1 ms, containerd's last read 45 ms
+later), so the registry's log would time the kernel's buffering, not the fetch."""
 _T = TypeVar("_T")
 
 
@@ -539,13 +544,6 @@ def pull_layers(run_id: str) -> list[list[LayerFile]]:
         LayerFile("data/startprof-run", run_id.encode(), 0o644),
     ]
     return [small, big]
-
-
-PULL_RATE: Final = 50_000_000
-"""Bytes per second of the ``--pull`` registry's blob bodies: a registry across a network
-(400 Mbit/s). Served from memory at once, a blob is in containerd's socket buffer before
-containerd reads it (a 2 MB layer: the registry done in 1 ms, containerd's last read 45 ms
-later), so the registry's log would time the kernel's buffering, not the fetch."""
 
 
 def pull_image(paths: LabPaths, run_id: str) -> OciLayout:

@@ -142,6 +142,11 @@ def test_prefixes_watch_the_content_store_and_each_snapshotter_present(tmp_path:
     assert found[f"{root}/io.containerd.snapshotter.v1.native/snapshots/"] == SP_IMG_K_SNAP
     assert len(found) == 5
     assert image.prefixes("/" + "x" * 200) == []  # too long for the probe: nothing watched
+    for name in ("aufs", "blockfile", "btrfs", "devmapper", "erofs", "zfs"):
+        (root / f"io.containerd.snapshotter.v1.{name}").mkdir()
+    crowded = [p for p, _ in image.prefixes(str(root))]
+    assert len(crowded) == 8  # the probe's room
+    assert f"{root}/io.containerd.snapshotter.v1.overlayfs/snapshots/" in crowded
 
 
 def _op(kind: str, key: str, start: int, end: int, size: int = 0, **attrs: object) -> ImgOp:

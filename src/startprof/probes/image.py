@@ -174,14 +174,18 @@ def containerd_root(pid: int, proc: str = "/proc") -> str:
 
 def prefixes(root: str, pid: int | None = None, proc: str = "/proc") -> list[tuple[str, int]]:
     """The path prefixes the probe watches, with their kinds: the content store's ingest and
-    blobs, each snapshotter's ``snapshots/`` (those present under root, else overlayfs and
-    native) and ``tmpmounts/`` (where containerd mounts a first layer to write it). Prefixes
-    too long for the probe are left out (their files are then not seen)."""
+    blobs, each snapshotter's ``snapshots/`` (those present under root, overlayfs and native
+    first; else those two) and ``tmpmounts/`` (where containerd mounts a first layer to write
+    it). Prefixes too long for the probe are left out (their files are then not seen)."""
     base = f"{proc}/{pid}/root{root}" if pid is not None else root
     try:
-        names = sorted(n[len(SNAPSHOTTER) :] for n in os.listdir(base) if n.startswith(SNAPSHOTTER))
+        found = {n[len(SNAPSHOTTER) :] for n in os.listdir(base) if n.startswith(SNAPSHOTTER)}
     except OSError:
-        names = []
+        found = set()
+    # the defaults first: with more snapshotter dirs than the probe has room for, theirs stay
+    names = [n for n in DEFAULT_SNAPSHOTTERS if n in found] + sorted(
+        found - {*DEFAULT_SNAPSHOTTERS}
+    )
     out = [
         (f"{root}/{CONTENT}/ingest/", SP_IMG_K_INGEST),
         (f"{root}/{CONTENT}/blobs/sha256/", SP_IMG_K_BLOB),

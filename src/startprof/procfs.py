@@ -65,6 +65,11 @@ def cmdline(pid: int, proc: str = "/proc") -> list[bytes] | None:
         return None
 
 
+def argv_text(pid: int, proc: str = "/proc") -> list[str]:
+    """A process's argv as text (invalid UTF-8 replaced); empty once it is gone."""
+    return [a.decode(errors="replace") for a in cmdline(pid, proc) or []]
+
+
 def has_env_prefix(pid: int, prefix: bytes, proc: str = "/proc") -> bool:
     """Whether a variable of the process's initial environment starts with ``prefix``; the
     values are looked at and dropped here, never kept."""

@@ -34,6 +34,7 @@ from startprof.lab.paths import MAX_SOCKET_PATH, LabPaths
 from startprof.lab.state import LabState, load_state
 from startprof.lab.teardown import remove_pods
 from startprof.lab.versions import Containerd
+from startprof.procfs import argv_text
 
 Progress = Callable[[str], None]
 START_TIMEOUT = 20.0
@@ -85,7 +86,7 @@ class Lab:
             pid = int(self.paths.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        argv = host.process_argv(pid)
+        argv = argv_text(pid)
         if host.pid_alive(pid) and str(self.paths.config) in argv:
             return pid
         return None

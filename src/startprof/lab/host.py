@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from startprof.lab.config import K8S_NAMESPACE, LAB_BRIDGES, LAB_CGROUP, LAB_NETWORKS
-from startprof.procfs import cmdline
+from startprof.procfs import argv_text
 
 CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")
@@ -64,17 +64,13 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-def process_argv(pid: int) -> list[str]:
-    return [a.decode(errors="replace") for a in cmdline(pid) or []]
-
-
 def processes(match: Callable[[list[str]], bool]) -> list[tuple[int, list[str]]]:
     """Live processes whose argv satisfies ``match``."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             pid = int(entry.name)
-            argv = process_argv(pid)
+            argv = argv_text(pid)
             if argv and match(argv) and pid_alive(pid):
                 out.append((pid, argv))
     return out

@@ -49,7 +49,7 @@ from startprof.probes.abi import (
     base_event,
     cstr,
 )
-from startprof.procfs import cmdline
+from startprof.procfs import argv_text
 
 NAME: Final = "image"
 
@@ -159,7 +159,7 @@ def containerd_root(pid: int, proc: str = "/proc") -> str:
     """containerd's ``root`` as the process spells it: ``--root``, else its config file's
     ``root`` (``--config``/``-c``, default /etc/containerd/config.toml, read inside the
     process's own mount namespace), else /var/lib/containerd."""
-    args = [a.decode("utf-8", "replace") for a in cmdline(pid, proc) or []]
+    args = argv_text(pid, proc)
     root = _flag(args, "--root", "-root")
     if root is None:
         config = _flag(args, "--config", "-config", "-c") or DEFAULT_CONFIG

@@ -150,7 +150,7 @@ def test_prefixes_watch_the_content_store_and_each_snapshotter_present(tmp_path:
 
 
 def _op(kind: str, key: str, start: int, end: int, size: int = 0, **attrs: object) -> ImgOp:
-    return ImgOp(kind, 1, key, start, end, size, dict(attrs))
+    return ImgOp(kind, key, start, end, size, dict(attrs))
 
 
 def test_steps_of_a_pull_from_its_records() -> None:

@@ -45,7 +45,6 @@ class ImgOp(NamedTuple):
     """One image-probe event."""
 
     kind: str
-    pid: int
     key: str
     """img_ingest: the ingest dir; img_commit and img_blob: the digest; img_unpack: ''."""
     start_ns: int
@@ -58,7 +57,7 @@ def assign(pulls: Sequence[tuple[int, int]], ops: Iterable[ImgOp]) -> dict[int, 
     """Each op to the one pull window ``(start, end)`` holding its start, keyed by the window's
     start; an op in no window or in several is left out. ``pulls`` sorted by start. The windows
     holding a moment are those begun by then less those over before it: two bisections per op,
-    not a scan of every pull (a rollout's merged recordings hold thousands)."""
+    not a scan of every pull (a long recording of a node holds thousands)."""
     starts = [lo for lo, _ in pulls]
     ends = sorted(hi for _, hi in pulls)
     out: dict[int, list[ImgOp]] = {}

@@ -448,15 +448,14 @@ def image_ops(ev: pd.DataFrame) -> list[ImgOp]:
     rows = rows.sort_values("ts_ns", kind="stable")
     ts = rows["ts_ns"]
     return [
-        ImgOp(str(kind), int(pid), key or "", int(start), int(end), int(size), attrs_of(raw))
-        for kind, pid, key, start, end, size, raw in zip(
+        ImgOp(str(kind), key or "", int(start), int(end), int(size), attrs_of(raw))
+        for kind, key, start, end, size, raw in zip(
             rows["kind"].astype(str).tolist(),
-            rows["pid"].fillna(0).astype("int64").tolist(),
-            rows["filename"].astype(object).where(rows["filename"].notna(), None).tolist(),
+            _values(rows["filename"]),
             rows["start_ns"].fillna(ts).astype("int64").tolist(),
             rows["end_ns"].fillna(ts).astype("int64").tolist(),
             rows["ret"].fillna(0).astype("int64").tolist(),
-            rows["attrs"].astype(object).where(rows["attrs"].notna(), None).tolist(),
+            _values(rows["attrs"]),
             strict=True,
         )
     ]

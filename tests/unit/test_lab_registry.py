@@ -150,7 +150,7 @@ def test_a_layered_pull_is_logged_one_entry_per_request() -> None:
         _get(base + f"/lab/layers/blobs/{missing}", "HEAD")
         _get(base + "/lab/layers/manifests/nope")
         # in the order they began (a handler may note its end after the next one began)
-        served = sorted(reg.served, key=lambda s: s["start_monotonic_ns"])
+        served = sorted(_settled(reg, 8), key=lambda s: s["start_monotonic_ns"])
     assert len(asked) == 6  # manifest twice, config, 3 layers
     assert [d for _, _, d, _ in asked[3:]] == list(LAYERED.layer_digests)
     assert [tuple(s[k] for k in ("kind", "method", "digest", "bytes")) for s in served[:6]] == asked
@@ -177,7 +177,7 @@ def test_a_throttled_layer_is_logged_for_as_long_as_it_took() -> None:
 def test_served_logs_round_trip(tmp_path: Path) -> None:
     with Registry([LAYERED.layout()]) as reg:
         _pull(f"http://127.0.0.1:{reg.port}/v2")
-        served = reg.served
+        served = _settled(reg, 6)
     path = tmp_path / "registry.jsonl"
     path.write_text("stale\n")
     write_served(served, path)  # replaces what was there

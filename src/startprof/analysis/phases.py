@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -931,28 +931,7 @@ def assign_image_calls(
             slots.append((start, create.start_ns, image, create.container, sid))
             lo = create.start_ns
 
-    def same_image(call: Call, image: str | None) -> bool:
-        named = call.attrs.get("image")
-        return image is None or named is None or named == image
-
-    starts = [image_calls[i].start_ns for i in ordered]
-
-    def pick(method: str, lo: int, hi: int, image: str | None, last: bool) -> int | None:
-        """The first (or ``last``) call of ``method`` for ``image`` inside (lo, hi) that no
-        other container took. Calls are sorted by start: bisect to the window, then walk."""
-        window = range(bisect_left(starts, lo), bisect_left(starts, hi))
-        for k in reversed(window) if last else window:
-            i = ordered[k]
-            call = image_calls[i]
-            if (
-                i not in taken
-                and call.method == method
-                and call.end_ns is not None
-                and call.end_ns <= hi
-                and same_image(call, image)
-            ):
-                return i
-        return None
+    free = _FreeCalls(image_calls, ordered, taken)
 
     # pulls that name their pod
     pulled: dict[tuple[str, int], int] = {}
@@ -969,7 +948,9 @@ def assign_image_calls(
         after = [s for s in mine if s[1] >= call.start_ns]
         lo = max((s[1] for s in mine if s[1] < call.start_ns), default=ready.get(owner, 0))
         # the kubelet asks ImageStatus right before it pulls
-        status = pick(IMAGE_STATUS, lo, call.start_ns, call.attrs.get("image"), last=True)
+        status = next(
+            free.window(IMAGE_STATUS, lo, call.start_ns, call.attrs.get("image"), last=True), None
+        )
         for_container = min(after, key=lambda s: s[1])[3] if after else None
         if status is not None:
             taken.add(status)
@@ -977,17 +958,98 @@ def assign_image_calls(
         out[owner].append((call, for_container))
     # the other containers, in the order their pods got to them: a pod worker asks for the
     # image as soon as its previous step returned, so the first call after that step is its
-    for lo, hi, image, name, sid in sorted(slots, key=lambda s: (s[0], s[1])):
-        if any(p[0] == sid and lo <= p[1] < hi for p in pulled):
-            continue  # its image calls came with its pull
-        for method in (IMAGE_STATUS, PULL_IMAGE):
-            found = pick(method, lo, hi, image, last=False)
-            if found is not None:
-                taken.add(found)
-                out[sid].append((image_calls[found], name))
+    rest = [
+        s
+        for s in sorted(slots, key=lambda s: (s[0], s[1]))
+        if not any(p[0] == s[4] and s[0] <= p[1] < s[1] for p in pulled)  # came with its pull
+    ]
+    for method in (IMAGE_STATUS, PULL_IMAGE):
+        holder = _match_slots(rest, method, free)
+        for i, k in sorted(holder.items(), key=lambda item: item[1]):
+            taken.add(i)
+            out[rest[k][4]].append((image_calls[i], rest[k][3]))
     for matched in out.values():
         matched.sort(key=lambda pair: pair[0].start_ns)
     return out
+
+
+AUGMENT_DEPTH = 64
+"""How many other containers one container's image call may move to find it one (the
+matching below): pods that start together cross in a few, never in hundreds."""
+
+
+class _FreeCalls:
+    """The image calls no container has taken yet, by start."""
+
+    def __init__(self, calls: Sequence[Call], ordered: Sequence[int], taken: set[int]) -> None:
+        self.calls = calls
+        self.ordered = ordered
+        self.starts = [calls[i].start_ns for i in ordered]
+        self.taken = taken
+
+    def window(
+        self, method: str, lo: int, hi: int, image: str | None, last: bool = False
+    ) -> Iterator[int]:
+        """The free calls of ``method`` for ``image`` inside (lo, hi), first first (or last
+        first): bisect to the window, then walk."""
+        span = range(bisect_left(self.starts, lo), bisect_left(self.starts, hi))
+        for k in reversed(span) if last else span:
+            i = self.ordered[k]
+            call = self.calls[i]
+            named = call.attrs.get("image")
+            if (
+                i not in self.taken
+                and call.method == method
+                and call.end_ns is not None
+                and call.end_ns <= hi
+                and (image is None or named is None or named == image)
+            ):
+                yield i
+
+
+def _match_slots(
+    slots: Sequence[tuple[int, int, str | None, str | None, str]],
+    method: str,
+    free: _FreeCalls,
+) -> dict[int, int]:
+    """One ``method`` call per container slot (lo, hi, image, name, sid), call index -> slot.
+
+    First each slot, in order of its start, takes the first free call in its window: the
+    worker asks as soon as its previous step returned. Workers are not served in that order
+    (a pod whose step returned later may ask first), so a slot can find its window's only call
+    taken by a slot whose own call came later; then the taker moves to its next candidate, and
+    so on (an augmenting path, as in Kuhn's matching), so that no container that asked is left
+    without its call while another took two candidates."""
+
+    def candidates(k: int) -> Iterator[int]:
+        lo, hi, image = slots[k][0], slots[k][1], slots[k][2]
+        return free.window(method, lo, hi, image)
+
+    holder: dict[int, int] = {}
+    left: list[int] = []
+    for k in range(len(slots)):
+        first = next((i for i in candidates(k) if i not in holder), None)
+        if first is None:
+            left.append(k)
+        else:
+            holder[first] = k
+
+    def augment(k: int, seen: set[int], depth: int) -> bool:
+        if depth > AUGMENT_DEPTH:
+            return False
+        for i in candidates(k):
+            if i in seen:
+                continue
+            seen.add(i)
+            other = holder.get(i)
+            if other is None or augment(other, seen, depth + 1):
+                holder[i] = k
+                return True
+        return False
+
+    for k in left:
+        augment(k, set(), 0)
+    return holder
 
 
 @dataclass(frozen=True)

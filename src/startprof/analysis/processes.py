@@ -106,14 +106,13 @@ def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
             "seeded": True,
         }
     )
-    known = set(births["pid"]) | set(seeds["pid"])
     # processes that acted without being seeded or born in the recording (e.g. with --all)
-    acting = ev.loc[ev["pid"].notna(), ["pid", "ts_ns"]]
-    acting = acting[~acting["pid"].isin(known)]
-    first = acting.groupby("pid", sort=False)["ts_ns"].min()
+    pids, _ = _pids(ev)
+    known = np.concatenate([births["pid"].to_numpy(), seeds["pid"].to_numpy()])
+    strangers = np.unique(pids[~np.isin(pids, known)])
     implicit = pd.DataFrame(
         {
-            "pid": first.index.astype("int64"),
+            "pid": strangers,
             "ppid": 0,
             "start_ns": np.int64(SEEDED_START_NS),
             "seeded": True,
@@ -125,20 +124,32 @@ def lifetimes(ev: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _pids(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The pid of every event that has one, and those events' positions."""
+    where = np.flatnonzero(ev["pid"].notna().to_numpy())
+    return ev["pid"].to_numpy(dtype="int64", na_value=0)[where], where
+
+
 def attach_proc_ids(ev: pd.DataFrame, table: pd.DataFrame) -> pd.Series:
-    """For each event with a pid, the proc_id of the lifetime of that pid running at its time."""
-    rows = ev.loc[ev["pid"].notna(), ["ts_ns", "pid"]].copy()
-    rows["pid"] = _int(rows["pid"])
-    rows["ts_ns"] = _int(rows["ts_ns"])
-    rows["_row"] = rows.index
-    rows = rows.sort_values("ts_ns", kind="stable")
+    """For each event with a pid, the proc_id of the lifetime of that pid running at its time.
+    In numpy up to the join (a frame's stable sort and ``.loc`` assignment took 3.1 of this
+    step's 3.9 s at 10,000 pods)."""
+    pids, where = _pids(ev)
+    ts = ev["ts_ns"].to_numpy(dtype="int64")[where]
+    order = np.argsort(ts, kind="stable")
+    rows = pd.DataFrame({"ts_ns": ts[order], "pid": pids[order], "_row": where[order]})
     right = table[["pid", "start_ns", "proc_id"]].sort_values("start_ns", kind="stable")
     merged = pd.merge_asof(
         rows, right, left_on="ts_ns", right_on="start_ns", by="pid", direction="backward"
     )
-    out = pd.Series(pd.NA, index=ev.index, dtype="Int64")
-    out.loc[merged["_row"].to_numpy()] = merged["proc_id"].to_numpy()
-    return out
+    found = merged["proc_id"].to_numpy(dtype="float64", na_value=np.nan)
+    values = np.zeros(len(ev), dtype="int64")
+    mask = np.ones(len(ev), dtype=bool)
+    matched = ~np.isnan(found)
+    rows_matched = merged["_row"].to_numpy()[matched]
+    values[rows_matched] = found[matched].astype("int64")
+    mask[rows_matched] = False
+    return pd.Series(pd.arrays.IntegerArray(values, mask), index=ev.index)
 
 
 # OCI runtime options that take a value (runc and crun share these spellings)
@@ -279,7 +290,7 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     table["exec_done_ns"] = first_done.reindex(table.index)
     argv = first_exec["argv"].reindex(table.index)
     seeded_argv = proc_rows["argv"].reindex(table.index)
-    table["argv"] = argv.where(argv.notna(), seeded_argv)
+    table["argv"] = _first_present(argv, seeded_argv)
     table["filename"] = first_exec["filename"].reindex(table.index)
     table["env"] = first_exec["env"].reindex(table.index)
     table["image"] = last_done["filename"].reindex(table.index)
@@ -287,6 +298,21 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     table["comm"] = comm.where(comm.notna(), proc_rows["comm"].reindex(table.index))
     table["parent_proc"] = _parent_proc_ids(table)
     return table.reset_index(drop=True)
+
+
+def _first_present(primary: pd.Series, fallback: pd.Series) -> pd.Series:
+    """``primary``, with ``fallback``'s cell where it has none (same index). For Arrow list
+    columns by one take from both: ``where`` and ``pc.coalesce`` copy every list through
+    slower paths (2.4 s and 1.3 s for 460,000 argv at 10,000 pods, against 0.6 s)."""
+    first, second = primary.array, fallback.array
+    if not (isinstance(first, pd.arrays.ArrowExtensionArray) and first.dtype == second.dtype):
+        return primary.where(primary.notna(), fallback)
+    one, other = pa.chunked_array(pa.array(first)), pa.chunked_array(pa.array(second))
+    both = pa.chunked_array([*one.chunks, *other.chunks], type=one.type)
+    n = len(first)
+    rows = np.arange(n)
+    picked = both.take(pa.array(np.where(primary.notna().to_numpy(), rows, rows + n)))
+    return pd.Series(pd.arrays.ArrowExtensionArray(picked), index=primary.index)
 
 
 def _parent_proc_ids(table: pd.DataFrame) -> pd.Series:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import orjson
+
 from startprof.analysis.model import Analysis, Pod
 
 SCHEMA_VERSION = 1
@@ -21,5 +23,15 @@ def document(analysis: Analysis, pods: Sequence[Pod] | None = None) -> dict[str,
 
 
 def dumps(analysis: Analysis, pods: Sequence[Pod] | None = None) -> str:
-    # compact: a 1,000-pod document is 27 MB this way (37 MB indented, 4x slower to write)
-    return json.dumps(document(analysis, pods), separators=(",", ":"))
+    """Compact JSON: a 1,000-pod document is 32 MB this way (indented, 4x slower to write).
+
+    orjson writes it 7x faster than ``json.dumps`` (0.08 s against 0.56 s at 1,000 pods,
+    docs/analyze.md), the same bytes for the stored recordings. Where the two differ, both are
+    the same JSON values: non-ASCII text is UTF-8, not ``\\uXXXX``; an exponent has no
+    leading zero (``1e-5``); and a NaN is ``null``, where ``json`` wrote ``NaN``, which is no
+    JSON. What orjson refuses (integers beyond 64 bits, non-string keys) goes through ``json``."""
+    doc = document(analysis, pods)
+    try:
+        return orjson.dumps(doc).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(doc, separators=(",", ":"))

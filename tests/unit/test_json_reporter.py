@@ -1,0 +1,42 @@
+"""`analyze --json` is written by orjson: the same bytes as ``json.dumps`` for every stored
+recording, and where the two writers differ (non-ASCII, NaN, huge integers) the same JSON
+values or the stdlib's document."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from factories import make_analysis, web_pod
+
+from startprof.analysis import analyze
+from startprof.pipeline import source_of
+from startprof.recording import read_recording
+from startprof.reporters import json as json_reporter
+
+RECORDINGS = sorted((Path(__file__).resolve().parents[1] / "data" / "recordings").glob("*.arrows"))
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_stored_recordings_give_the_bytes_json_gave(path: Path) -> None:
+    analysis = analyze([source_of(read_recording(path))])
+    expected = json.dumps(json_reporter.document(analysis), separators=(",", ":"))
+    assert json_reporter.dumps(analysis) == expected
+
+
+def test_non_ascii_and_nan_are_the_same_values() -> None:
+    pod = web_pod()
+    pod = replace(pod, name="café-0", phases=(replace(pod.phases[0], attributes={"x": "→"}),))
+    analysis = replace(make_analysis([pod]), summary={"share": float("nan")})
+    doc = json.loads(json_reporter.dumps(analysis))
+    assert doc["pods"][0]["name"] == "café-0"
+    assert doc["pods"][0]["phases"][0]["attributes"] == {"x": "→"}
+    assert doc["summary"] == {"share": None}  # json.dumps wrote NaN, which no parser takes
+
+
+def test_what_orjson_refuses_goes_through_json() -> None:
+    analysis = replace(make_analysis([web_pod()]), summary={"big": 2**70, 3: "int key"})
+    doc = json.loads(json_reporter.dumps(analysis))
+    assert doc["summary"] == {"big": 2**70, "3": "int key"}

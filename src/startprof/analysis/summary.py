@@ -64,10 +64,9 @@ def phase_key(phase_id: str, name: str) -> str:
 
 
 def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
-    # the phase statistics are over completed pods: tabulate only their phases
-    table = phase_table([p for p in pods if p.status == "ok"])
+    done = [p for p in pods if p.status == "ok"]
     counts = {status: sum(p.status == status for p in pods) for status in POD_STATUSES}
-    durations = np.array([p.duration_ns / 1e6 for p in pods if p.status == "ok"])
+    durations = np.array([p.duration_ns / 1e6 for p in done])
     summary: dict[str, Any] = {
         "pods": len(pods),
         "status": counts,
@@ -87,17 +86,27 @@ def summarize(pods: Sequence[Pod], info: RecordingInfo) -> dict[str, Any]:
         "restarts": sum(p.restarts for p in pods),
         "foreign_containers": dict(info.foreign_containers),
     }
-    if table.empty:
+    # the phase statistics are over completed pods; a pod is one (host, sandbox id), so its
+    # position stands for it (no 610,000-row table of every phase column at 10,000 pods)
+    keys: dict[tuple[str, bool], str] = {}  # phase_key depends on these two only
+    rows = []
+    for i, pod in enumerate(done):
+        for p in pod.phases:
+            container = "/container " in p.id
+            key = keys.get((p.name, container))
+            if key is None:
+                key = keys[(p.name, container)] = phase_key(p.id, p.name)
+            rows.append((i, key, p.duration_ns / 1e6, p.self_ns / 1e6))
+    if not rows:
         return summary
-    done = table.copy()
-    done["key"] = [phase_key(i, n) for i, n in zip(done["phase_id"], done["phase"], strict=True)]
+    table = pd.DataFrame(rows, columns=["pod", "key", "duration_ms", "self_ms"])
     total_ms = float(durations.sum()) or 1.0
     # per pod and key first: a pod with 9 iptables execs counts once, with their sum
-    per_pod = done.groupby(["host", "sandbox_id", "key"], sort=False).agg(
+    per_pod = table.groupby(["pod", "key"], sort=False).agg(
         duration_ms=("duration_ms", "sum"), self_ms=("self_ms", "sum")
     )
-    for key, group in per_pod.groupby(level="key", sort=False):
-        summary["phases"][str(key)] = {
+    for name, group in per_pod.groupby(level="key", sort=False):
+        summary["phases"][str(name)] = {
             **median_p95_ms(group["duration_ms"].to_numpy()),
             "critical_share": round(float(group["self_ms"].sum()) / total_ms, 4),
         }

@@ -56,12 +56,13 @@ def timed(events: pd.DataFrame) -> pd.DataFrame:
 
 
 @contextmanager
-def _without_cycle_collection() -> Iterator[None]:
+def without_cycle_collection() -> Iterator[None]:
     """The analysis makes millions of small objects (a process, a phase, a dict of attributes
     each) and keeps most of them until it returns, so every full collection of the cycle
     collector walks all of them again: its cost grew with the square of the recording
     (1.3x per pod at 10,000 pods, and 40% of the CPU time at 1,000). Reference counting still
-    frees what the analysis drops; cycles wait for the next collection after it."""
+    frees what the analysis drops; cycles wait for the next collection after it. Writers of
+    the analysis' documents use it too: the JSON of 10,000 pods is 610,000 dicts."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -73,7 +74,7 @@ def _without_cycle_collection() -> Iterator[None]:
 
 def analyze(sources: Sequence[Source]) -> Analysis:
     """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
-    with _without_cycle_collection():
+    with without_cycle_collection():
         return _analyze(sources)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import pandas as pd
 
-from startprof.analysis.processes import missing
+from startprof.analysis.frames import missing, rows_where
 from startprof.cri.api import path_of
 from startprof.events import attrs_of
 
@@ -105,7 +105,7 @@ def _effects(ev: pd.DataFrame) -> dict[str, list[tuple[int, str]]]:
     # names a method by them today.
     if "argv" not in ev or "env" not in ev:
         return out
-    execs = ev.loc[ev["kind"] == "exec", ["ts_ns", "argv", "env"]]
+    execs = rows_where(ev, ev["kind"] == "exec", ["ts_ns", "argv", "env"])
     for ts, argv, env in execs.itertuples(index=False, name=None):
         if not missing(env):
             cni = dict(v.split("=", 1) for v in env if "=" in v)
@@ -134,7 +134,9 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
     if any(c not in ev for c in needed):
         return ev, NamingStats(0, 0, 0, 0)
     is_call = ev["kind"] == "cri_call"
-    pending = ev.loc[is_call & ev["method"].isna() & ev["attrs"].notna(), ["attrs", "conn_id"]]
+    pending = rows_where(
+        ev, is_call & ev["method"].isna() & ev["attrs"].notna(), ["attrs", "conn_id"]
+    )
     keys: dict[tuple[Any, str], _Key] = defaultdict(_Key)
     times = ev.loc[pending.index, ["start_ns", "end_ns", "grpc_status"]]
     for row, raw, conn in pending.itertuples(name=None):
@@ -158,7 +160,7 @@ def name_calls(ev: pd.DataFrame) -> tuple[pd.DataFrame, NamingStats]:
         if len(methods) == 1:
             decided[k] = (methods.pop(), {"by": "shape"})
     columns = ["method", "start_ns", "sandbox_id", "container_id", "grpc_status"]
-    known = ev.loc[is_call & ev["method"].notna(), columns]
+    known = rows_where(ev, is_call & ev["method"].notna(), columns)
     named_ids = _Ids.of(known, ev)
     effects = _effects(ev)
     for k, group in keys.items():

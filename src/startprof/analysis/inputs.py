@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
+from startprof.analysis.frames import cells, missing, rows_where
 from startprof.analysis.image_steps import IMAGE_KINDS, ImgOp, assign
 from startprof.analysis.processes import (
     RUNTIMES,
@@ -27,7 +27,6 @@ from startprof.analysis.processes import (
     basename,
     dirname,
     foreign_containers,
-    missing,
     processes,
     runtime_programs,
     runtime_verb,
@@ -156,18 +155,9 @@ class PodInputs:
     """container id -> name, from bundle annotations (the kernel's view without CRI data)."""
 
 
-def _values(series: pd.Series) -> list[Any]:
-    """A column as Python objects with None for every kind of null (NA, NaN, None)."""
-    try:
-        # through Arrow: fast for Arrow-backed columns, and NaN becomes null for numpy ones
-        return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
-    except (pa.ArrowException, TypeError, ValueError):
-        return [None if missing(v) else v for v in series.tolist()]
-
-
 def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
     """Rows as dicts; column-wise conversion is several times faster than ``to_dict``."""
-    values = [_values(frame[c]) for c in columns]
+    values = [cells(frame[c]) for c in columns]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
@@ -201,7 +191,7 @@ CALL_COLUMNS = [
 
 
 def cri_calls(ev: pd.DataFrame) -> list[Call]:
-    calls = ev.loc[ev["kind"] == "cri_call", CALL_COLUMNS]
+    calls = rows_where(ev, ev["kind"] == "cri_call", CALL_COLUMNS)
     cols = CALL_COLUMNS
     return [
         Call(
@@ -226,7 +216,7 @@ def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, st
     """container id -> sandbox id, from CreateContainer replies and bundle annotations."""
     mapping: dict[str, str] = {}
     has_ids = ev["container_id"].notna() & ev["sandbox_id"].notna()
-    notes = ev.loc[(ev["kind"] == "annotation") & has_ids, ["container_id", "sandbox_id"]]
+    notes = rows_where(ev, (ev["kind"] == "annotation") & has_ids, ["container_id", "sandbox_id"])
     for cid, sid in zip(notes["container_id"], notes["sandbox_id"], strict=True):
         mapping[str(cid)] = str(sid)
     for call in calls:
@@ -258,7 +248,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _procs(table: pd.DataFrame) -> list[Proc]:
-    columns = [_values(table[c]) for c in PROC_COLUMNS]
+    columns = [cells(table[c]) for c in PROC_COLUMNS]
     runtimes = table.attrs.get("runtimes") or runtime_programs(
         a for a in columns[PROC_COLUMNS.index("argv")] if a
     )
@@ -309,9 +299,9 @@ def _op_names(sends: pd.DataFrame) -> pd.Series:
 
 def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     """Netlink requests per process and op (iptables' NFT_* traffic is kept as counts only)."""
-    sends = ev.loc[
-        (ev["kind"] == "nl_send") & ev["proc_id"].notna(), ["proc_id", "nl_proto", "nl_type"]
-    ]
+    sends = rows_where(
+        ev, (ev["kind"] == "nl_send") & ev["proc_id"].notna(), ["proc_id", "nl_proto", "nl_type"]
+    )
     if sends.empty:
         return {}
     # count by the integers, name the few distinct pairs after: grouping 1.8 M rows by a
@@ -347,14 +337,14 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
     wanted = (ev["kind"] == "nl_send") & ev["proc_id"].notna()
     if proc_ids is not None:
         wanted &= ev["proc_id"].isin(list(proc_ids))
-    sends = ev.loc[wanted, columns].copy()
+    sends = rows_where(ev, wanted, columns)
     if sends.empty:
         return pd.DataFrame(
             columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
         )
-    acks = ev.loc[
-        (ev["kind"] == "nl_ack") & ev["proc_id"].notna(), ["proc_id", "nl_seq", "ts_ns", "ret"]
-    ]
+    acks = rows_where(
+        ev, (ev["kind"] == "nl_ack") & ev["proc_id"].notna(), ["proc_id", "nl_seq", "ts_ns", "ret"]
+    )
     ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
         columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
     )
@@ -383,7 +373,7 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
         named = named.sort_values(column, kind="stable")
         # a loop, not groupby().agg(list): that calls back into Python once per run
         lists: dict[Any, list[Any]] = defaultdict(list)
-        for run, value in zip(_values(named["run"]), _values(named[column]), strict=True):
+        for run, value in zip(cells(named["run"]), cells(named[column]), strict=True):
             lists[run].append(value)
         out[target] = [lists.get(run, []) for run in out.index]
     return out.reset_index(drop=True)
@@ -393,12 +383,10 @@ def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple
     """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
     mask = ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)
     columns = ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]
-    ns = ev.loc[mask, columns]
+    ns = rows_where(ev, mask, columns)
     spans = []
     pending: dict[int, int] = {}
-    for kind, tid, flags, nstype, start, end in zip(
-        *(_values(ns[c]) for c in columns), strict=True
-    ):
+    for kind, tid, flags, nstype, start, end in zip(*(cells(ns[c]) for c in columns), strict=True):
         if kind == "unshare" and not missing(flags) and int(flags) & CLONE_NEWNET:
             pending[int(tid)] = int(start)
         elif (
@@ -413,10 +401,11 @@ def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple
 def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
     """Mount-type syscalls and cgroup events per process (``analysis/runtime_steps.py``), each
     process's in time order: one sort, then plain tuples per process."""
-    rows = ev.loc[
+    rows = rows_where(
+        ev,
         ev["kind"].isin(RUNTIME_OP_KINDS) & ev["proc_id"].notna(),
         ["proc_id", "kind", "ts_ns", "start_ns", "end_ns"],
-    ]
+    )
     if rows.empty:
         return {}
     rows = rows.assign(proc_id=rows["proc_id"].astype("int64")).sort_values(
@@ -451,11 +440,11 @@ def image_ops(ev: pd.DataFrame) -> list[ImgOp]:
         ImgOp(str(kind), key or "", int(start), int(end), int(size), attrs_of(raw))
         for kind, key, start, end, size, raw in zip(
             rows["kind"].astype(str).tolist(),
-            _values(rows["filename"]),
+            cells(rows["filename"]),
             rows["start_ns"].fillna(ts).astype("int64").tolist(),
             rows["end_ns"].fillna(ts).astype("int64").tolist(),
             rows["ret"].fillna(0).astype("int64").tolist(),
-            _values(rows["attrs"]),
+            cells(rows["attrs"]),
             strict=True,
         )
     ]

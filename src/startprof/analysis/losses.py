@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pandas as pd
 
+from startprof.analysis.frames import rows_where
 from startprof.analysis.model import Pod
 from startprof.events import attrs_of
 
@@ -31,7 +32,7 @@ def drop_windows(events: pd.DataFrame, start_ns: int) -> list[tuple[int, int]]:
     if events.empty or "kind" not in events:
         return []
     wanted = (events["kind"] == "drops") & events["ret"].notna()
-    drops = events.loc[wanted, ["ts_ns", "ret", "attrs"]]  # not all 40 columns of them
+    drops = rows_where(events, wanted, ["ts_ns", "ret", "attrs"])  # not all 40 columns
     if drops.empty:
         return []
     drops = drops.sort_values("ts_ns", kind="stable")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from startprof.analysis import without_cycle_collection
 from startprof.analysis.model import Analysis, Pod
 
 SCHEMA_VERSION = 1
@@ -30,7 +31,8 @@ def dumps(analysis: Analysis, pods: Sequence[Pod] | None = None) -> str:
     the same JSON values: non-ASCII text is UTF-8, not ``\\uXXXX``; an exponent has no
     leading zero (``1e-5``); and a NaN is ``null``, where ``json`` wrote ``NaN``, which is no
     JSON. What orjson refuses (integers beyond 64 bits, non-string keys) goes through ``json``."""
-    doc = document(analysis, pods)
+    with without_cycle_collection():
+        doc = document(analysis, pods)
     try:
         return orjson.dumps(doc).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError

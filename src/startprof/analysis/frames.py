@@ -1,0 +1,53 @@
+"""Helpers over the events frame's columns, shared by the analysis' modules.
+
+The frame is Arrow-backed (``recording.read_recording``): 40 columns, list columns (argv, env)
+among them, in chunks of 65,536 events. pandas' own paths copy those columns slowly (a row
+selection is a take, a cell read boxes through pandas), so the analysis reads them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+
+def missing(value: Any) -> bool:
+    """None, pandas' NA or a float NaN: what an empty cell of any column type reads as."""
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def cells(series: pd.Series) -> list[Any]:
+    """A column as Python objects (lists for list columns), None for every kind of null (NA,
+    NaN, None). Arrow-backed columns go through Arrow, which is fast for them and turns NaN
+    into null; an object column is Python objects already (through Arrow it would be
+    converted there and back: 2 s for the argv of 460,000 processes)."""
+    if series.dtype == object:
+        return [None if missing(v) else v for v in series.tolist()]
+    try:
+        return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
+    except (pa.ArrowException, TypeError, ValueError):
+        return [None if missing(v) else v for v in series.tolist()]
+
+
+def rows_where(
+    frame: pd.DataFrame, mask: np.ndarray | pd.Series, columns: Sequence[str]
+) -> pd.DataFrame:
+    """``frame.loc[mask, columns]``, with Arrow's filter for Arrow columns: pandas selects
+    rows by a take, which copies a list column of many chunks slowly (2.4 s for the argv
+    of 6.9 M events at 10,000 pods, against 0.14 s filtered). A null in ``mask`` is False."""
+    if isinstance(mask, pd.Series):
+        mask = mask.to_numpy(dtype=bool, na_value=False)
+    keep = pa.array(mask)
+    out = {}
+    for column in columns:
+        values = frame[column].array
+        if isinstance(values, pd.arrays.ArrowExtensionArray):
+            picked = pa.chunked_array(pa.array(values)).filter(keep)
+            out[column] = pd.arrays.ArrowExtensionArray(picked)
+        else:
+            out[column] = values[mask]
+    return pd.DataFrame(out, index=frame.index[mask])

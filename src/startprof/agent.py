@@ -56,6 +56,10 @@ so a trace still leaves within issue 18's 2 s when the node has no idle time to 
 INIT_PID_NS_INO: Final = 0xEFFFFFFC
 """The inode of the initial pid namespace (the kernel's PROC_PID_INIT_INO, fixed since 3.8)."""
 EXPORT_TIMEOUT_S: Final = 2.0
+RETRY_FIRST_S: Final = 1.0
+RETRY_MAX_S: Final = 30.0
+UNSENT_MAX: Final = 1000
+"""Pod starts kept for a receiver that does not take them (about 100 MB of spans at most)."""
 ROTATE_SHARE: Final = 4
 """--keep rotates a file at this fraction of --max-size, so the newest files always fit."""
 
@@ -83,6 +87,10 @@ class AgentOptions:
 @dataclass
 class AgentSummary:
     pods_sent: int = 0
+    """Pod starts whose traces left (or that were decided, without OTLP)."""
+    pods_lost: int = 0
+    """Pod starts whose traces never left: the receiver failed them until the agent stopped,
+    or ``UNSENT_MAX`` newer ones waited."""
     export_failures: int = 0
     analysis_failures: int = 0
     drops: int = 0
@@ -133,19 +141,55 @@ def cri_socket_in_containerd_netns(socket_path: str, proc: str = "/proc") -> boo
 
 
 class TraceSink:
-    """Sends pod starts as OTLP traces through one long-lived SDK exporter."""
+    """Sends pod starts as OTLP traces through one long-lived SDK exporter.
 
-    def __init__(self, url: str, protocol: str | None) -> None:
+    A failed export loses nothing at once: its pod starts wait, in order, and go again with the
+    next ones, or on their own once a backoff (1 s, doubling to 30 s) has passed. At most
+    ``UNSENT_MAX`` wait; older ones are then lost, and counted (``lost``). A receiver that is
+    slow rather than down (its 2 s deadline missed on a saturated node) thus costs latency, not
+    traces: a 1-hour soak lost 4 of 682 to one such miss before this queue.
+    """
+
+    def __init__(
+        self, url: str, protocol: str | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.protocol = resolve_protocol(protocol)
         self.endpoint = resolve_endpoint(self.protocol, url or None)
         transport = "gRPC" if self.protocol == "grpc" else "HTTP"
         self.target = f"{self.endpoint} over OTLP/{transport}"
         self._exporter = make_span_exporter(self.protocol, self.endpoint, EXPORT_TIMEOUT_S)
         self._sender = OtlpTraceSender(self._exporter, self.target, _address(self.endpoint))
+        self._clock = clock
+        self.waiting: list[Emitted] = []
+        """Pod starts whose export failed, oldest first: they go with the next export."""
+        self.lost = 0
+        self._retry_at = 0.0
+        self._backoff = RETRY_FIRST_S
 
-    def send(self, pods: Sequence[Emitted]) -> None:
-        spans = SdkSpanBuilder().build([describe_pod(e.pod) for e in pods])
-        self._sender.send(spans)
+    def deliver(
+        self, pods: Sequence[Emitted], final: bool = False
+    ) -> tuple[list[Emitted], StartprofError | None]:
+        """Sends the waiting pod starts and then ``pods``; returns those that left, and why
+        none did. With nothing new and not ``final``, the waiting ones go only once their
+        backoff has passed."""
+        self.waiting.extend(pods)
+        now = self._clock()
+        if not self.waiting or (not pods and not final and now < self._retry_at):
+            return [], None
+        try:
+            spans = SdkSpanBuilder().build([describe_pod(e.pod) for e in self.waiting])
+            self._sender.send(spans)
+        except StartprofError as exc:
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+            over = len(self.waiting) - UNSENT_MAX
+            if over > 0:
+                self.lost += over
+                del self.waiting[:over]
+            return [], exc
+        sent, self.waiting = self.waiting, []
+        self._retry_at, self._backoff = 0.0, RETRY_FIRST_S
+        return sent, None
 
     def close(self) -> None:
         self._exporter.shutdown()
@@ -394,25 +438,44 @@ class Agent(Recorder):
             self.summary.analyses = core.stats.analyses
         if metrics is not None and core.stats.unnamed_calls > unnamed:
             metrics.add_unnamed(core.stats.unnamed_calls - unnamed)
-        if not sent:
-            return
-        if sink is not None:
-            try:
-                sink.send(sent)
-            except StartprofError as exc:
-                self.summary.export_failures += 1
-                self.on_message(f"{len(sent)} pod start(s) not sent: {exc}")
-                if metrics is not None:
-                    metrics.export_failures.add(1)
-        done = time.time_ns()
-        if metrics is not None:
+        if metrics is not None and sent:
             metrics.observe(e.pod for e in sent)
-        self.summary.pods_sent += len(sent)
+        delivered = sent
+        if sink is not None:
+            delivered = self._deliver(sink, metrics, sent, flush)
+        if not delivered:
+            return
+        done = time.time_ns()
+        self.summary.pods_sent += len(delivered)
         self.summary.export_latency_s += tuple(
-            (done - e.pod.end_ns) / 1e9 for e in sent if e.reason == "done"
+            (done - e.pod.end_ns) / 1e9 for e in delivered if e.reason == "done"
         )
         if self.on_sent is not None:
-            self.on_sent(sent)
+            self.on_sent(delivered)
+
+    def _deliver(
+        self,
+        sink: TraceSink,
+        metrics: AgentMetrics | None,
+        sent: Sequence[Emitted],
+        final: bool,
+    ) -> list[Emitted]:
+        lost = sink.lost
+        delivered, error = sink.deliver(sent, final)
+        if error is not None:
+            self.summary.export_failures += 1
+            if metrics is not None:
+                metrics.export_failures.add(1)
+            if final:
+                sink.lost += len(sink.waiting)
+                self.on_message(f"{len(sink.waiting)} pod start(s) not sent: {error}")
+                sink.waiting.clear()
+            else:
+                self.on_message(f"{len(sink.waiting)} pod start(s) wait to be sent again: {error}")
+        if sink.lost > lost and not final:
+            self.on_message(f"{sink.lost - lost} pod start(s) lost: {UNSENT_MAX} already waited")
+        self.summary.pods_lost = sink.lost
+        return delivered
 
     def _file_end(self, session: ProbeSession) -> dict[str, Any]:
         return {

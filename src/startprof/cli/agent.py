@@ -166,6 +166,7 @@ def agent_command(
     )
     say(
         f"stopped ({summary.stop_reason}): {summary.pods_sent} pod starts sent{after}, "
+        f"{summary.pods_lost} not sent, "
         f"{summary.export_failures} failed exports, {summary.drops} dropped, "
         f"{summary.cri_bytes_lost} CRI bytes lost, "
         f"{summary.analysis_s:.1f}s in {summary.analyses} analyses"

@@ -171,7 +171,7 @@ class TraceSink:
     ) -> tuple[list[Emitted], StartprofError | None]:
         """Sends the waiting pod starts and then ``pods``; returns those that left, and why
         none did. With nothing new and not ``final``, the waiting ones go only once their
-        backoff has passed."""
+        backoff has passed; when a ``final`` export fails, what waited is lost."""
         self.waiting.extend(pods)
         now = self._clock()
         if not self.waiting or (not pods and not final and now < self._retry_at):
@@ -182,7 +182,7 @@ class TraceSink:
         except StartprofError as exc:
             self._retry_at = now + self._backoff
             self._backoff = min(self._backoff * 2, RETRY_MAX_S)
-            over = len(self.waiting) - UNSENT_MAX
+            over = len(self.waiting) - (0 if final else UNSENT_MAX)
             if over > 0:
                 self.lost += over
                 del self.waiting[:over]
@@ -467,9 +467,7 @@ class Agent(Recorder):
             if metrics is not None:
                 metrics.export_failures.add(1)
             if final:
-                sink.lost += len(sink.waiting)
-                self.on_message(f"{len(sink.waiting)} pod start(s) not sent: {error}")
-                sink.waiting.clear()
+                self.on_message(f"{sink.lost - lost} pod start(s) not sent: {error}")
             else:
                 self.on_message(f"{len(sink.waiting)} pod start(s) wait to be sent again: {error}")
         if sink.lost > lost and not final:

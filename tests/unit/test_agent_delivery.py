@@ -97,5 +97,8 @@ def test_at_most_unsent_max_wait_and_the_oldest_are_lost(monkeypatch: Any) -> No
         sink.deliver(_pods(2, first=2))  # new pods go at once, backoff or not, and fail
         assert [e.pod.name for e in sink.waiting] == ["web-1", "web-2", "web-3"]
         assert sink.lost == 1
+        # the agent stops: a last export fails, and what waited is lost
+        assert sink.deliver([], final=True)[0] == []
+        assert sink.waiting == [] and sink.lost == 4
     finally:
         sink.close()

@@ -352,19 +352,25 @@ def timing_failures(run: Run) -> list[str]:
     replies reach it many ms after containerd wrote them (on fresh connections, up to 33 ms for
     a RunPodSandbox reply to the grpc-go client and 10 ms to the Python one; the decoded call
     and the kernel agree, the client is late). So: every phase inside the client's call (no
-    edge early), 85 % of edges within max(1 ms, 2 %), and the median within 0.5 ms (for the
-    lab's Python client three in four and 1 ms, as the stored concurrent recording), as the other
-    recording tests do; a phase 25 ms short (what a kernel-only sandbox was) fails all three.
+    edge early), 85 % of edges within max(1 ms, 2 %) and the median within 0.5 ms (for the
+    lab's Python client three in four and no overall median, as the stored concurrent
+    recording), and each kind of edge (sandbox start, ..., container.start end) within
+    max(1 ms, 2 %) for at least half the pods; a phase 25 ms short (what a kernel-only sandbox
+    was) fails them all.
     """
     edges, problems = timing_edges(run)
     problems += [str(e) for e in edges if not e.inside]
     close = sum(e.close for e in edges)
     gaps_ms = sorted(abs(e.gap_ns) / 1e6 for e in edges)
     if gaps_ms:
+        kinds = ", ".join(
+            f"{what} {_median_ms([e for e in edges if e.what == what]):.3f}"
+            for what in sorted({e.what for e in edges})
+        )
         print(
             f"{run.client} {'aged' if run.aged else 'fresh'}: {close} of {len(edges)} edges "
-            f"within max(1 ms, 2 %), median {gaps_ms[len(gaps_ms) // 2]:.3f} ms, "
-            f"max {gaps_ms[-1]:.3f} ms",
+            f"within max(1 ms, 2 %), median {gaps_ms[len(gaps_ms) // 2]:.3f} ms "
+            f"({kinds}), max {gaps_ms[-1]:.3f} ms",
             file=sys.stderr,
         )
     # The lab's Python client times 5 workers and a poller under one GIL: on a loaded machine
@@ -373,15 +379,31 @@ def timing_failures(run: Run) -> list[str]:
     # The grpc-go client's tail is the scheduler's too, at both ends (containerd reads a
     # request late as often as the client hears a reply late): in four quiet runs of its
     # fresh and aged batches 73-80 of 80 edges were within, the medians 0.15-0.26 ms.
-    share, median_ns = (0.85, MS // 2) if run.client == "go" else (0.75, MS)
+    share = 0.85 if run.client == "go" else 0.75
     if close < share * len(edges):
         far = sorted((e for e in edges if not e.close), key=lambda e: -e.gap_ns)
         problems.append(f"only {close} of {len(edges)} edges within max(1 ms, 2 %)")
         problems += [str(e) for e in far[:10]]
     gaps = sorted(abs(e.gap_ns) for e in edges)
-    if gaps and gaps[len(gaps) // 2] > median_ns:
+    if run.client == "go" and gaps and gaps[len(gaps) // 2] > MS // 2:
         problems.append(f"median edge {gaps[len(gaps) // 2] / 1e6:.3f} ms from the client's")
+    # A bias, unlike the client's lateness, moves one kind of edge for every pod: each kind's
+    # median must be within max(1 ms, 2 %). The lab's client has no overall median bound: in a
+    # clean-clone CI run on a loaded machine 71 of 80 of its edges were within, but the median
+    # was 1.6 ms (Python's 5 ms GIL turns, since shortened in lab/driver.py).
+    for what in sorted({e.what for e in edges}):
+        kind = [e for e in edges if e.what == what]
+        if 2 * sum(e.close for e in kind) < len(kind):
+            problems.append(
+                f"{what}: only {sum(e.close for e in kind)} of {len(kind)} edges within "
+                f"max(1 ms, 2 %) (median {_median_ms(kind):.3f} ms): a bias, not lateness"
+            )
     return problems
+
+
+def _median_ms(edges: list[Edge]) -> float:
+    gaps = sorted(abs(e.gap_ns) for e in edges)
+    return gaps[len(gaps) // 2] / 1e6
 
 
 def phase_names(pod: Pod) -> frozenset[str]:

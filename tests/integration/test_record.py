@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pytest
+from client_timing import Edge, edge_failures
 
 from startprof.lab.truth import read_truth
 from startprof.recording import read_recording
@@ -28,7 +29,6 @@ CLONE_NEWNET = 0x40000000
 RUN_POD_SANDBOX = "/runtime.v1.RuntimeService/RunPodSandbox"
 CREATE_CONTAINER = "/runtime.v1.RuntimeService/CreateContainer"
 START_CONTAINER = "/runtime.v1.RuntimeService/StartContainer"
-MS = 1_000_000
 PODS = 5
 
 
@@ -90,7 +90,7 @@ def test_recording_holds_every_step_of_every_pod(
     execs = rows(df, "exec")
     done = rows(df, "exec_done")
     calls = rows(df, "cri_call")
-    gaps: list[int] = []
+    edges: list[Edge] = []
     for pod, rps in sandboxes.items():
         sid = rps["sandbox_id"]
         window = (rps["start_monotonic_ns"], rps["end_monotonic_ns"])
@@ -145,19 +145,16 @@ def test_recording_holds_every_step_of_every_pod(
                 # wake-up (sk_data_ready), so on loaded CPUs too.
                 assert t["start_monotonic_ns"] - 50_000 <= c["start_ns"], (pod, method)
                 assert c["end_ns"] <= t["end_monotonic_ns"] + 50_000, (pod, method)
-                gaps.append(c["start_ns"] - t["start_monotonic_ns"])
-                gaps.append(t["end_monotonic_ns"] - c["end_ns"])
+                edges.append(Edge(f"{method} start", c["start_ns"] - t["start_monotonic_ns"]))
+                edges.append(Edge(f"{method} end", t["end_monotonic_ns"] - c["end_ns"]))
     app_execs = [r for r in done if r["filename"] == "/app"]
     assert len(app_execs) == PODS
-    # Within 1 ms of the client's own timestamps, but for the lab client's latency spikes (a
-    # Python gRPC client on 2 cores, with or without probes loaded; see docs/probes.md). Late
-    # edges (1-4 ms) were 2 of 18 and 4 of 30 in two full runs on a quiet machine, cause not
-    # yet known: three in four, the rule of the concurrent and aged recordings' tests; no call
-    # leaves the client's window. A reply is timed when its bytes reach the client's socket
-    # (sk_data_ready), so the end edges hold the client's whole wake-up: the median was
-    # 0.547 ms on crun-bridge in a clean-clone CI run; 0.75 ms, test_analyze_live's rule.
-    assert sorted(gaps)[len(gaps) // 2] <= 0.75 * MS
-    assert sum(g <= MS for g in gaps) >= 0.75 * len(gaps), sorted(gaps)
+    # Within 1 ms of the client's own timestamps, but for the lab client's late wake-ups
+    # (client_timing.py): two in three, a median within 0.75 ms (0.547 ms on crun-bridge in a
+    # clean-clone CI run; test_analyze_live's rule), and no kind of edge late for every pod.
+    # No call leaves the client's window (asserted above).
+    failures = edge_failures(edges, share=2 / 3, median_ns=750_000)
+    assert failures == [], failures
 
 
 def test_all_lifts_the_filter(lab: RunningLab, tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ phase must have a fetch per blob (manifest, config, three layers) whose bytes ar
 and whose interval lies inside the registry's own for that blob, and an unpack per layer.
 
 The timing rule: every fetch's request is written no later than 2 ms after the registry's
-handler began, and its last byte read no earlier than 2 ms before the registry wrote it
-(causality); three in four of each, rounded up, within 2 ms. The rest are the registry starting
-a new connection's handler thread late, and containerd reading late: its fetch goroutines share
-two cores with the unpack of the layer before, and the kernel holds what the registry sent in
-the socket until containerd reads it (the figures are printed).
+handler began (causality); three in four of the starts and of the ends, rounded up, within 2 ms
+of the registry's. The rest are the registry's clock read late, at both ends: a new
+connection's handler thread starts late, and the end is read after the last write returns, by
+a Python thread that may then wait for the GIL (a fetch ended 4.1 ms before it in a clean-clone
+CI run: containerd had read the bytes the registry had not yet timed). And containerd reads
+late: its fetch goroutines share two cores with the unpack of the layer before, and the kernel
+holds what the registry sent in the socket until containerd reads it (the figures are printed).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def test_a_pull_has_a_fetch_per_blob_and_an_unpack_per_layer(
         f"fetch end - registry end ms: {sorted(round(x, 2) for x in ends)}; late: {late}",
         file=sys.stderr,
     )
-    assert all(x <= 2 for x in starts) and all(x >= -2 for x in ends), (starts, ends)
+    assert all(x <= 2 for x in starts), starts
     assert sum(x < -2 for x in starts) <= math.ceil(len(starts) / 4), starts
+    assert sum(x < -2 for x in ends) <= math.ceil(len(ends) / 4), ends
     assert len(late) <= math.ceil(len(ends) / 4), late

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -51,6 +50,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from startprof.bench.stats import median, overhead
 from startprof.lab.truth import read_truth
+from startprof.procfs import cpu_seconds
 
 STARTPROF = [sys.executable, "-m", "startprof"]
 IMAGE_STATUS = "/runtime.v1.ImageService/ImageStatus"
@@ -123,12 +123,6 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class RunningAgent:
     """``startprof agent`` beside the lab, with its RSS and CPU sampled from /proc."""
 
@@ -150,7 +144,7 @@ class RunningAgent:
 
     def sample(self) -> None:
         pid = self.proc.pid
-        self.samples.append((time.monotonic() - self.started, rss_kb(pid), cpu_s(pid)))
+        self.samples.append((time.monotonic() - self.started, rss_kb(pid), cpu_seconds(pid)))
 
     def stop(self) -> dict[str, Any]:
         self.sample()

@@ -464,11 +464,12 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
     }
 
 
-def main() -> int:
+def config_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options both overhead benchmarks take: --config, --pods, --metric, --json."""
     parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
+        description=(doc or "").splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join((__doc__ or "").splitlines()[1:]),
+        epilog="\n".join((doc or "").splitlines()[1:]),
     )
     parser.add_argument(
         "--config",
@@ -477,6 +478,13 @@ def main() -> int:
         help="lab set-up to measure (repeatable; default bridge)",
     )
     parser.add_argument("--pods", type=int, default=100, help="pods per arm (default 100)")
+    parser.add_argument("--metric", choices=("image", "pod"), default="image")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    return parser
+
+
+def main() -> int:
+    parser = config_parser(__doc__)
     parser.add_argument("--round-size", type=int, default=20, help="pods per arm and round")
     parser.add_argument(
         "--arms",
@@ -488,14 +496,12 @@ def main() -> int:
         "'NAME=tp:CAT:EVENT,...' loads only empty programs there (benchmarks/tp_floor.py); "
         "'NAME=none' records nothing: an A/A control that shows the benchmark's own noise",
     )
-    parser.add_argument("--metric", choices=("image", "pod"), default="image")
     parser.add_argument(
         "--recordings",
         type=Path,
         help="where recorded arms write (default: a temporary dir in /var/tmp, on the lab's "
         "file system; /dev/shm takes the recording's fsyncs off the disk containerd uses)",
     )
-    parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     configs = args.config or ["bridge"]
 

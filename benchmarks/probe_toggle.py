@@ -56,14 +56,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from probe_overhead import CALLS, CONFIGS, Config, pod_times
+from probe_overhead import CALLS, CONFIGS, Config, config_parser, paired_change_ci, pod_times
 
 from startprof.lab.driver import run_pods
 from startprof.lab.paths import LabPaths, lab_dir
-from startprof.stats import RESAMPLES, change_pct, median
+from startprof.procfs import cpu_seconds
+from startprof.resources import bpf_dir
+from startprof.stats import change_pct, median
 
-BPF_DIR = Path(__file__).resolve().parents[1] / "src/startprof/bpf"
 CORE = "startprof"  # startprof.bpf.c: fork, exit, clone, close: every arm that records has it
 FLOOR_TP = b"syscalls:sys_enter_getppid"
 HANDSHAKE_S = 10.0
@@ -74,7 +74,7 @@ SETTLE_S = 0.05  # after the last hand-shake, before a unit: both arms alike
 def tracepoints_by_probe() -> dict[bytes, set[str]]:
     """Each tracepoint the C defines a program for, and the probes (file stems) defining it."""
     found: dict[bytes, set[str]] = defaultdict(set)
-    for path in BPF_DIR.glob("*.bpf.c"):
+    for path in bpf_dir().glob("*.bpf.c"):
         for cat, event in re.findall(
             r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", path.read_text(), re.M
         ):
@@ -131,9 +131,6 @@ def recorder_main(args: argparse.Namespace) -> int:
                 self.floor.attach_tracepoint(tp=FLOOR_TP, fn_name=b"sp_floor")
             elif arm not in ("without", "none"):
                 probes = None if arm == "all" else {CORE, *arm.split(",")}
-                unknown = probes - {p for ps in owners.values() for p in ps} if probes else set()
-                if unknown:
-                    raise SystemExit(f"unknown probe(s) {', '.join(sorted(unknown))}")
                 for tp, fn in self.attached.items():
                     if probes is None or owners.get(tp, {CORE}) & probes:
                         bpf.attach_tracepoint(tp=tp, fn_name=fn)
@@ -230,8 +227,7 @@ class Switch:
 
     def cpu_ms(self) -> float:
         """The recorder's CPU so far (user + system, all threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return 1e3 * (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 1e3 * cpu_seconds(self.proc.pid)
 
     def close(self) -> int:
         os.close(self._req)  # EOF: the recorder stops
@@ -257,21 +253,6 @@ def unit(socket: str, cfg: Config, metric: str) -> dict[str, dict[str, float]]:
     return pod_times(result.records, metric)
 
 
-def bootstrap(blocks: list[tuple[list[float], list[float]]], seed: int = 19) -> tuple[float, float]:
-    """95% CI of the change of the pooled median, whole blocks resampled (both arms together)."""
-    rng = np.random.default_rng(seed)
-    base = [np.asarray(b) for b, _ in blocks]
-    cur = [np.asarray(c) for _, c in blocks]
-    changes = np.empty(RESAMPLES)
-    for i in range(RESAMPLES):
-        pick = rng.integers(0, len(blocks), size=len(blocks))
-        b = np.median(np.concatenate([base[j] for j in pick]))
-        c = np.median(np.concatenate([cur[j] for j in pick]))
-        changes[i] = 100.0 * (c - b) / b
-    lo, hi = np.quantile(changes, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
 def summarize(
     blocks: list[dict[str, dict[str, dict[str, float]]]], arms: list[str]
 ) -> dict[str, Any]:
@@ -284,7 +265,7 @@ def summarize(
     for arm in arms[1:]:
         cur_all = [x for b in blocks for x in starts(b, arm)]
         pairs = [(starts(b, "without"), starts(b, arm)) for b in blocks]
-        lo, hi = bootstrap(pairs)
+        lo, hi = paired_change_ci(pairs)
         per_block = [change_pct(median(b), median(c)) for b, c in pairs]
         calls = {}
         for call in CALLS:
@@ -371,31 +352,25 @@ def main() -> int:
         inner.add_argument("--output", required=True)
         inner.add_argument("--cri-socket", required=True)
         return recorder_main(inner.parse_args())
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join((__doc__ or "").splitlines()[1:]),
-    )
-    parser.add_argument(
-        "--config",
-        action="append",
-        choices=sorted(CONFIGS),
-        help="lab set-up (repeatable; default bridge)",
-    )
-    parser.add_argument("--pods", type=int, default=100, help="pods per arm (default 100)")
+    parser = config_parser(__doc__)
     parser.add_argument(
         "--arms",
         default="all none",
         help="arms besides 'without', space-separated: all, none, floor, or "
         "NAME=PROBE,PROBE (default 'all none')",
     )
-    parser.add_argument("--metric", choices=("image", "pod"), default="image")
-    parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     specs = {"without": "without"}
+    known = {p for owners in tracepoints_by_probe().values() for p in owners}
     for token in args.arms.split():
         name, _, spec = token.partition("=")
         specs[name] = spec or name
+        if specs[name] not in ("all", "none", "floor", "without"):
+            unknown = set(specs[name].split(",")) - known
+            if unknown:
+                parser.error(
+                    f"unknown probe(s) {', '.join(sorted(unknown))}; known: {sorted(known)}"
+                )
     subprocess.run(
         [sys.executable, "-m", "startprof", "lab", "up"], check=True, stdout=subprocess.DEVNULL
     )

@@ -80,6 +80,14 @@ def has_env_prefix(pid: int, prefix: bytes, proc: str = "/proc") -> bool:
         return False
 
 
+def cpu_seconds(pid: int, proc: str = "/proc") -> float:
+    """CPU the process has used so far, user and system, all its threads (``stat`` fields 14
+    and 15). Raises OSError once it is gone."""
+    with open(f"{proc}/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_event(pid: int, proc: str = "/proc") -> Event | None:
     """A ``proc`` event for a process alive now (one that started before the probes, whose
     exec no probe saw): its parent, comm and argv. None once it is gone."""

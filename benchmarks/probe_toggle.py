@@ -14,6 +14,9 @@ Arms (``--arms``, space-separated; ``without`` is always there):
 - ``without``: every program detached. The recorder process lives on (its maps, bcc's LLVM,
   a 100 ms poll), but no tracepoint runs anything and no task takes the slow syscall path.
 - ``all``: every program attached, the recorder decoding and writing as `startprof record`.
+- ``kernel``: every program attached, but the recorder reads nothing until the unit has ended
+  (it waits on the benchmark's pipe, not on the ring buffer): the kernel's share alone, so
+  ``all`` minus ``kernel`` is what the recorder's user space costs the pods.
 - ``none``: detached, as ``without``: an A/A control, the instrument's own resolution.
 - ``floor``: only an empty program on ``syscalls:sys_enter_getppid``: what switching every
   task to the slow syscall path costs by itself.
@@ -33,11 +36,15 @@ unit is recorded whole.
         --config bridge --pods 300 --arms 'all none' --json out.json
 
 Configs are `probe_overhead.py`'s (bridge, bridge-nomasq, ptp, two-containers, concurrency5,
-crun). Figures per arm against ``without``: ``overhead_pct`` (change of the median unit time
-over all its pods; a pod's time is ImageStatus -> running, or ``--metric pod``:
-RunPodSandbox -> running), ``ci95_pct`` (bootstrap over blocks), ``blocks_slower``,
-``paired_median_pct`` (median over blocks of the arm's unit against the ``without`` unit of the
-same block), and the change of each CRI call.
+crun). Figures per arm against ``without``:
+- ``paired_ratio_pct`` and ``paired_ratio_ci95_pct``: the geometric mean over blocks of the
+  arm's unit time against the ``without`` unit of the same block, and its bootstrap CI over
+  blocks (issue 19's "CI of the paired ratio"). A pod's time is ImageStatus -> running, or
+  ``--metric pod``: RunPodSandbox -> running.
+- ``overhead_pct`` and ``ci95_pct``: the change of the pooled median, blocks resampled. Drift of
+  the host (its steal time) widens this one; the paired ratio cancels it.
+- ``blocks_slower``, ``paired_median_pct`` (the median of the blocks' changes), and the change
+  of each CRI call. ``starts_ms`` keeps every unit's times.
 """
 
 from __future__ import annotations
@@ -60,9 +67,9 @@ from probe_overhead import CALLS, CONFIGS, Config, config_parser, paired_change_
 
 from startprof.lab.driver import run_pods
 from startprof.lab.paths import LabPaths, lab_dir
-from startprof.procfs import cpu_seconds
+from startprof.procfs import cpu_seconds, cpu_times, steal_share
 from startprof.resources import bpf_dir
-from startprof.stats import change_pct, median
+from startprof.stats import change_pct, median, paired_ratio
 
 CORE = "startprof"  # startprof.bpf.c: fork, exit, clone, close: every arm that records has it
 FLOOR_TP = b"syscalls:sys_enter_getppid"
@@ -101,6 +108,7 @@ def recorder_main(args: argparse.Namespace) -> int:
         attached: dict[bytes, bytes]  # tracepoint -> program name, as bcc attached them
         floor: Any = None
         between = True
+        defer = False  # the kernel arm: read nothing while a unit runs
 
         def start(self) -> None:
             super().start()
@@ -127,15 +135,19 @@ def recorder_main(args: argparse.Namespace) -> int:
                 list(pool.map(bpf.detach_tracepoint, list(bpf.tracepoint_fds)))
             if FLOOR_TP in self.floor.tracepoint_fds:
                 self.floor.detach_tracepoint(FLOOR_TP)
+            self.defer = arm == "kernel"
             if arm == "floor":
                 self.floor.attach_tracepoint(tp=FLOOR_TP, fn_name=b"sp_floor")
             elif arm not in ("without", "none"):
-                probes = None if arm == "all" else {CORE, *arm.split(",")}
+                probes = None if arm in ("all", "kernel") else {CORE, *arm.split(",")}
                 for tp, fn in self.attached.items():
                     if probes is None or owners.get(tp, {CORE}) & probes:
                         bpf.attach_tracepoint(tp=tp, fn_name=fn)
 
         def poll(self, timeout_ms: int) -> list[Any]:
+            if self.defer and not self.between:
+                # the records wait in the ring buffer (4 MiB: many units) until the unit's end
+                select.select([req], [], [], HANDSHAKE_S)
             while select.select([req], [], [], 0)[0]:
                 line = req.readline().decode().strip()
                 if not line:  # the benchmark went away
@@ -267,6 +279,7 @@ def summarize(
         pairs = [(starts(b, "without"), starts(b, arm)) for b in blocks]
         lo, hi = paired_change_ci(pairs)
         per_block = [change_pct(median(b), median(c)) for b, c in pairs]
+        ratio, ratio_lo, ratio_hi = paired_ratio([(median(b), median(c)) for b, c in pairs])
         calls = {}
         for call in CALLS:
             b = [t[call] for blk in blocks for t in blk["without"].values() if call in t]
@@ -280,6 +293,8 @@ def summarize(
             "ci95_pct": [round(lo, 2), round(hi, 2)],
             "blocks_slower": f"{sum(x > 0 for x in per_block)}/{len(per_block)}",
             "paired_median_pct": round(median(per_block), 2),
+            "paired_ratio_pct": round(ratio, 2),
+            "paired_ratio_ci95_pct": [round(ratio_lo, 2), round(ratio_hi, 2)],
             "call_change_ms": calls,
         }
     return out
@@ -297,6 +312,7 @@ def run_config(
     recorder_ms: dict[str, float] = dict.fromkeys(arms, 0.0)
     switch = Switch(workdir / f"{name}.arrows", socket)
     t0 = time.monotonic()
+    ticks0 = cpu_times()
     try:
         switch.set("without")
         unit(socket, cfg, args.metric)  # warm-up: images, page cache
@@ -336,7 +352,12 @@ def run_config(
         "recording_mb": round(size / 1e6, 1),
         "recorder_exit": rc,
         "load1": os.getloadavg()[0],
+        "steal_pct": round(100 * steal_share(ticks0, cpu_times()), 1),
         "arms": summarize(blocks, arms),
+        # each block's unit times per arm (ms), for other statistics later
+        "starts_ms": {
+            a: [[round(t["start"], 3) for t in b[a].values()] for b in blocks] for a in arms
+        },
         "recorder_cpu_ms_per_pod": {
             a: round(ms / (blocks_n * cfg.concurrency), 1) for a, ms in recorder_ms.items()
         },
@@ -356,7 +377,7 @@ def main() -> int:
     parser.add_argument(
         "--arms",
         default="all none",
-        help="arms besides 'without', space-separated: all, none, floor, or "
+        help="arms besides 'without', space-separated: all, kernel, none, floor, or "
         "NAME=PROBE,PROBE (default 'all none')",
     )
     args = parser.parse_args()
@@ -365,7 +386,7 @@ def main() -> int:
     for token in args.arms.split():
         name, _, spec = token.partition("=")
         specs[name] = spec or name
-        if specs[name] not in ("all", "none", "floor", "without"):
+        if specs[name] not in ("all", "kernel", "none", "floor", "without"):
             unknown = set(specs[name].split(",")) - known
             if unknown:
                 parser.error(

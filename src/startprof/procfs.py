@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from startprof.events import Event
 
@@ -86,6 +86,21 @@ def cpu_seconds(pid: int, proc: str = "/proc") -> float:
     with open(f"{proc}/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_share(before: Sequence[int], after: Sequence[int]) -> float:
+    """Share (0-1) of the machine's CPU time that the hypervisor stole between two
+    :func:`cpu_times` readings."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta)
+    return delta[7] / total if total > 0 and len(delta) > 7 else 0.0
+
+
+def cpu_times(proc: str = "/proc") -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal,
+    ...) in clock ticks, from the first line of /proc/stat."""
+    with open(f"{proc}/stat", "rb") as f:
+        return [int(x) for x in f.readline().split()[1:]]
 
 
 def proc_event(pid: int, proc: str = "/proc") -> Event | None:

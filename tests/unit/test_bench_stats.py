@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from startprof import stats as startprof_stats
 from startprof.analysis import analyze
 from startprof.bench import stats
 from startprof.bench.html import render_html
@@ -318,3 +319,25 @@ def test_overhead_is_the_median_change_with_its_ci() -> None:
     assert out["overhead_pct"] == 10.0
     lo, hi = stats.bootstrap_change_ci(base, slower, seed=1)
     assert out["overhead_ci95_pct"] == [round(lo, 2), round(hi, 2)]
+
+
+def test_paired_ratio_cancels_drift_that_pooled_medians_do_not() -> None:
+    # pairs measured side by side while the machine slows down threefold: the current value is
+    # 2% slower than its neighbour in every pair, give or take 5% of noise
+    rng = np.random.default_rng(7)
+    drift = np.linspace(50.0, 150.0, 300)
+    base = drift * rng.lognormal(0.0, 0.05, 300)
+    cur = 1.02 * drift * rng.lognormal(0.0, 0.05, 300)
+    pairs = list(zip(base.tolist(), cur.tolist(), strict=True))
+    est, lo, hi = startprof_stats.paired_ratio(pairs)
+    assert lo < est < hi
+    assert lo < 2.0 < hi and hi - lo < 3.0
+    pooled_lo, pooled_hi = stats.bootstrap_change_ci(base, cur, seed=3)
+    assert pooled_hi - pooled_lo > 3 * (hi - lo)  # the drift widens the unpaired interval
+    assert startprof_stats.paired_ratio(pairs) == (est, lo, hi)  # reproducible
+    same = startprof_stats.paired_ratio([(5.0, 5.0)] * 10)
+    assert same == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        startprof_stats.paired_ratio([(0.0, 1.0)])
+    with pytest.raises(ValueError):
+        startprof_stats.paired_ratio([])

@@ -229,12 +229,13 @@ class Switch:
         self.ask("sync")
         self.ask("sync")
 
-    def set(self, arm: str) -> None:
+    def set(self, arm: str, until: float = 0.0) -> None:
         """Switch to ``arm`` once the recorder has handled what came before: the set is answered
-        at a poll, the sync at the next one, after the first poll's batch was written."""
+        at a poll, the sync at the next one, after the first poll's batch was written. Then
+        wait until the monotonic time ``until`` (at least SETTLE_S) before the unit may go."""
         self.ask(f"set {arm}")
         self.ask("sync")
-        time.sleep(SETTLE_S)
+        time.sleep(max(SETTLE_S, until - time.monotonic()))
         self.ask("go")
 
     def cpu_ms(self) -> float:
@@ -316,13 +317,15 @@ def run_config(
     try:
         switch.set("without")
         unit(socket, cfg, args.metric)  # warm-up: images, page cache
+        ended = time.monotonic()
         for i in range(blocks_n):
             order = arms[i % len(arms) :] + arms[: i % len(arms)]
             block = {}
             for arm in order:
-                switch.set(specs[arm])
+                switch.set(specs[arm], until=ended + args.gap)
                 cpu0 = switch.cpu_ms()
                 block[arm] = unit(socket, cfg, args.metric)
+                ended = time.monotonic()
                 switch.sync()  # what the unit cost the recorder, its drain included
                 recorder_ms[arm] += switch.cpu_ms() - cpu0
             blocks.append(block)
@@ -351,6 +354,7 @@ def run_config(
         "minutes": round((time.monotonic() - t0) / 60, 1),
         "recording_mb": round(size / 1e6, 1),
         "recorder_exit": rc,
+        "gap_s": args.gap,
         "load1": os.getloadavg()[0],
         "steal_pct": round(100 * steal_share(ticks0, cpu_times()), 1),
         "arms": summarize(blocks, arms),
@@ -379,6 +383,15 @@ def main() -> int:
         default="all none",
         help="arms besides 'without', space-separated: all, kernel, none, floor, or "
         "NAME=PROBE,PROBE (default 'all none')",
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds from one unit's end to the next one's start, whatever the switch took "
+        "(a detach waits ~2.3 s for RCU, an attach 16-31 ms): e.g. 3 gives every unit the "
+        "same quiet time before it, and the programs of a recorded unit ~3 s attached "
+        "(default 0: as soon as the switch is done)",
     )
     args = parser.parse_args()
     specs = {"without": "without"}

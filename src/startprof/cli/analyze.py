@@ -43,7 +43,7 @@ def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None
     analysis = analyze_files(list(files))
     pods = select_pods(analysis, None if as_json else top, pod_name)
     if as_json:
-        click.echo(json_reporter.dumps(analysis, pods))
+        click.echo(json_reporter.dumps_bytes(analysis, pods))  # bytes: no decode
     else:
         render(analysis, pods, Console(highlight=False))
     return 0

@@ -162,7 +162,8 @@ def paired_ratio(
         means[start:stop] = logs[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     tail = (1 - level) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
-    return tuple(float(100.0 * np.expm1(v)) for v in (logs.mean(), lo, hi))  # type: ignore[return-value]
+    est, low, high = (float(100.0 * np.expm1(v)) for v in (logs.mean(), lo, hi))
+    return est, low, high
 
 
 def seed_for(base: int, *names: str) -> int:

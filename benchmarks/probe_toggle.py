@@ -390,8 +390,8 @@ def main() -> int:
         default=0.0,
         help="seconds from one unit's end to the next one's start, whatever the switch took "
         "(a detach waits ~2.3 s for RCU, an attach 16-31 ms): e.g. 3 gives every unit the "
-        "same quiet time before it, and the programs of a recorded unit ~3 s attached "
-        "(default 0: as soon as the switch is done)",
+        "same quiet time before it, and a recorded unit's programs attached at least the "
+        "gap less a detach before it (~0.7 s at 3) (default 0: as soon as the switch is done)",
     )
     args = parser.parse_args()
     specs = {"without": "without"}

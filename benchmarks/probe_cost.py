@@ -22,7 +22,6 @@ Also shows the recorder's own CPU time, so the in-kernel and user-space parts ca
 from __future__ import annotations
 
 import argparse
-import ctypes as ct
 import json
 import os
 import resource
@@ -33,47 +32,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from startprof.config import resolve_cri_socket
+from startprof.probes.hooks import hook_of_program, use_fentry
+from startprof.probes.progstats import enable_stats, prog_stats
 from startprof.probes.session import ProbeSession
 from startprof.recorder import Recorder, RecordOptions
 
 STARTPROF = [sys.executable, "-m", "startprof"]
-SYS_BPF = 321  # x86_64
-BPF_OBJ_GET_INFO_BY_FD = 15
-BPF_ENABLE_STATS = 32
-BPF_STATS_RUN_TIME = 0
-PROG_INFO_SIZE = 232  # struct bpf_prog_info up to and including run_cnt (kernel 5.1+) and more
-RUN_TIME_OFF, RUN_CNT_OFF = 192, 200
-
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
 
 
-def _bpf(cmd: int, attr: ct.Array[ct.c_char]) -> int:
-    ret = int(_libc.syscall(SYS_BPF, cmd, attr, ct.sizeof(attr)))
-    if ret < 0:
-        raise OSError(ct.get_errno(), os.strerror(ct.get_errno()))
-    return ret
-
-
-def enable_stats() -> int:
-    """An fd that keeps the kernel's BPF run-time statistics on until it is closed."""
-    attr = ct.create_string_buffer(8)
-    ct.c_uint32.from_buffer(attr).value = BPF_STATS_RUN_TIME
-    return _bpf(BPF_ENABLE_STATS, attr)
-
-
-def prog_run_stats(fd: int) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of the program behind ``fd``."""
-    info = ct.create_string_buffer(PROG_INFO_SIZE)
-    attr = ct.create_string_buffer(16)  # bpf_fd, info_len, info (u64)
-    ct.c_uint32.from_buffer(attr, 0).value = fd
-    ct.c_uint32.from_buffer(attr, 4).value = PROG_INFO_SIZE
-    ct.c_uint64.from_buffer(attr, 8).value = ct.addressof(info)
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return (
-        ct.c_uint64.from_buffer(info, RUN_TIME_OFF).value,
-        ct.c_uint64.from_buffer(info, RUN_CNT_OFF).value,
-    )
+def _run_stats(fd: int) -> tuple[int, int]:
+    stats = prog_stats(fd)
+    return stats.run_time_ns, stats.run_cnt
 
 
 class StatsSession(ProbeSession):
@@ -84,20 +53,15 @@ class StatsSession(ProbeSession):
     def close(self) -> None:
         bpf: Any = self._bpf
         if bpf is not None:
-            StatsSession.last = {
-                name.decode(): prog_run_stats(fn.fd) for name, fn in bpf.funcs.items()
-            }
+            StatsSession.last = {name.decode(): _run_stats(fn.fd) for name, fn in bpf.funcs.items()}
         super().close()
 
 
-FLOOR_FUNC = b"tracepoint__syscalls__sys_enter_close"
-FLOOR_PROGRAM = "TRACEPOINT_PROBE(syscalls, sys_enter_close) { return 0; }"
-
-
-def hook_name(func: str) -> str:
-    """tracepoint__syscalls__sys_enter_read -> syscalls:sys_enter_read"""
-    parts = func.split("__")
-    return ":".join(parts[1:]) if parts[0] == "tracepoint" else func
+# an empty program on close, hooked as the probes' syscall hooks are (hooks.use_fentry)
+FLOOR_PROGRAM = {
+    False: "TRACEPOINT_PROBE(syscalls, sys_enter_close) { return 0; }",
+    True: "KFUNC_PROBE(__x64_sys_close, struct pt_regs *regs) { return 0; }",
+}
 
 
 def main() -> int:
@@ -105,7 +69,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--handler", default="runc-bridge")
-    parser.add_argument("--dispatch-ns", type=float, default=150.0)
+    parser.add_argument(
+        "--dispatch-ns",
+        type=float,
+        help="added per hit for the hook's own dispatch (default: 150 for tracepoints, "
+        "20 for fentry trampolines)",
+    )
     parser.add_argument("--probe", action="append", help="record only these probes")
     parser.add_argument(
         "--pull", action="store_true", help="the run pulls its image first (lab run --pull)"
@@ -116,7 +85,9 @@ def main() -> int:
     subprocess.run([*STARTPROF, "lab", "up"], check=True, stdout=subprocess.DEVNULL)
     from bcc import BPF
 
-    floor_bpf = BPF(text=FLOOR_PROGRAM)
+    fentry = use_fentry("auto")
+    dispatch_ns = args.dispatch_ns if args.dispatch_ns is not None else (20.0 if fentry else 150.0)
+    floor_bpf = BPF(text=FLOOR_PROGRAM[fentry])
     stats_fd = enable_stats()
     with tempfile.TemporaryDirectory(prefix="startprof-cost-") as tmp:
         command = [
@@ -141,7 +112,8 @@ def main() -> int:
         before = resource.getrusage(resource.RUSAGE_SELF)
         Recorder(options, session_factory=StatsSession).run()
         after = resource.getrusage(resource.RUSAGE_SELF)
-    floor_ns, floor_hits = prog_run_stats(floor_bpf.funcs[FLOOR_FUNC].fd)
+    (floor_func,) = floor_bpf.funcs
+    floor_ns, floor_hits = _run_stats(floor_bpf.funcs[floor_func].fd)
     os.close(stats_fd)
     floor_bpf.cleanup()
     floor = floor_ns / floor_hits if floor_hits else 0.0
@@ -149,10 +121,10 @@ def main() -> int:
     rows = []
     for func, (run_ns, hits) in StatsSession.last.items():
         net_ns = max(0.0, run_ns - hits * floor)
-        total_ms = (net_ns + hits * args.dispatch_ns) / 1e6
+        total_ms = (net_ns + hits * dispatch_ns) / 1e6
         rows.append(
             {
-                "hook": hook_name(func),
+                "hook": hook_of_program(func) or func,
                 "hits": hits,
                 "prog_ns_per_hit": round(net_ns / hits, 1) if hits else 0.0,
                 "prog_ms": round(net_ns / 1e6, 2),
@@ -179,7 +151,7 @@ def main() -> int:
             json.dumps(
                 {
                     "pods": args.pods,
-                    "dispatch_ns": args.dispatch_ns,
+                    "dispatch_ns": dispatch_ns,
                     "stats_floor_ns": round(floor, 1),
                     "hooks": rows,
                     "kernel_total_ms": round(total, 1),

@@ -67,6 +67,7 @@ from probe_overhead import CALLS, CONFIGS, Config, config_parser, paired_change_
 
 from startprof.lab.driver import run_pods
 from startprof.lab.paths import LabPaths, lab_dir
+from startprof.probes.hooks import MODES, hook_of_program
 from startprof.procfs import cpu_seconds, cpu_times, steal_share
 from startprof.resources import bpf_dir
 from startprof.stats import change_pct, median, paired_ratio
@@ -79,12 +80,17 @@ SETTLE_S = 0.05  # after the last hand-shake, before a unit: both arms alike
 
 
 def tracepoints_by_probe() -> dict[bytes, set[str]]:
-    """Each tracepoint the C defines a program for, and the probes (file stems) defining it."""
+    """Each hook the C defines a program for, by its tracepoint name (a syscall hook's too, as
+    fentry), and the probes (file stems) defining it."""
     found: dict[bytes, set[str]] = defaultdict(set)
     for path in bpf_dir().glob("*.bpf.c"):
-        for cat, event in re.findall(
-            r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", path.read_text(), re.M
-        ):
+        text = path.read_text()
+        hooks = re.findall(r"^TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", text, re.M)
+        hooks += [
+            ("syscalls", f"sys_{edge.lower()}_{name}")
+            for edge, name in re.findall(r"^SP_SYSCALL_(ENTER|EXIT)\((\w+)\)", text, re.M)
+        ]
+        for cat, event in hooks:
             found[f"{cat}:{event}".encode()].add(path.name.removesuffix(".bpf.c"))
     return found
 
@@ -105,7 +111,7 @@ def recorder_main(args: argparse.Namespace) -> int:
         """Answers the benchmark at each poll: ``set ARM`` (re-attach for ARM), ``sync``, and
         ``go`` (a unit begins: poll every 100 ms again)."""
 
-        attached: dict[bytes, bytes]  # tracepoint -> program name, as bcc attached them
+        attached: dict[bytes, tuple[str, bytes]]  # hook -> (how, program), as bcc attached
         floor: Any = None
         between = True
         defer = False  # the kernel arm: read nothing while a unit runs
@@ -114,8 +120,15 @@ def recorder_main(args: argparse.Namespace) -> int:
             super().start()
             bpf = self._require()
             self.attached = {
-                tp: b"tracepoint__" + tp.replace(b":", b"__") for tp in bpf.tracepoint_fds
+                tp: ("tracepoint", b"tracepoint__" + tp.replace(b":", b"__"))
+                for tp in bpf.tracepoint_fds
             }
+            for how, fds in (("kfunc", bpf.kfunc_entry_fds), ("kretfunc", bpf.kfunc_exit_fds)):
+                for fn in fds:
+                    self.attached[(hook_of_program(fn.decode()) or fn.decode()).encode()] = (
+                        how,
+                        fn,
+                    )
             from bcc import BPF
 
             self.floor = BPF(text=b"int sp_floor(void *ctx) { return 0; }")
@@ -129,10 +142,13 @@ def recorder_main(args: argparse.Namespace) -> int:
 
         def _set(self, arm: str) -> None:
             bpf = self._require()
-            # Each detach waits for an RCU grace period (~65 ms here: 3.9 s for all of them
-            # one by one); closed side by side, the waits overlap.
+            # Each tracepoint detach waits for an RCU grace period (~65 ms here: 3.9 s for all
+            # of them one by one); closed side by side, the waits overlap.
+            detach = [(bpf.detach_tracepoint, tp) for tp in list(bpf.tracepoint_fds)]
+            detach += [(bpf.detach_kfunc, fn) for fn in list(bpf.kfunc_entry_fds)]
+            detach += [(bpf.detach_kretfunc, fn) for fn in list(bpf.kfunc_exit_fds)]
             with ThreadPoolExecutor(max_workers=16) as pool:
-                list(pool.map(bpf.detach_tracepoint, list(bpf.tracepoint_fds)))
+                list(pool.map(lambda call: call[0](call[1]), detach))
             if FLOOR_TP in self.floor.tracepoint_fds:
                 self.floor.detach_tracepoint(FLOOR_TP)
             self.defer = arm == "kernel"
@@ -140,9 +156,15 @@ def recorder_main(args: argparse.Namespace) -> int:
                 self.floor.attach_tracepoint(tp=FLOOR_TP, fn_name=b"sp_floor")
             elif arm not in ("without", "none"):
                 probes = None if arm in ("all", "kernel") else {CORE, *arm.split(",")}
-                for tp, fn in self.attached.items():
-                    if probes is None or owners.get(tp, {CORE}) & probes:
+                for tp, (how, fn) in self.attached.items():
+                    if probes is not None and not owners.get(tp, {CORE}) & probes:
+                        continue
+                    if how == "tracepoint":
                         bpf.attach_tracepoint(tp=tp, fn_name=fn)
+                    elif how == "kfunc":
+                        bpf.attach_kfunc(fn_name=fn)
+                    else:
+                        bpf.attach_kretfunc(fn_name=fn)
 
         def poll(self, timeout_ms: int) -> list[Any]:
             if self.defer and not self.between:
@@ -162,7 +184,9 @@ def recorder_main(args: argparse.Namespace) -> int:
                 ack.write(f"{line}\n".encode())
             return super().poll(FAST_POLL_MS if self.between else timeout_ms)
 
-    options = RecordOptions(output=Path(args.output), cri_socket=args.cri_socket)
+    options = RecordOptions(
+        output=Path(args.output), cri_socket=args.cri_socket, syscall_hooks=args.syscall_hooks
+    )
 
     def ready() -> None:
         ack.write(b"ready\n")
@@ -182,7 +206,7 @@ def recorder_main(args: argparse.Namespace) -> int:
 class Switch:
     """The benchmark's end of the recorder's pipes."""
 
-    def __init__(self, output: Path, socket: str) -> None:
+    def __init__(self, output: Path, socket: str, syscall_hooks: str = "auto") -> None:
         req_r, self._req = os.pipe()
         self._ack, ack_w = os.pipe()
         cmd = [
@@ -197,6 +221,8 @@ class Switch:
             str(output),
             "--cri-socket",
             socket,
+            "--syscall-hooks",
+            syscall_hooks,
         ]
         self.proc = subprocess.Popen(cmd, pass_fds=(req_r, ack_w))
         os.close(req_r)
@@ -311,7 +337,7 @@ def run_config(
     blocks_n = max(1, -(-args.pods // cfg.concurrency))
     blocks: list[dict[str, dict[str, dict[str, float]]]] = []
     recorder_ms: dict[str, float] = dict.fromkeys(arms, 0.0)
-    switch = Switch(workdir / f"{name}.arrows", socket)
+    switch = Switch(workdir / f"{name}.arrows", socket, args.syscall_hooks)
     t0 = time.monotonic()
     ticks0 = cpu_times()
     try:
@@ -357,6 +383,7 @@ def run_config(
         "gap_s": args.gap,
         "load1": os.getloadavg()[0],
         "steal_pct": round(100 * steal_share(ticks0, cpu_times()), 1),
+        "syscall_hooks": args.syscall_hooks,
         "arms": summarize(blocks, arms),
         # each block's unit times per arm (ms), for other statistics later
         "starts_ms": {
@@ -376,6 +403,7 @@ def main() -> int:
             inner.add_argument(flag, type=int, required=True)
         inner.add_argument("--output", required=True)
         inner.add_argument("--cri-socket", required=True)
+        inner.add_argument("--syscall-hooks", default="auto")
         return recorder_main(inner.parse_args())
     parser = config_parser(__doc__)
     parser.add_argument(
@@ -392,6 +420,12 @@ def main() -> int:
         "(a detach waits ~2.3 s for RCU, an attach 16-31 ms): e.g. 3 gives every unit the "
         "same quiet time before it, and a recorded unit's programs attached at least the "
         "gap less a detach before it (~0.7 s at 3) (default 0: as soon as the switch is done)",
+    )
+    parser.add_argument(
+        "--syscall-hooks",
+        choices=MODES,
+        default="auto",
+        help="how the recorder's syscall hooks attach (record --syscall-hooks; default auto)",
     )
     args = parser.parse_args()
     specs = {"without": "without"}

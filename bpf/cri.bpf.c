@@ -94,25 +94,25 @@ static __always_inline int cri_accept_exit(long ret)
 }
 
 /* Why: containerd's gRPC server accepts CRI clients (kubelet, crictl) with accept4. */
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+SP_SYSCALL_ENTER(accept4)
 {
-	return cri_accept_enter(args->fd);
+	return cri_accept_enter((int)SP_SYSARG(0));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+SP_SYSCALL_EXIT(accept4)
 {
-	return cri_accept_exit(args->ret);
+	return cri_accept_exit(SP_SYSRET);
 }
 
 /* Why: the same for servers that use plain accept. */
-TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+SP_SYSCALL_ENTER(accept)
 {
-	return cri_accept_enter(args->fd);
+	return cri_accept_enter((int)SP_SYSARG(0));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+SP_SYSCALL_EXIT(accept)
 {
-	return cri_accept_exit(args->ret);
+	return cri_accept_exit(SP_SYSRET);
 }
 
 /*
@@ -322,27 +322,28 @@ static __always_inline int cri_rw_exit(long ret)
 }
 
 /* Why: requests arrive with read on an accepted connection (Go's net.Conn.Read). */
-TRACEPOINT_PROBE(syscalls, sys_enter_read)
+SP_SYSCALL_ENTER(read)
 {
-	return cri_rw_enter(args->fd, (u64)args->buf, 0);
+	return cri_rw_enter((unsigned int)SP_SYSARG(0), (u64)SP_SYSARG(1), 0);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_read)
+SP_SYSCALL_EXIT(read)
 {
-	return cri_rw_exit(args->ret);
+	return cri_rw_exit(SP_SYSRET);
 }
 
 /* Why: replies leave with write (Go's net.Conn.Write). */
-TRACEPOINT_PROBE(syscalls, sys_enter_write)
+SP_SYSCALL_ENTER(write)
 {
 #if SP_PROBE_IMAGE
-	img_on_write_enter((s32)args->fd, (u64)args->buf, args->count); /* image.bpf.c's hook */
+	/* image.bpf.c's hook; write(fd, buf, count) */
+	img_on_write_enter((s32)SP_SYSARG(0), SP_SYSARG(1), SP_SYSARG(2));
 #endif
-	return cri_rw_enter(args->fd, (u64)args->buf, SP_CRI_OUT);
+	return cri_rw_enter((unsigned int)SP_SYSARG(0), (u64)SP_SYSARG(1), SP_CRI_OUT);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_write)
+SP_SYSCALL_EXIT(write)
 {
-	return cri_rw_exit(args->ret);
+	return cri_rw_exit(SP_SYSRET);
 }
 #endif /* SP_CRI_SOCK_TP */

@@ -240,15 +240,19 @@ env_done:
 }
 
 /* Why: the command line and CNI_* environment of every exec in the followed tree. */
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+SP_SYSCALL_ENTER(execve)
 {
-	return exec_enter(SP_AT_FDCWD, 0, args->filename, args->argv, args->envp);
+	/* execve(filename, argv, envp) */
+	return exec_enter(SP_AT_FDCWD, 0, (const char *)SP_SYSARG(0),
+			  (const char *const *)SP_SYSARG(1), (const char *const *)SP_SYSARG(2));
 }
 
 /* Why: runc and crun re-exec themselves from a memfd with execveat(fd, "", AT_EMPTY_PATH). */
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+SP_SYSCALL_ENTER(execveat)
 {
-	return exec_enter(args->fd, args->flags, args->filename, args->argv, args->envp);
+	/* execveat(fd, filename, argv, envp, flags) */
+	return exec_enter((s32)SP_SYSARG(0), (u32)SP_SYSARG(4), (const char *)SP_SYSARG(1),
+			  (const char *const *)SP_SYSARG(2), (const char *const *)SP_SYSARG(3));
 }
 
 static __always_inline int exec_exit(long ret)
@@ -270,14 +274,14 @@ static __always_inline int exec_exit(long ret)
 }
 
 /* Why: a failed exec (ENOENT on a PATH search, EACCES) leaves the process in its old image. */
-TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+SP_SYSCALL_EXIT(execve)
 {
-	return exec_exit(args->ret);
+	return exec_exit(SP_SYSRET);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+SP_SYSCALL_EXIT(execveat)
 {
-	return exec_exit(args->ret);
+	return exec_exit(SP_SYSRET);
 }
 
 /* Why: the new image runs; its filename (/dev/fd/N for memfd re-execs) and the comm change. */
@@ -323,14 +327,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 }
 
 /* Why: the exit code a process asked for (a process killed by a signal never calls it). */
-TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+SP_SYSCALL_ENTER(exit_group)
 {
 	struct sp_ret r = {};
 
 	if (!sp_followed(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	sp_fill_header(&r.h, SP_EXIT_GROUP, sizeof(r));
-	r.ret = (s32)args->error_code;
+	r.ret = (s32)SP_SYSARG(0);
 	sp_submit(&r, sizeof(r));
 	return 0;
 }

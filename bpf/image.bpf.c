@@ -253,23 +253,23 @@ static __always_inline void img_snapshot_file(u32 tgid, const char *snap, u64 no
  * attached tracepoint costs every one of them its dispatch; the path and flags are read from
  * the saved user registers (x86_64: rsi, rdx), where the entry left them.
  */
-TRACEPOINT_PROBE(syscalls, sys_exit_openat)
+SP_SYSCALL_EXIT(openat)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32;
-	struct pt_regs *regs;
+	struct pt_regs *uregs; /* the syscall's: its arguments (the exit tracepoint has none) */
 	union sp_scratch *s;
 	struct sp_img_fd v = {};
 	u32 kind, len = 0;
 	u64 flags = 0, filename = 0, key;
 	char *path;
 
-	if (args->ret < 0 || !img_proc(tgid))
+	if (SP_SYSRET < 0 || !img_proc(tgid))
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	uregs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	s = sp_scratch();
-	if (!s || bpf_probe_read_kernel(&filename, sizeof(filename), &regs->si) < 0 ||
-	    bpf_probe_read_kernel(&flags, sizeof(flags), &regs->dx) < 0 ||
+	if (!s || bpf_probe_read_kernel(&filename, sizeof(filename), &uregs->si) < 0 ||
+	    bpf_probe_read_kernel(&flags, sizeof(flags), &uregs->dx) < 0 ||
 	    bpf_probe_read_user_str(s->img.path, SP_IMG_PATH, (void *)filename) <= 0)
 		return 0;
 	v.start_ns = bpf_ktime_get_ns();
@@ -296,7 +296,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 		__builtin_memset(v.key, 0, sizeof(v.key));
 	}
 	v.kind = kind;
-	key = sp_fd_key(tgid, (s32)args->ret);
+	key = sp_fd_key(tgid, (s32)SP_SYSRET);
 	if (img_fds.update(&key, &v) < 0) {
 		sp_error(SP_ERR_STASH_FULL);
 		return 0;
@@ -458,9 +458,9 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
 
 #if !(SP_PROBE_CRI && !SP_CRI_SOCK_TP)
 /* Why: the bytes of a blob being fetched and of an unpacked layer's files; registry requests. */
-TRACEPOINT_PROBE(syscalls, sys_enter_write)
+SP_SYSCALL_ENTER(write)
 {
-	img_on_write_enter((s32)args->fd, (u64)args->buf, args->count);
+	img_on_write_enter((s32)SP_SYSARG(0), SP_SYSARG(1), SP_SYSARG(2));
 	return 0;
 }
 #endif
@@ -566,22 +566,22 @@ static __always_inline int img_rename_exit(long ret)
 }
 
 /* Why: a fetched blob is committed by a rename (Go's os.Rename is renameat on x86_64). */
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
+SP_SYSCALL_ENTER(renameat)
 {
-	return img_rename_enter(args->oldname, args->newname);
+	return img_rename_enter((const char *)SP_SYSARG(1), (const char *)SP_SYSARG(3));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat)
+SP_SYSCALL_EXIT(renameat)
 {
-	return img_rename_exit(args->ret);
+	return img_rename_exit(SP_SYSRET);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
+SP_SYSCALL_ENTER(renameat2)
 {
-	return img_rename_enter(args->oldname, args->newname);
+	return img_rename_enter((const char *)SP_SYSARG(1), (const char *)SP_SYSARG(3));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat2)
+SP_SYSCALL_EXIT(renameat2)
 {
-	return img_rename_exit(args->ret);
+	return img_rename_exit(SP_SYSRET);
 }

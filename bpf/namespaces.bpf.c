@@ -59,24 +59,24 @@ static __always_inline int ns_exit(u32 kind, u32 type, long ret)
 }
 
 /* Why: containerd creates the pod's netns with unshare(CLONE_NEWNET); runc's child unshares. */
-TRACEPOINT_PROBE(syscalls, sys_enter_unshare)
+SP_SYSCALL_ENTER(unshare)
 {
-	return sp_ns_enter(SP_NS_UNSHARE, args->unshare_flags, -1);
+	return sp_ns_enter(SP_NS_UNSHARE, (unsigned long)SP_SYSARG(0), -1);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_unshare)
+SP_SYSCALL_EXIT(unshare)
 {
-	return ns_exit(SP_NS_UNSHARE, SP_UNSHARE, args->ret);
+	return ns_exit(SP_NS_UNSHARE, SP_UNSHARE, SP_SYSRET);
 }
 
 /* Why: joins: the CNI plugin into the pod netns, runc init into the sandbox's namespaces. */
-TRACEPOINT_PROBE(syscalls, sys_enter_setns)
+SP_SYSCALL_ENTER(setns)
 {
 	/* nstype travels in flags until ns_emit() moves it to sp_ns.nstype */
-	return sp_ns_enter(SP_NS_SETNS, (u32)args->flags, (s32)args->fd);
+	return sp_ns_enter(SP_NS_SETNS, (u32)SP_SYSARG(1), (s32)SP_SYSARG(0));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_setns)
+SP_SYSCALL_EXIT(setns)
 {
-	return ns_exit(SP_NS_SETNS, SP_SETNS, args->ret);
+	return ns_exit(SP_NS_SETNS, SP_SETNS, SP_SYSRET);
 }

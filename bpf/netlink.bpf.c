@@ -86,26 +86,26 @@ struct sp_nl_stash {
 BPF_TABLE("lru_hash", u32, struct sp_nl_stash, nl_stash, 16384);
 
 /* Why: find netlink sockets of the followed tree. */
-TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+SP_SYSCALL_ENTER(socket)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 	struct sp_nl_sock_stash st = {};
 
-	if (args->family != SP_AF_NETLINK || !sp_followed(id >> 32))
+	if ((int)SP_SYSARG(0) != SP_AF_NETLINK || !sp_followed(id >> 32))
 		return 0;
-	st.protocol = args->protocol;
-	st.type = args->type;
+	st.protocol = (int)SP_SYSARG(2);
+	st.type = (int)SP_SYSARG(1);
 	if (nl_sock_stash.update(&tid, &st) < 0)
 		sp_error(SP_ERR_STASH_FULL);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_socket)
+SP_SYSCALL_EXIT(socket)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
-	long ret = args->ret;
+	long ret = SP_SYSRET;
 	struct sp_nl_sock_stash *st = nl_sock_stash.lookup(&tid);
 	struct sp_nl_socket r = {};
 	u64 key;
@@ -274,45 +274,53 @@ out:
 }
 
 /* Why: Go's netlink (CNI plugins) and libmnl send requests with sendto. */
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+SP_SYSCALL_ENTER(sendto)
 {
-	return nl_enter(args->fd, SP_NL_SENDTO, (u64)args->buff, args->len, 1, args->flags);
+	/* sendto(fd, buff, len, flags, addr, addr_len) */
+	return nl_enter((s32)SP_SYSARG(0), SP_NL_SENDTO, SP_SYSARG(1), SP_SYSARG(2), 1,
+			(u32)SP_SYSARG(3));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
+SP_SYSCALL_EXIT(sendto)
 {
-	return nl_exit(SP_NL_SEND, args->ret);
+	return nl_exit(SP_NL_SEND, SP_SYSRET);
 }
 
 /* Why: iproute2 and iptables-nft (batches over several iovecs) send with sendmsg. */
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+SP_SYSCALL_ENTER(sendmsg)
 {
-	return nl_enter_msg(args->fd, SP_NL_SENDMSG, args->msg, args->flags);
+	/* sendmsg(fd, msg, flags) */
+	return nl_enter_msg((s32)SP_SYSARG(0), SP_NL_SENDMSG, (const void *)SP_SYSARG(1),
+			    (u32)SP_SYSARG(2));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
+SP_SYSCALL_EXIT(sendmsg)
 {
-	return nl_exit(SP_NL_SEND, args->ret);
+	return nl_exit(SP_NL_SEND, SP_SYSRET);
 }
 
 /* Why: acks and errors come back through recvfrom (Go, libmnl) ... */
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+SP_SYSCALL_ENTER(recvfrom)
 {
-	return nl_enter(args->fd, SP_NL_RECVFROM, (u64)args->ubuf, args->size, 1, args->flags);
+	/* recvfrom(fd, ubuf, size, flags, addr, addr_len) */
+	return nl_enter((s32)SP_SYSARG(0), SP_NL_RECVFROM, SP_SYSARG(1), SP_SYSARG(2), 1,
+			(u32)SP_SYSARG(3));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+SP_SYSCALL_EXIT(recvfrom)
 {
-	return nl_exit(SP_NL_RECV, args->ret);
+	return nl_exit(SP_NL_RECV, SP_SYSRET);
 }
 
 /* ... or recvmsg (iproute2): the buffer is iov[0] of the msghdr, saved at entry. */
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+SP_SYSCALL_ENTER(recvmsg)
 {
-	return nl_enter_msg(args->fd, SP_NL_RECVMSG, args->msg, args->flags);
+	/* recvmsg(fd, msg, flags) */
+	return nl_enter_msg((s32)SP_SYSARG(0), SP_NL_RECVMSG, (const void *)SP_SYSARG(1),
+			    (u32)SP_SYSARG(2));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
+SP_SYSCALL_EXIT(recvmsg)
 {
-	return nl_exit(SP_NL_RECV, args->ret);
+	return nl_exit(SP_NL_RECV, SP_SYSRET);
 }

@@ -71,77 +71,78 @@ static __always_inline int rt_exit(u32 op, long ret)
 }
 
 /* Why: the rootfs: runc's and crun's bind mounts, /proc, /dev, masked and readonly paths. */
-TRACEPOINT_PROBE(syscalls, sys_enter_mount)
+SP_SYSCALL_ENTER(mount)
 {
-	return rt_enter(SP_RT_MOUNT, args->dir_name, args->type, args->flags);
+	/* mount(dev_name, dir_name, type, flags, data) */
+	return rt_enter(SP_RT_MOUNT, (char *)SP_SYSARG(1), (char *)SP_SYSARG(2), SP_SYSARG(3));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_mount)
+SP_SYSCALL_EXIT(mount)
 {
-	return rt_exit(SP_RT_MOUNT, args->ret);
+	return rt_exit(SP_RT_MOUNT, SP_SYSRET);
 }
 
 /* Why: the old root detached after pivot_root; umounts of the runtime's own. */
-TRACEPOINT_PROBE(syscalls, sys_enter_umount)
+SP_SYSCALL_ENTER(umount)
 {
-	return rt_enter(SP_RT_UMOUNT, args->name, 0, args->flags);
+	return rt_enter(SP_RT_UMOUNT, (char *)SP_SYSARG(0), 0, (int)SP_SYSARG(1));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_umount)
+SP_SYSCALL_EXIT(umount)
 {
-	return rt_exit(SP_RT_UMOUNT, args->ret);
+	return rt_exit(SP_RT_UMOUNT, SP_SYSRET);
 }
 
 /* Why: the end of the rootfs: the container's root becomes /. */
-TRACEPOINT_PROBE(syscalls, sys_enter_pivot_root)
+SP_SYSCALL_ENTER(pivot_root)
 {
-	return rt_enter(SP_RT_PIVOT_ROOT, args->new_root, 0, 0);
+	return rt_enter(SP_RT_PIVOT_ROOT, (const char *)SP_SYSARG(0), 0, 0);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_pivot_root)
+SP_SYSCALL_EXIT(pivot_root)
 {
-	return rt_exit(SP_RT_PIVOT_ROOT, args->ret);
+	return rt_exit(SP_RT_PIVOT_ROOT, SP_SYSRET);
 }
 
 /* Why: the new mount API (runc >= 1.2 and crun for idmapped and recursive readonly mounts). */
-TRACEPOINT_PROBE(syscalls, sys_enter_mount_setattr)
+SP_SYSCALL_ENTER(mount_setattr)
 {
-	return rt_enter(SP_RT_MOUNT_SETATTR, args->path, 0, args->flags);
+	return rt_enter(SP_RT_MOUNT_SETATTR, (const char *)SP_SYSARG(1), 0, (unsigned int)SP_SYSARG(2));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_mount_setattr)
+SP_SYSCALL_EXIT(mount_setattr)
 {
-	return rt_exit(SP_RT_MOUNT_SETATTR, args->ret);
+	return rt_exit(SP_RT_MOUNT_SETATTR, SP_SYSRET);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_open_tree)
+SP_SYSCALL_ENTER(open_tree)
 {
-	return rt_enter(SP_RT_OPEN_TREE, args->filename, 0, args->flags);
+	return rt_enter(SP_RT_OPEN_TREE, (const char *)SP_SYSARG(1), 0, (unsigned)SP_SYSARG(2));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_open_tree)
+SP_SYSCALL_EXIT(open_tree)
 {
-	return rt_exit(SP_RT_OPEN_TREE, args->ret);
+	return rt_exit(SP_RT_OPEN_TREE, SP_SYSRET);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
+SP_SYSCALL_ENTER(move_mount)
 {
-	return rt_enter(SP_RT_MOVE_MOUNT, args->to_pathname, 0, args->flags);
+	return rt_enter(SP_RT_MOVE_MOUNT, (const char *)SP_SYSARG(3), 0, (unsigned int)SP_SYSARG(4));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_move_mount)
+SP_SYSCALL_EXIT(move_mount)
 {
-	return rt_exit(SP_RT_MOVE_MOUNT, args->ret);
+	return rt_exit(SP_RT_MOVE_MOUNT, SP_SYSRET);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_fsmount)
+SP_SYSCALL_ENTER(fsmount)
 {
-	return rt_enter(SP_RT_FSMOUNT, 0, 0, args->flags);
+	return rt_enter(SP_RT_FSMOUNT, 0, 0, (unsigned int)SP_SYSARG(1));
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_fsmount)
+SP_SYSCALL_EXIT(fsmount)
 {
-	return rt_exit(SP_RT_FSMOUNT, args->ret);
+	return rt_exit(SP_RT_FSMOUNT, SP_SYSRET);
 }
 
 /* Why: the container's cgroup, made by the runtime (cgroupfs driver; systemd makes its own). */

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from startprof.errors import StartprofError
-from startprof.probes import cri, preferred_tracepoints, required_tracepoints
+from startprof.probes import cri, hooks, preferred_tracepoints, required_tracepoints
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -73,6 +73,10 @@ class Host(Protocol):
     def which(self, name: str) -> str | None: ...
     def bcc_trial(self) -> str | None:
         """Compile and attach a trivial tracepoint program; None on success, else the error."""
+        ...
+
+    def fentry_usable(self) -> bool:
+        """Whether the probes' syscall hooks can be fentry programs (startprof.probes.hooks)."""
         ...
 
     def cri_version(self, socket_path: str) -> str:
@@ -213,6 +217,21 @@ def check_cri_hooks(host: Host) -> Check:
         "pays about +260 ns",
         "Linux >= 6.3 on x86_64 has the cheaper sock:sock_recv_length, sock_send_length and "
         "sk_data_ready",
+    )
+
+
+def check_syscall_hooks(host: Host) -> Check:
+    """How the syscall hooks will attach (record --syscall-hooks auto)."""
+    if host.fentry_usable():
+        return Check("syscall hooks", "ok", False, "fentry programs: only the hooked syscalls pay")
+    return Check(
+        "syscall hooks",
+        "warn",
+        False,
+        "syscall tracepoints: while recording, every syscall on the machine takes the kernel's "
+        "slow path (+65 ns here) besides each hooked one's dispatch",
+        "fentry needs x86_64, BTF, BPF trampolines (Linux >= 5.5) and a kernel that loads "
+        "tracing programs",
     )
 
 
@@ -370,6 +389,7 @@ def run_checks(host: Host, cri_socket: str) -> Report:
         check_tracefs(host),
         check_tracepoints(host, required_tracepoints()),
         check_cri_hooks(host),
+        check_syscall_hooks(host),
         check_btf(host),
         check_kernel_headers(host),
         check_bcc(host),
@@ -431,6 +451,9 @@ class RealHost:
             return f"bcc failed to compile or attach: {str(exc).splitlines()[0]}"
         bpf.cleanup()
         return None
+
+    def fentry_usable(self) -> bool:
+        return hooks.fentry_usable()
 
     def cri_version(self, socket_path: str) -> str:
         if not os.path.exists(socket_path):

@@ -53,6 +53,8 @@ class RecordOptions:
     command: Sequence[str] = ()
     probes: Sequence[str] = ALL_PROBES
     ringbuf_pages: int = 1024
+    syscall_hooks: str = "auto"
+    """fentry, tracepoint or auto: startprof.probes.hooks."""
 
 
 @dataclass
@@ -288,6 +290,8 @@ class Recorder:
         self._priority = _Priority()
         self._clock_offset_ns = 0
         """Wall clock minus monotonic, sampled when the probes started."""
+        self._syscall_hooks = "tracepoint"
+        """How the session's syscall hooks attached (start_session): the header says."""
         self._cri_bytes = CriByteAccount()
 
     def _initial_targets(self) -> tuple[list[int], set[tuple[int, int]]]:
@@ -320,6 +324,7 @@ class Recorder:
             ringbuf_pages=opts.ringbuf_pages,
             probes=tuple(opts.probes),
             exclude=(os.getpid(),),
+            syscall_hooks=opts.syscall_hooks,
         )
         return session, seeds
 
@@ -327,6 +332,7 @@ class Recorder:
         """Attach the probes and sample the clock: the header of what they record."""
         self._drops_read_ns = time.monotonic_ns()  # the counters start at zero here
         session.start()
+        self._syscall_hooks = "fentry" if session.syscall_fentry else "tracepoint"
         self._clock_offset_ns = sample_offset()
         return self.header()
 
@@ -347,6 +353,7 @@ class Recorder:
             startprof_version=__version__,
             extra={
                 **self._header_extra(),
+                "syscall_hooks": self._syscall_hooks,
                 "containerd": recording_metadata(opts.cri_socket, self.stats.followed_containerd),
             },
         )

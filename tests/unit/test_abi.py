@@ -112,7 +112,11 @@ def test_abi_version_is_the_headers() -> None:
 
 def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
     session = ProbeSession(
-        follow_all=True, ringbuf_pages=64, probes=("exec", "cri"), cri_sock_tracepoints=True
+        follow_all=True,
+        ringbuf_pages=64,
+        probes=("exec", "cri"),
+        cri_sock_tracepoints=True,
+        syscall_hooks="tracepoint",
     )
     assert session.cflags() == [
         "-DSP_RINGBUF_PAGES=64",
@@ -125,6 +129,7 @@ def test_loaded_source_inlines_every_probe_and_shows_its_settings() -> None:
         "-DSP_PROBE_IMAGE=0",
         "-DSP_CRI_SOCK_TP=1",
         "-DSP_ENV_FILTER=0",
+        "-DSP_SYSCALL_FENTRY=0",
     ]
     assert "-DSP_CRI_SOCK_TP=0" in ProbeSession(cri_sock_tracepoints=False).cflags()
     # the environment is read only where CNI_* can be once there are CRI listeners to start from
@@ -151,5 +156,8 @@ def test_probe_table_lists_every_tracepoint_the_c_attaches() -> None:
     text = expand_source()
     attached = {
         f"{cat}:{event}" for cat, event in re.findall(r"TRACEPOINT_PROBE\((\w+), (\w+)\)", text)
+    } | {
+        f"syscalls:sys_{edge.lower()}_{name}"
+        for edge, name in re.findall(r"^SP_SYSCALL_(ENTER|EXIT)\((\w+)\)", text, re.M)
     }
     assert attached == set(required_tracepoints()) | set(preferred_tracepoints())

@@ -38,6 +38,7 @@ class FakeHost:
     pid_ns: bool | None = True
     """None: /proc/self/ns/pid cannot be read."""
     listening: bool | None = True
+    fentry: bool = True
 
     def euid(self) -> int:
         return self.uid
@@ -65,6 +66,9 @@ class FakeHost:
 
     def bcc_trial(self) -> str | None:
         return self.bcc_error
+
+    def fentry_usable(self) -> bool:
+        return self.fentry
 
     def cri_version(self, socket_path: str) -> str:
         if self.cri is None:
@@ -198,6 +202,17 @@ def test_cri_hooks_prefer_the_socket_tracepoints(arch: str, drop: str | None, st
     assert (check.status, check.required) == (status, False)
     assert report.ok  # the syscall fallback works, only dearer
     assert ("read/write syscall" in check.detail) == (status == "warn")
+
+
+@pytest.mark.parametrize(("fentry", "status"), [(True, "ok"), (False, "warn")])
+def test_syscall_hooks_say_whether_every_syscall_pays(fentry: bool, status: str) -> None:
+    host = healthy()
+    host.fentry = fentry
+    report = run_checks(host, "/x")
+    check = next(c for c in report.checks if c.name == "syscall hooks")
+    assert (check.status, check.required) == (status, False)
+    assert report.ok  # tracepoints work, only dearer
+    assert ("slow path" in check.detail) == (not fentry)
 
 
 def test_btf_headers_and_bcc_failures_are_required() -> None:

@@ -19,6 +19,7 @@ from startprof.cli.options import (
 from startprof.config import resolve_cri_socket
 from startprof.errors import InputError
 from startprof.probes import PROBE_NAMES
+from startprof.probes.hooks import MODES
 from startprof.recording import SUFFIX
 
 if TYPE_CHECKING:
@@ -66,6 +67,15 @@ def _status_line(stats: RecordStats) -> str:
     help="Load only these probes (repeatable) [default: all].",
 )
 @ringbuf_pages_option
+@click.option(
+    "--syscall-hooks",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="How the syscall hooks attach: fentry programs (only the hooked syscalls pay) or "
+    "syscall tracepoints (every syscall on the machine takes the kernel's slow path); auto "
+    "takes fentry where the kernel loads it.",
+)
 @click.option("--dump-bpf", is_flag=True, help="Print the BPF C that would be loaded and exit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record_command(
@@ -75,6 +85,7 @@ def record_command(
     follow_all: bool,
     probes: tuple[str, ...],
     ringbuf_pages: int,
+    syscall_hooks: str,
     dump_bpf: bool,
     command: tuple[str, ...],
 ) -> int:
@@ -104,6 +115,7 @@ def record_command(
         command=command,
         probes=probes or ALL_PROBES,
         ringbuf_pages=ringbuf_pages,
+        syscall_hooks=syscall_hooks,
     )
     parent = options.output.parent
     if not dump_bpf and not (parent.is_dir() and os.access(parent, os.W_OK)):
@@ -121,6 +133,7 @@ def record_command(
             cri_socket=socket_path,
             ringbuf_pages=ringbuf_pages,
             probes=options.probes,
+            syscall_hooks=syscall_hooks,
         )
         click.echo(session.c_source())
         return 0

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from startprof.errors import EnvironmentProblem, PrivilegeError
 from startprof.events import Event
-from startprof.probes import PROBE_NAMES, PROBES, cri, image
+from startprof.probes import PROBE_NAMES, PROBES, cri, hooks, image
 from startprof.probes import exec as exec_probe
 from startprof.probes.abi import (
     SP_CONN_ID_SEEDED,
@@ -33,6 +33,7 @@ from startprof.probes.abi import (
     ImgPrefix,
     RecordType,
 )
+from startprof.probes.progstats import prog_stats
 from startprof.procfs import descendants, has_env_prefix
 from startprof.resources import bpf_dir
 
@@ -94,6 +95,7 @@ class ProbeSession:
         extra_cflags: Sequence[str] = (),
         cri_sock_tracepoints: bool | None = None,
         exclude: Iterable[int] = (),
+        syscall_hooks: str = "auto",
     ) -> None:
         unknown = [p for p in probes if p not in ALL_PROBES]
         if unknown:
@@ -118,6 +120,10 @@ class ProbeSession:
             cri.sock_tracepoints_usable() if cri_sock_tracepoints is None else cri_sock_tracepoints
         )
         """cri reads CRI bytes at the socket tracepoints (else at every read/write syscall)."""
+        self.syscall_hooks = syscall_hooks
+        self.syscall_fentry = hooks.use_fentry(syscall_hooks)
+        """The syscall hooks are fentry/fexit programs (else syscall tracepoints, which send
+        every syscall on the machine down the slow path): startprof.probes.hooks."""
         self.load_seconds: float | None = None
         self._bpf: Any = None
         self._raw: list[bytes] = []
@@ -140,6 +146,7 @@ class ProbeSession:
         flags += [f"-DSP_PROBE_{p.upper()}={int(p in self.probes)}" for p in ALL_PROBES]
         flags.append(f"-DSP_CRI_SOCK_TP={int(self.cri_sock_tracepoints)}")
         flags.append(f"-DSP_ENV_FILTER={int(self.env_filter)}")
+        flags.append(f"-DSP_SYSCALL_FENTRY={int(self.syscall_fentry)}")
         return flags + list(self.extra_cflags)
 
     def c_source(self) -> str:
@@ -172,7 +179,17 @@ class ProbeSession:
         try:
             self._bpf = BPF(text=self.c_source().encode(), cflags=self.cflags())
         except Exception as exc:  # bcc raises bare Exception for compile, load and attach
-            raise _load_error(exc) from exc
+            if not self.syscall_fentry:
+                raise _load_error(exc) from exc
+            if self.syscall_hooks != "auto":
+                raise EnvironmentProblem(
+                    f"the kernel did not take the probes' fentry programs: {exc}",
+                    "use the syscall tracepoints: --syscall-hooks tracepoint",
+                ) from exc
+            # A trial fentry program loaded (hooks.fentry_usable), these did not: the same
+            # probes on tracepoints then, at the cost of a second compile.
+            self.syscall_fentry = False
+            return self.start()
         try:
             self._callback = self._on_record
             self._bpf[b"events"].open_ring_buffer(self._callback)
@@ -253,10 +270,25 @@ class ProbeSession:
 
     def kernel_errors(self) -> dict[str, int]:
         """Other in-kernel losses: a full follow map, a full pairing map, failed user reads."""
-        table = self._require()[b"errors"]
-        return {
+        bpf = self._require()
+        table = bpf[b"errors"]
+        errors = {
             name: sum(int(v) for v in table[ct.c_int(i)]) for i, name in enumerate(_KERNEL_ERRORS)
         }
+        errors["program_misses"] = self.program_misses()
+        return errors
+
+    def program_misses(self) -> int:
+        """Runs the kernel skipped, each a lost event: a program already running on that CPU
+        (an fentry program preempted inside itself, or a tracepoint program interrupted by
+        another); startprof.probes.progstats."""
+        total = 0
+        for fn in self._require().funcs.values():
+            try:
+                total += prog_stats(fn.fd).recursion_misses
+            except OSError:
+                continue  # a program bcc loaded and closed again
+        return total
 
     def counts(self) -> dict[str, int]:
         """Records decoded so far per probe name."""

@@ -242,3 +242,23 @@ def test_no_listener_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1
     assert "nothing listens on the CRI socket" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_syscall_hooks_are_chosen_and_recorded(lab: RunningLab, tmp_path: Path) -> None:
+    """auto takes fentry where the kernel loads it, else tracepoints, and says which; fentry
+    asked for on a kernel that refuses it is one clear line (this CI VM answers EPERM)."""
+    from startprof.probes import hooks
+
+    auto = record(lab, tmp_path / "auto.arrows", "true")
+    assert auto.returncode == 0, auto.stderr
+    chosen = read_recording(tmp_path / "auto.arrows").header.extra["syscall_hooks"]
+    assert chosen == ("fentry" if hooks.fentry_usable() else "tracepoint")
+    forced = record(lab, tmp_path / "tp.arrows", "true", extra=("--syscall-hooks", "tracepoint"))
+    assert forced.returncode == 0, forced.stderr
+    assert read_recording(tmp_path / "tp.arrows").header.extra["syscall_hooks"] == "tracepoint"
+    if not hooks.fentry_usable():
+        refused = record(lab, tmp_path / "f.arrows", "true", extra=("--syscall-hooks", "fentry"))
+        assert refused.returncode == 1, refused.stderr  # EnvironmentProblem
+        lines = [ln for ln in refused.stderr.splitlines() if ln.startswith("startprof:")]
+        assert len(lines) == 1 and "fentry" in lines[0], refused.stderr
+        assert "Traceback" not in refused.stderr

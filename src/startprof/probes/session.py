@@ -269,9 +269,9 @@ class ProbeSession:
         return [int(v) for v in self._require()[b"drops"][ct.c_int(0)]]
 
     def kernel_errors(self) -> dict[str, int]:
-        """Other in-kernel losses: a full follow map, a full pairing map, failed user reads."""
-        bpf = self._require()
-        table = bpf[b"errors"]
+        """Other in-kernel losses: a full follow map, a full pairing map, failed user reads,
+        program runs the kernel skipped."""
+        table = self._require()[b"errors"]
         errors = {
             name: sum(int(v) for v in table[ct.c_int(i)]) for i, name in enumerate(_KERNEL_ERRORS)
         }

@@ -65,8 +65,10 @@
  * callers of that syscall pay, a trampoline call each. Else they are the syscalls:sys_enter_
  * and sys_exit_ tracepoints, and enabling any one of those sets TIF_SYSCALL_TRACEPOINT on every
  * task: every syscall of every process on the machine then takes the kernel's slow path
- * (syscall_trace_enter, perf_syscall_enter/exit), whichever syscall it is. Issue 19 found that
- * dispatch the largest part of the probes' kernel time in the pod stack (docs/probes.md).
+ * (syscall_trace_enter), whichever syscall it is, and each hit of a hooked one builds a
+ * tracepoint record (perf_syscall_enter/exit) before its program runs. Issue 19 measured the
+ * slow path alone at no resolvable pod-start cost, the record per hit as the larger part of the
+ * probes' dispatch (docs/probes.md, docs/reliability.md).
  *
  * Where the two differ: fexit runs in the caller only (a clone's child returns through
  * ret_from_fork, not __x64_sys_clone; the core expects nothing from it), and 32-bit (ia32)

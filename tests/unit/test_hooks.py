@@ -53,13 +53,14 @@ def test_program_names_map_back_to_hooks(program: str, hook: str | None) -> None
     assert hooks.hook_of_program(program) == hook
 
 
-def test_every_syscall_hook_has_a_kernel_function() -> None:
+def test_every_syscall_hook_maps_back_from_its_fentry_programs() -> None:
     syscall_hooks = [tp for tp in required_tracepoints() if tp.startswith("syscalls:")]
     assert syscall_hooks
     for tp in syscall_hooks:
-        name = re.sub(r"^syscalls:sys_(enter|exit)_", "", tp)
-        assert hooks.kernel_function(tp) == f"__x64_sys_{name}"
-    assert hooks.kernel_function("sched:sched_process_exec") is None
+        edge, name = re.fullmatch(r"syscalls:sys_(enter|exit)_(\w+)", tp).groups()  # type: ignore[union-attr]
+        program = f"{'kfunc' if edge == 'enter' else 'kretfunc'}____x64_sys_{name}"
+        assert hooks.hook_of_program(program) == tp
+    assert hooks.hook_of_program("sched_process_exec") is None
 
 
 def test_both_modes_compile_from_one_source() -> None:

@@ -4,9 +4,10 @@
 ``bpf/startprof.bpf.c``'s ``SP_SYSCALL_ENTER``/``SP_SYSCALL_EXIT`` compile to either
 (``-DSP_SYSCALL_FENTRY``); the probe table (``startprof.probes.PROBES``) names each hook by its
 tracepoint either way. Enabling any syscall tracepoint sends every syscall of every task on the
-machine down the kernel's slow path (``syscall_trace_enter``, ``perf_syscall_enter/exit``),
-whichever syscall it is; an fentry program costs only the callers of its own syscall, a
-trampoline call each (docs/probes.md, "Syscall hooks").
+machine down the kernel's slow path (``syscall_trace_enter``), whichever syscall it is, and each
+hit of a hooked one builds a tracepoint record (``perf_syscall_enter/exit``) before its program
+runs; an fentry program costs only the callers of its own syscall, a trampoline call each
+(docs/probes.md, "Syscall hooks").
 """
 
 from __future__ import annotations
@@ -93,18 +94,6 @@ def use_fentry(mode: str) -> bool:
     if mode not in MODES:
         raise ValueError(f"syscall hooks must be one of {', '.join(MODES)}, not {mode!r}")
     return fentry_usable() if mode == "auto" else mode == "fentry"
-
-
-def kernel_function(tracepoint: str) -> str | None:
-    """The function an fentry hook attaches to instead of a syscall tracepoint
-    (``syscalls:sys_enter_setns`` -> ``__x64_sys_setns``); None for other tracepoints."""
-    category, _, event = tracepoint.partition(":")
-    if category != "syscalls":
-        return None
-    for edge in ("sys_enter_", "sys_exit_"):
-        if event.startswith(edge):
-            return FENTRY_PREFIX + event.removeprefix(edge)
-    return None
 
 
 def hook_of_program(name: str) -> str | None:

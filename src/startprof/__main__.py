@@ -1,5 +1,3 @@
-import sys
+from startprof.cli import run
 
-from startprof.cli import main
-
-sys.exit(main())
+run()

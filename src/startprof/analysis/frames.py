@@ -33,6 +33,19 @@ def cells(series: pd.Series) -> list[Any]:
         return [None if missing(v) else v for v in series.tolist()]
 
 
+def string_lists(series: pd.Series) -> list[Any]:
+    """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list.
+    A null item in a list (a damaged recording) reads as ``""``, so that the code reading
+    command lines never meets anything but text (and needs no ``str()`` per argument)."""
+    lists = cells(series)
+    values = series.array
+    if isinstance(values, pd.arrays.ArrowExtensionArray):
+        chunks = pa.chunked_array(pa.array(values)).chunks
+        if not any(chunk.flatten().null_count for chunk in chunks):
+            return lists
+    return [None if v is None else ["" if x is None else str(x) for x in v] for v in lists]
+
+
 def rows_where(
     frame: pd.DataFrame, mask: np.ndarray | pd.Series, columns: Sequence[str]
 ) -> pd.DataFrame:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 
@@ -20,6 +22,9 @@ from startprof.cli.report import report_command
 from startprof.errors import InternalError, StartprofError
 
 EXIT_USAGE = 2
+ONE_SHOT = frozenset({"analyze", "report", "export"})
+"""Commands that build one analysis, write it and end: the process's heap is garbage once
+they have written their output (see :func:`run`)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -102,5 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in cli.commands), None)
+
+
+def run() -> NoReturn:
+    """The ``startprof`` program: :func:`main`, then exit.
+
+    A one-shot command (``analyze``, ``report``, ``export``) runs without the cycle collector,
+    and the process ends without freeing its objects one by one: the analysis of 10,000 pods
+    is millions of them, which the collector walked again on every full collection after the
+    analysis (1 s of the command) and the interpreter's teardown freed for another 3.7 s after
+    the last byte was written. Output is flushed first; nothing else of these commands waits
+    for exit (no atexit handler, no thread, every file closed). Callers of :func:`main` in a
+    long-lived process (the tests) keep both."""
+    one_shot = _command(sys.argv[1:]) in ONE_SHOT
+    if one_shot:
+        gc.disable()
+    code = main()
+    if not one_shot:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError):
+            code = code or 1  # a reader that went away: what a pipe's writer exits with here
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

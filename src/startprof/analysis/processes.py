@@ -243,7 +243,7 @@ def containerd_namespace(argv: Any) -> str | None:
     if basename(args[0]).startswith(SHIM_PREFIX):
         for i, a in enumerate(args[:-1]):
             if a == "-namespace":
-                return args[i + 1]
+                return str(args[i + 1])
     if _TASK_DIR_TEXT not in "\0".join(args[1:]):
         return None  # one substring test instead of a regular expression per argument
     for a in args[1:]:

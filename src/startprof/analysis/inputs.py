@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -259,7 +260,7 @@ def _procs(table: pd.DataFrame) -> list[Proc]:
     columns[PROC_COLUMNS.index("argv")] = [() if a is None else tuple(a) for a in argv]
     columns[PROC_COLUMNS.index("env")] = list(map(_env_map, columns[PROC_COLUMNS.index("env")]))
     runtimes = table.attrs.get("runtimes") or runtime_programs(a for a in argv if a)
-    return [Proc(*row, runtimes=runtimes) for row in zip(*columns, strict=True)]
+    return list(map(Proc, *columns, itertools.repeat(runtimes, len(table))))
 
 
 def _op_names(sends: pd.DataFrame) -> pd.Series:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import click
 import pytest
 
 from startprof.cli import cli, main
 from startprof.errors import InputError, StartprofError
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "recordings"
 
 
 def test_help_lists_commands_with_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,3 +49,45 @@ def test_error_hierarchy_exit_codes() -> None:
     assert InputError("x").exit_code == 2
     assert issubclass(InputError, StartprofError)
     assert click.ClickException("x").exit_code == 1
+
+
+def _program(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``startprof ARGS`` as its own process, through :func:`startprof.cli.run`."""
+    return subprocess.run(
+        [sys.executable, "-m", "startprof", *args], capture_output=True, check=False, timeout=120
+    )
+
+
+def test_one_shot_command_writes_all_its_output_before_its_fast_exit(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """``analyze`` ends with os._exit: everything it wrote must be flushed first, and the
+    bytes must be those main() writes in this process."""
+    recording = str(DATA / "multi-container.arrows")
+    done = _program("analyze", "--json", recording)
+    assert done.returncode == 0, done.stderr
+    assert main(["analyze", "--json", recording]) == 0
+    assert done.stdout == capsysbinary.readouterr().out
+    assert json.loads(done.stdout)["pods"]
+
+
+def test_one_shot_command_keeps_its_exit_code_and_error_line(tmp_path: Path) -> None:
+    done = _program("analyze", str(tmp_path / "missing.arrows"))
+    assert done.returncode == 2
+    assert done.stderr.decode().strip() == f"startprof: {tmp_path / 'missing.arrows'}: no such file"
+
+
+def test_one_shot_command_to_a_closed_pipe_exits_quietly() -> None:
+    """A reader that went away (``| head -c 1``): no traceback, no 'Exception ignored'."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "startprof", "analyze", "--json", str(DATA / "concurrent.arrows")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code in (0, 1)
+    assert "Traceback" not in err and "Exception ignored" not in err

@@ -26,7 +26,7 @@ NO_CONTAINER_SEEN = "no container seen"
 """``incomplete_reason`` of a pod whose sandbox is in the recording and none of its containers."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Phase:
     """One span of a pod start. ``name`` is canonical (docs/architecture.md), e.g.
     ``cni.plugin bridge``."""
@@ -86,7 +86,7 @@ class Phase:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CriticalStep:
     phase_id: str
     name: str

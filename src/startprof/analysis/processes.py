@@ -379,6 +379,35 @@ def foreign_containers(table: pd.DataFrame) -> dict[str, int]:
     return {str(ns): int(n) for ns, n in counts.items()}
 
 
+def _own_evidence(
+    argvs: list[Any], envs: list[Any], runtimes: frozenset[str], table: pd.DataFrame
+) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Each process's own evidence, in one pass over the command lines (a pass per fact cost
+    2 s at 10,000 pods): its containerd namespace, ``CNI_CONTAINERID``, shim ``-id`` and the
+    container id an OCI runtime acts on."""
+    namespace, cni, shims, targets = [], [], [], []
+    for argv, env in zip(argvs, envs, strict=True):
+        shim = target = space = None
+        if argv and len(argv) >= 2:
+            program = basename(argv[0])
+            if program.startswith(SHIM_PREFIX):
+                shim, space = _shim_id(argv), containerd_namespace(argv)
+            else:
+                if program in runtimes:
+                    target = _runtime_target(argv, runtimes)
+                if _TASK_DIR_TEXT in "\0".join(argv[1:]):  # what containerd_namespace tests
+                    space = containerd_namespace(argv)
+        namespace.append(space)
+        cni.append(_cni_container(env))
+        shims.append(shim)
+        targets.append(target)
+
+    def column(values: list[Any]) -> pd.Series:
+        return pd.Series(values, index=table.index, dtype=object)
+
+    return column(namespace), column(cni), column(shims), column(targets)
+
+
 def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.DataFrame:
     """Add ``sandbox_id`` and ``container_id`` columns: own evidence first, else the parent's.
 
@@ -391,12 +420,9 @@ def attribute(table: pd.DataFrame, container_sandbox: Mapping[str, str]) -> pd.D
     argvs = cells(table["argv"])
     runtimes = runtime_programs(a for a in argvs if a)
     table.attrs["runtimes"] = runtimes  # for the pod builder: found once per recording
-    namespace = _map(argvs, containerd_namespace, table.index)
+    namespace, own_cni, shims, targets = _own_evidence(argvs, cells(table["env"]), runtimes, table)
     # a shim says its namespace, and so does every runtime call (bundle and log paths)
     foreign_own = (namespace.notna() & (namespace != CRI_NAMESPACE)).astype(bool)
-    own_cni = _map(table["env"], _cni_container)
-    shims = _map(argvs, _shim_id, table.index)
-    targets = _map(argvs, lambda a: _runtime_target(a, runtimes), table.index)
     ids = targets.where(targets.notna(), shims)
     own_shim, own_runtime, container = (x.where(~foreign_own, None) for x in (shims, targets, ids))
 

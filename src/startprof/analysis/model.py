@@ -82,7 +82,9 @@ class Phase:
             "error": self.error,
             "on_critical_path": self.on_critical_path,
             "self_ms": round(self.self_ns / 1e6, 3),
-            "attributes": dict(self.attributes),
+            # the phase's own dict, not a copy (half of this method's time, 610,000 times at
+            # 10,000 pods): a document is read, never changed in place
+            "attributes": a if type(a := self.attributes) is dict else dict(a),
         }
 
 

@@ -1,0 +1,56 @@
+"""The process table: lifetimes of reused pids, and what each event is attributed to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from startprof.analysis.processes import processes
+from startprof.recording import EVENT_SCHEMA
+
+
+def _frame(events: list[dict[str, Any]]) -> pd.DataFrame:
+    """Events as the analysis reads a recording: Arrow-backed columns of the file's schema."""
+    table = pa.Table.from_batches([pa.RecordBatch.from_pylist(events, schema=EVENT_SCHEMA)])
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _exec(ts: int, pid: int, program: str) -> dict[str, Any]:
+    return {"kind": "exec", "ts_ns": ts, "pid": pid, "tid": pid, "filename": program,
+            "argv": [program]}  # fmt: skip
+
+
+def test_a_reused_pid_is_two_processes_and_each_event_goes_to_the_one_alive_then() -> None:
+    """pid 200 is born twice (pid_max wrapped); pid 300 once, and an event of it before its
+    birth belongs to no lifetime of it. Both paths: the lookup for one-lifetime pids and the
+    asof join for reused ones."""
+    ev = _frame(
+        [
+            {"kind": "proc", "ts_ns": 1, "pid": 100, "ppid": 1},
+            {"kind": "exec", "ts_ns": 5, "pid": 300, "tid": 300, "filename": "/early"},
+            {"kind": "fork", "ts_ns": 10, "pid": 100, "child_pid": 200},
+            _exec(11, 200, "/bin/first"),
+            {"kind": "exit", "ts_ns": 12, "pid": 200, "tid": 200},
+            {"kind": "fork", "ts_ns": 20, "pid": 100, "child_pid": 200},
+            _exec(21, 200, "/bin/second"),
+            {"kind": "fork", "ts_ns": 30, "pid": 100, "child_pid": 300},
+            _exec(31, 300, "/bin/third"),
+            {"kind": "exit", "ts_ns": 40, "pid": 200, "tid": 200},
+        ]
+    )
+    table = processes(ev)
+    lives = table[table["pid"] == 200].sort_values("start_ns")
+    assert lives["filename"].tolist() == ["/bin/first", "/bin/second"]
+    assert lives["end_ns"].tolist() == [12, 40]
+    assert (
+        lives["parent_proc"].tolist()
+        == [int(table.loc[table["pid"] == 100, "proc_id"].iloc[0])] * 2
+    )
+    third = table[table["pid"] == 300]
+    assert third["filename"].tolist() == ["/bin/third"]  # not /early: that exec came before
+    ids = dict(zip(ev["ts_ns"].tolist(), ev["proc_id"].tolist(), strict=True))
+    assert ids[11] == ids[12] != ids[21] == ids[40]
+    assert ids[5] is pd.NA or pd.isna(ids[5])
+    assert ids[31] == int(third["proc_id"].iloc[0])

@@ -253,9 +253,21 @@ PROC_COLUMNS = [
 ]
 
 
+INT_COLUMNS = frozenset(PROC_COLUMNS[:8])
+"""The integer columns of ``PROC_COLUMNS``: ids, times, the exit code."""
+
+
 def _procs(table: pd.DataFrame) -> list[Proc]:
-    # Python ints (or None) and lists straight from Arrow: no conversion per cell here
-    columns = [cells(table[c]) for c in PROC_COLUMNS]
+    # Python ints (or None) and lists straight from Arrow, no conversion per cell; a time
+    # column that went through NumPy's NaN (a frame not read from a file) becomes Int64 first
+    columns = [
+        cells(
+            table[c].astype("Int64")
+            if c in INT_COLUMNS and table[c].dtype.kind == "f"
+            else table[c]
+        )
+        for c in PROC_COLUMNS
+    ]
     argv = columns[PROC_COLUMNS.index("argv")]
     columns[PROC_COLUMNS.index("argv")] = [() if a is None else tuple(a) for a in argv]
     columns[PROC_COLUMNS.index("env")] = list(map(_env_map, columns[PROC_COLUMNS.index("env")]))

@@ -23,37 +23,39 @@ def _children(phases: Sequence[Phase]) -> dict[str | None, list[Phase]]:
 
 def critical_segments(phases: Sequence[Phase]) -> list[tuple[str, int, int]]:
     """``(phase id, start, end)`` pieces of the critical path, latest first, tiling the root."""
-    children = _children(phases)
+    # each parent's children as (start, end, id) once: the walk scans them at every step
+    children: dict[str | None, list[tuple[int, int, str]]] = defaultdict(list)
+    for p in phases:
+        children[p.parent_id].append((p.start_ns, p.end_ns, p.id))
     roots = children.get(None, [])
     if not roots:
         return []
     segments: list[tuple[str, int, int]] = []
 
-    def walk(node: Phase, lo: int, hi: int) -> None:
+    def walk(node: str, lo: int, hi: int) -> None:
         t = hi
-        kids = children.get(node.id, [])
+        kids = children.get(node, ())
         while t > lo:
-            best: Phase | None = None
+            best: tuple[int, int, str] | None = None
             best_end = lo
             for kid in kids:
-                if kid.start_ns < t and kid.end_ns > lo:
-                    end = min(kid.end_ns, t)
+                start, kid_end, _ = kid
+                if start < t and kid_end > lo:
+                    end = kid_end if kid_end < t else t
                     # ties go to the child that started first: it covers more of the window
-                    if end > best_end or (
-                        best is not None and end == best_end and kid.start_ns < best.start_ns
-                    ):
+                    if end > best_end or (best is not None and end == best_end and start < best[0]):
                         best, best_end = kid, end
             if best is None:
-                segments.append((node.id, lo, t))
+                segments.append((node, lo, t))
                 return
             if best_end < t:
-                segments.append((node.id, best_end, t))
-            child_lo = max(best.start_ns, lo)
-            walk(best, child_lo, best_end)
+                segments.append((node, best_end, t))
+            child_lo = max(best[0], lo)
+            walk(best[2], child_lo, best_end)
             t = child_lo  # strictly smaller than before: best started before t
 
-    root = roots[0]
-    walk(root, root.start_ns, root.end_ns)
+    start, end, root = roots[0]
+    walk(root, start, end)
     return segments
 
 

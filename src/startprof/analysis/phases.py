@@ -69,7 +69,7 @@ class PhaseBuilder:
 
     def __init__(self) -> None:
         self.phases: list[Phase] = []
-        self._ids: Counter[str] = Counter()
+        self._ids: dict[str, int] = {}
         self._position: dict[str, int] = {}
 
     def add(
@@ -83,8 +83,8 @@ class PhaseBuilder:
     ) -> Phase:
         """A phase below ``parent``; it failed when it has an ``error``."""
         base = name if parent is None else f"{parent.id}/{name}"
-        self._ids[base] += 1
-        pid = base if self._ids[base] == 1 else f"{base}#{self._ids[base]}"
+        n = self._ids[base] = self._ids.get(base, 0) + 1
+        pid = base if n == 1 else f"{base}#{n}"
         if parent is not None:  # a child never leaves its parent (clock skew, shared shims)
             start = min(max(start, parent.start_ns), parent.end_ns)
             end = min(max(end, start), parent.end_ns)

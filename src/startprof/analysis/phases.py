@@ -181,8 +181,13 @@ def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) ->
 
 def _add_helper(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
     """``exec <child>`` for a program a CNI plugin ran (iptables); returns its netlink ops."""
+    # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count, known
+    # before its phase is made: one phase, not one and its copy with the counts added
+    ops: Counter[str] = Counter()
+    for descendant in _subtree(ctx, proc):
+        ops.update(ctx.ops.get(descendant.proc_id, {}))
     start, end = _proc_span(proc, ctx)
-    helper = b.add(
+    b.add(
         parent,
         f"exec {proc.name}",
         start,
@@ -190,13 +195,8 @@ def _add_helper(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Cou
         **_proc_attrs(proc),
         # iptables -C exits 1 for "no such rule": a question, not a failure
         exit_status="nonzero" if proc.failed else None,
+        netlink_ops=dict(ops) if ops else None,
     )
-    # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count
-    ops: Counter[str] = Counter()
-    for descendant in _subtree(ctx, proc):
-        ops += _netlink_ops(ctx, descendant)
-    if ops:
-        b.replace(helper, netlink_ops=dict(ops))
     return ops
 
 

@@ -133,11 +133,16 @@ def _proc_span(proc: Proc, ctx: Context) -> tuple[int, int]:
     return start, end
 
 
-def _netlink_ops(ctx: Context, proc: Proc) -> Counter[str]:
-    return Counter(ctx.ops.get(proc.proc_id, {}))
+def _helper_ops(ctx: Context, proc: Proc) -> Counter[str]:
+    """The netlink ops of a helper and its descendants (iptables-nft: a dozen NFT_* messages):
+    a helper's netlink work stays a count."""
+    ops: Counter[str] = Counter()
+    for descendant in _subtree(ctx, proc):
+        ops.update(ctx.ops.get(descendant.proc_id, {}))
+    return ops
 
 
-def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
+def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> None:
     """One span per run of same-op requests. An error reply (EEXIST for a bridge that is already
     there) is an answer the plugin handles, not a failure: it is counted, not flagged."""
     for group in ctx.netlink.get(proc.proc_id, ()):
@@ -152,10 +157,20 @@ def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Co
             link_kinds=list(group["kinds"]) or None,
             pid=proc.pid,
         )
-    return _netlink_ops(ctx, proc)
 
 
 def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Phase:
+    # its netlink_ops (its own and its helpers', not a delegated plugin's) are counted before
+    # its phase is made: one Phase, not one and a copy with the counts added
+    children = ctx.children.get(proc.proc_id, ())
+    helpers = {
+        c.proc_id: _helper_ops(ctx, c)
+        for c in children
+        if not c.is_cni_plugin and c.exec_ns is not None
+    }
+    ops = Counter(ctx.ops.get(proc.proc_id, {}))
+    for helper_ops in helpers.values():
+        ops.update(helper_ops)
     start, end = _proc_span(proc, ctx)
     phase = b.add(
         parent,
@@ -167,25 +182,21 @@ def _add_cni_plugin(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) ->
         cni_command=proc.env.get("CNI_COMMAND"),
         cni_ifname=proc.env.get("CNI_IFNAME"),
         **_proc_attrs(proc),
+        netlink_ops=dict(ops) if ops else None,
     )
-    ops = _add_netlink(b, phase, proc, ctx)
-    for child in ctx.children.get(proc.proc_id, ()):
+    _add_netlink(b, phase, proc, ctx)
+    for child in children:
         if child.is_cni_plugin:
             _add_cni_plugin(b, phase, child, ctx)
-        elif child.exec_ns is not None:
-            ops += _add_helper(b, phase, child, ctx)
-    if ops:
-        phase = b.replace(phase, netlink_ops=dict(ops))
+        elif child.proc_id in helpers:
+            _add_helper(b, phase, child, ctx, helpers[child.proc_id])
     return phase
 
 
-def _add_helper(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Counter[str]:
-    """``exec <child>`` for a program a CNI plugin ran (iptables); returns its netlink ops."""
-    # a helper's netlink work (iptables-nft: a dozen NFT_* messages) stays a count, known
-    # before its phase is made: one phase, not one and its copy with the counts added
-    ops: Counter[str] = Counter()
-    for descendant in _subtree(ctx, proc):
-        ops.update(ctx.ops.get(descendant.proc_id, {}))
+def _add_helper(
+    b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context, ops: Counter[str]
+) -> None:
+    """``exec <child>`` for a program a CNI plugin ran (iptables), with its netlink ``ops``."""
     start, end = _proc_span(proc, ctx)
     b.add(
         parent,
@@ -197,7 +208,6 @@ def _add_helper(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> Cou
         exit_status="nonzero" if proc.failed else None,
         netlink_ops=dict(ops) if ops else None,
     )
-    return ops
 
 
 def _exec_end(proc: Proc | None) -> int | None:

@@ -46,6 +46,38 @@ def string_lists(series: pd.Series) -> list[Any]:
     return [None if v is None else ["" if x is None else str(x) for x in v] for v in lists]
 
 
+KIND_CODES = "_kind_code"
+"""The column :func:`index_kinds` adds: each event's kind as a small integer."""
+
+
+def index_kinds(frame: pd.DataFrame) -> None:
+    """Add each event's kind as an integer column, in place, so that :func:`kind_mask` compares
+    integers: a comparison of the 6.9 M kind strings of 10,000 pods costs 60 ms, and the
+    analysis makes one per kind it reads (an Arrow dictionary encoding once costs 70 ms).
+    The names' codes go in ``frame.attrs``: they hold for every row, so for every frame pandas
+    derives from this one and hands the attrs on to."""
+    encoded = pa.chunked_array(pa.array(frame["kind"].array)).dictionary_encode().combine_chunks()
+    frame[KIND_CODES] = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    frame.attrs[KIND_CODES] = {str(k): i for i, k in enumerate(encoded.dictionary.to_pylist())}
+
+
+def kind_mask(frame: pd.DataFrame, *kinds: str) -> np.ndarray:
+    """Which events are of one of ``kinds``, as a bool array (a null kind is none of them)."""
+    codes = frame.attrs.get(KIND_CODES)
+    if codes is None or KIND_CODES not in frame:
+        return frame["kind"].isin(kinds).to_numpy(dtype=bool, na_value=False)
+    wanted = [codes[k] for k in kinds if k in codes]
+    column = frame[KIND_CODES].to_numpy()
+    if len(wanted) == 1:
+        return column == wanted[0]  # type: ignore[no-any-return]
+    return np.isin(column, wanted)
+
+
+def has_proc(frame: pd.DataFrame) -> np.ndarray:
+    """Which events belong to a process lifetime (``processes`` added their ``proc_id``)."""
+    return frame["proc_id"].notna().to_numpy(dtype=bool)
+
+
 def rows_where(
     frame: pd.DataFrame, mask: np.ndarray | pd.Series, columns: Sequence[str]
 ) -> pd.DataFrame:

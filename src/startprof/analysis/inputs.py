@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from startprof.analysis.frames import cells, missing, rows_where
+from startprof.analysis.frames import cells, has_proc, index_kinds, kind_mask, missing, rows_where
 from startprof.analysis.image_steps import IMAGE_KINDS, ImgOp, assign
 from startprof.analysis.processes import (
     RUNTIMES,
@@ -201,7 +201,7 @@ CALL_COLUMNS = [
 
 
 def cri_calls(ev: pd.DataFrame) -> list[Call]:
-    calls = rows_where(ev, ev["kind"] == "cri_call", CALL_COLUMNS)
+    calls = rows_where(ev, kind_mask(ev, "cri_call"), CALL_COLUMNS)
     cols = CALL_COLUMNS
     return [
         Call(
@@ -226,7 +226,9 @@ def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, st
     """container id -> sandbox id, from CreateContainer replies and bundle annotations."""
     mapping: dict[str, str] = {}
     has_ids = ev["container_id"].notna() & ev["sandbox_id"].notna()
-    notes = rows_where(ev, (ev["kind"] == "annotation") & has_ids, ["container_id", "sandbox_id"])
+    notes = rows_where(
+        ev, kind_mask(ev, "annotation") & has_ids.to_numpy(), ["container_id", "sandbox_id"]
+    )
     for cid, sid in zip(notes["container_id"], notes["sandbox_id"], strict=True):
         mapping[str(cid)] = str(sid)
     for call in calls:
@@ -287,7 +289,7 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     """Netlink requests per process and op (iptables' NFT_* traffic is kept as counts only),
     each process's ops in name order."""
     sends = rows_where(
-        ev, (ev["kind"] == "nl_send") & ev["proc_id"].notna(), ["proc_id", "nl_proto", "nl_type"]
+        ev, kind_mask(ev, "nl_send") & has_proc(ev), ["proc_id", "nl_proto", "nl_type"]
     )
     if sends.empty:
         return {}
@@ -327,16 +329,16 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
         "ifname",
         "link_kind",
     ]
-    wanted = (ev["kind"] == "nl_send") & ev["proc_id"].notna()
+    wanted = kind_mask(ev, "nl_send") & has_proc(ev)
     if proc_ids is not None:
-        wanted &= ev["proc_id"].isin(list(proc_ids))
+        wanted &= ev["proc_id"].isin(list(proc_ids)).to_numpy(dtype=bool, na_value=False)
     sends = rows_where(ev, wanted, columns)
     if sends.empty:
         return pd.DataFrame(
             columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
         )
     acks = rows_where(
-        ev, (ev["kind"] == "nl_ack") & ev["proc_id"].notna(), ["proc_id", "nl_seq", "ts_ns", "ret"]
+        ev, kind_mask(ev, "nl_ack") & has_proc(ev), ["proc_id", "nl_seq", "ts_ns", "ret"]
     )
     ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
         columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
@@ -374,7 +376,9 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
 
 def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
     """containerd's unshare(CLONE_NEWNET) .. the setns back of the same thread."""
-    mask = ev["kind"].isin(["unshare", "setns"]) & ev["proc_id"].isin(containerd_procs)
+    mask = kind_mask(ev, "unshare", "setns") & ev["proc_id"].isin(containerd_procs).to_numpy(
+        dtype=bool, na_value=False
+    )
     columns = ["kind", "tid", "flags", "nstype", "start_ns", "end_ns"]
     ns = rows_where(ev, mask, columns)
     spans = []
@@ -396,7 +400,7 @@ def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
     process's in time order: one sort, then plain tuples per process."""
     rows = rows_where(
         ev,
-        ev["kind"].isin(RUNTIME_OP_KINDS) & ev["proc_id"].notna(),
+        kind_mask(ev, *RUNTIME_OP_KINDS) & has_proc(ev),
         ["proc_id", "kind", "ts_ns", "start_ns", "end_ns"],
     )
     if rows.empty:
@@ -424,7 +428,7 @@ def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
 def image_ops(ev: pd.DataFrame) -> list[ImgOp]:
     """The image probe's records (``analysis/image_steps.py``), in time order: a pull has a
     handful (one per blob fetched, committed and unpacked), however many files its layers hold."""
-    rows = ev.loc[ev["kind"].isin(IMAGE_KINDS)]
+    rows = ev.loc[kind_mask(ev, *IMAGE_KINDS)]
     if rows.empty:
         return []
     rows = rows.sort_values("ts_ns", kind="stable")
@@ -509,6 +513,7 @@ def _assign_windows(
 
 def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Call]]:
     """Vectorised preparation: process table, attribution, netlink groups, CRI calls."""
+    index_kinds(ev)
     calls = cri_calls(ev)
     by_container = container_sandboxes(ev, calls)
     table = processes(ev)
@@ -541,7 +546,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         return pods[sid]
 
     note_columns = ["sandbox_id", "pod", "namespace", "uid", "container", "container_id"]
-    notes = _records(rows_where(ev, ev["kind"] == "annotation", note_columns), note_columns)
+    notes = _records(rows_where(ev, kind_mask(ev, "annotation"), note_columns), note_columns)
     sandbox_uids = {
         str(n["sandbox_id"]): str(n["uid"]) for n in notes if n["sandbox_id"] and n["uid"]
     }

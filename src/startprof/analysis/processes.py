@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from startprof.analysis.frames import cells, missing, rows_where, string_lists
+from startprof.analysis.frames import cells, has_proc, kind_mask, missing, rows_where, string_lists
 
 RUNTIMES = frozenset({"runc", "crun"})
 """OCI runtimes known by name; any other is known by a ``create --bundle`` (runtime_programs)."""
@@ -78,7 +78,7 @@ def _map(series: pd.Series | list[Any], fn: Callable[[Any], Any], index: Any = N
 def lifetimes(ev: pd.DataFrame, acting: np.ndarray) -> pd.DataFrame:
     """One row per process lifetime: proc_id, pid, ppid, start_ns, seeded (alive at start).
     ``acting``: the distinct pids of the events that have one (``_pids``)."""
-    forks = rows_where(ev, ev["kind"] == "fork", ["ts_ns", "pid", "child_pid"])
+    forks = rows_where(ev, kind_mask(ev, "fork"), ["ts_ns", "pid", "child_pid"])
     births = pd.DataFrame(
         {
             "pid": _int(forks["child_pid"]),
@@ -87,7 +87,7 @@ def lifetimes(ev: pd.DataFrame, acting: np.ndarray) -> pd.DataFrame:
             "seeded": False,
         }
     )
-    procs = rows_where(ev, ev["kind"] == "proc", ["ts_ns", "pid", "ppid"])
+    procs = rows_where(ev, kind_mask(ev, "proc"), ["ts_ns", "pid", "ppid"])
     seeds = pd.DataFrame(
         {
             "pid": _int(procs["pid"]),
@@ -281,12 +281,12 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     pids = _pids(ev)  # 6.9 M rows at 10,000 pods: read once for both steps
     table = lifetimes(ev, pids.distinct)
     ev["proc_id"] = attach_proc_ids(ev, table, pids)
-    has_proc = ev["proc_id"].notna()
+    with_proc = has_proc(ev)
 
     def of(kind: str, columns: list[str]) -> pd.DataFrame:
         # each kind with only its own columns: the list columns (argv, env) are the costly
         # ones to copy, and only execs and seeded processes carry them
-        return rows_where(ev, (has_proc & (ev["kind"] == kind)).to_numpy(), ["proc_id", *columns])
+        return rows_where(ev, with_proc & kind_mask(ev, kind), ["proc_id", *columns])
 
     exits = of("exit", ["ts_ns"]).groupby("proc_id")["ts_ns"].min()
     codes = of("exit_group", ["ret"]).groupby("proc_id")["ret"].last()

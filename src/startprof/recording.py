@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -250,8 +250,11 @@ class Recording:
         return self.table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def read_recording(path: str | os.PathLike[str]) -> Recording:
-    """Open a recording, tolerating a cut-off tail; raise RecordingError on anything else."""
+def read_recording(path: str | os.PathLike[str], skip: Collection[str] = ()) -> Recording:
+    """Open a recording, tolerating a cut-off tail; raise RecordingError on anything else.
+    The columns named in ``skip`` are not read: the file stays checked against the whole
+    schema, and its table has the other columns only (each is decompressed into fresh memory,
+    which on a VM costs more than the decompression: docs/analyze.md)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -265,7 +268,7 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     if size == 0:
         raise RecordingError(f"{p}: empty file, not a recording")
     try:
-        reader = ipc.open_stream(source)
+        reader = ipc.open_stream(source, options=_options(source, skip))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         hint = " (an Arrow *file*, not a startprof stream)" if _is_arrow_file(p) else ""
         raise RecordingError(f"{p}: not a startprof recording{hint}: {_first_line(exc)}") from None
@@ -273,7 +276,8 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     if META_KEY not in metadata:
         raise RecordingError(f"{p}: an Arrow stream, but not a startprof recording")
     header = RecordingHeader.from_json(metadata[META_KEY], p)
-    if not reader.schema.equals(EVENT_SCHEMA.with_metadata(metadata), check_metadata=False):
+    expected = pa.schema([f for f in EVENT_SCHEMA if f.name not in skip])
+    if not reader.schema.equals(expected, check_metadata=False):
         raise RecordingError(f"{p}: recording columns do not match format {header.format_version}")
 
     batches: list[pa.RecordBatch] = []
@@ -293,6 +297,15 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     table = pa.Table.from_batches(batches, schema=reader.schema)
     end = _end_attrs(table)
     return Recording(p, header, table, end is not None, truncated, end or {})
+
+
+def _options(source: pa.MemoryMappedFile, skip: Collection[str]) -> ipc.IpcReadOptions | None:
+    """Read options that leave out the ``skip`` columns (None: read them all)."""
+    if not skip:
+        return None
+    names = ipc.open_stream(source).schema.names
+    source.seek(0)
+    return ipc.IpcReadOptions(included_fields=[i for i, n in enumerate(names) if n not in skip])
 
 
 def _end_attrs(table: pa.Table) -> dict[str, Any] | None:

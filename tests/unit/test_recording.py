@@ -260,3 +260,27 @@ def test_a_recording_cut_short_stays_uncompressed_and_readable(tmp_path: Path) -
     w.close()  # no end: as after a crash, nothing is rewritten
     rec = read_recording(path)
     assert not rec.complete and rec.table.num_rows == 1
+
+
+def test_skipped_columns_are_left_unread_and_the_rest_match(tmp_path: Path) -> None:
+    path = tmp_path / "r.arrows"
+    write(path)
+    full = read_recording(path).table
+    rec = read_recording(path, skip={"data", "argv"})
+    assert rec.complete and rec.end == {"drops": 0}
+    assert rec.table.column_names == [n for n in full.column_names if n not in ("data", "argv")]
+    assert rec.table.equals(full.drop_columns(["data", "argv"]))
+    # a cut file keeps its whole batches, as without skip
+    data = path.read_bytes()
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    whole, part = read_recording(cut), read_recording(cut, skip={"data"})
+    assert part.truncated == whole.truncated and part.table.num_rows == whole.table.num_rows
+
+
+def test_skip_does_not_hide_a_foreign_stream(tmp_path: Path) -> None:
+    path = tmp_path / "other.arrows"
+    with path.open("wb") as f, pa.ipc.new_stream(f, pa.schema([("x", pa.int64())])) as w:
+        w.write_batch(pa.record_batch([pa.array([1])], names=["x"]))
+    with pytest.raises(RecordingError, match="not a startprof recording"):
+        read_recording(path, skip={"data"})

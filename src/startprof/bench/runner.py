@@ -35,8 +35,7 @@ from startprof.errors import EnvironmentProblem, InputError, LabError, Startprof
 from startprof.lab import cri as m
 from startprof.lab.config import NETWORKS, RUNTIMES
 from startprof.lab.paths import LabPaths, lab_dir
-from startprof.pipeline import source_of
-from startprof.recording import read_recording
+from startprof.pipeline import read_source
 
 RECORDING = "recording.arrows"
 TRUTH = "truth.jsonl"
@@ -510,8 +509,7 @@ def run_bench(options: BenchOptions, progress: BenchProgress | None = None) -> B
         )
     say.step("analysing the recording")
     t = time.monotonic()
-    rec = read_recording(out / RECORDING)
-    source = source_of(rec)
+    source = read_source(out / RECORDING)
     analysis = analyze([source])
     by_sandbox = {p.sandbox_id: p for p in pods if p.sandbox_id}
     results = results_table(analysis.pods, by_sandbox)

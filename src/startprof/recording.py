@@ -252,8 +252,8 @@ class Recording:
 
 def read_recording(path: str | os.PathLike[str], skip: Collection[str] = ()) -> Recording:
     """Open a recording, tolerating a cut-off tail; raise RecordingError on anything else.
-    The columns named in ``skip`` are not read: the file stays checked against the whole
-    schema, and its table has the other columns only (each is decompressed into fresh memory,
+    The columns named in ``skip`` are not read, nor checked: the table has the others only,
+    checked against the format's schema (a column read is decompressed into fresh memory,
     which on a VM costs more than the decompression: docs/analyze.md)."""
     p = Path(path)
     try:
@@ -269,7 +269,7 @@ def read_recording(path: str | os.PathLike[str], skip: Collection[str] = ()) -> 
         raise RecordingError(f"{p}: empty file, not a recording")
     try:
         reader = ipc.open_stream(source, options=_options(source, skip))
-    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         hint = " (an Arrow *file*, not a startprof stream)" if _is_arrow_file(p) else ""
         raise RecordingError(f"{p}: not a startprof recording{hint}: {_first_line(exc)}") from None
     metadata = reader.schema.metadata or {}
@@ -300,7 +300,8 @@ def read_recording(path: str | os.PathLike[str], skip: Collection[str] = ()) -> 
 
 
 def _options(source: pa.MemoryMappedFile, skip: Collection[str]) -> ipc.IpcReadOptions | None:
-    """Read options that leave out the ``skip`` columns (None: read them all)."""
+    """Read options that leave out the ``skip`` columns (None: read them all). Naming the
+    columns decodes them: a damaged name raises UnicodeDecodeError, a damaged file."""
     if not skip:
         return None
     names = ipc.open_stream(source).schema.names

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def missing(value: Any) -> bool:
@@ -37,14 +38,39 @@ def cells(series: pd.Series) -> list[Any]:
 def string_lists(series: pd.Series) -> list[Any]:
     """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list.
     A null item in a list (a damaged recording) reads as ``""``, so that the code reading
-    command lines never meets anything but text (and needs no ``str()`` per argument)."""
-    lists = cells(series)
+    command lines never meets anything but text (and needs no ``str()`` per argument).
+
+    Each distinct string becomes one Python object, shared by every list that holds it: the
+    first execs of 10,000 pods carry 3.7 M argv strings, 2% of them distinct (iptables,
+    ``-t``, ``nat``, ...), and one ``str`` each was most of the process table's memory."""
     values = series.array
-    if isinstance(values, pd.arrays.ArrowExtensionArray):
-        chunks = pa.chunked_array(pa.array(values)).chunks
-        if not any(chunk.flatten().null_count for chunk in chunks):
-            return lists
-    return [None if v is None else ["" if x is None else str(x) for x in v] for v in lists]
+    if not isinstance(values, pd.arrays.ArrowExtensionArray):
+        return [
+            None if v is None else ["" if x is None else str(x) for x in v] for v in cells(series)
+        ]
+    known: dict[str, str] = {}
+    out: list[Any] = []
+    for chunk in pa.chunked_array(pa.array(values)).chunks:
+        out += _shared_lists(chunk, known)
+    return out
+
+
+def _shared_lists(chunk: pa.Array, known: dict[str, str]) -> list[Any]:
+    """One chunk of :func:`string_lists`: its items dictionary-encoded by Arrow, each distinct
+    one made a ``str`` once (``known`` shares them across chunks), the lists cut from those."""
+    encoded = pc.dictionary_encode(chunk.values)
+    names = ["" if s is None else known.setdefault(s, s) for s in encoded.dictionary.to_pylist()]
+    codes = encoded.indices
+    if codes.null_count:
+        names.append("")
+        codes = codes.fill_null(len(names) - 1)
+    strings = list(map(names.__getitem__, codes.to_numpy(zero_copy_only=False).tolist()))
+    offsets = chunk.offsets.to_numpy(zero_copy_only=False).tolist()
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False).tolist()
+    return [
+        strings[lo:hi] if ok else None
+        for lo, hi, ok in zip(offsets[:-1], offsets[1:], valid, strict=True)
+    ]
 
 
 KIND_CODES = "_kind_code"

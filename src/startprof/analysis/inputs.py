@@ -171,10 +171,19 @@ def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
-def _env_map(env: Any) -> dict[str, str]:
-    if not env:
-        return {}
-    return dict(var.split("=", 1) for var in env if "=" in var)
+def _env_maps(envs: Iterable[Any]) -> list[dict[str, str]]:
+    """Each process's environment (its ``CNI_*`` variables) as a dict. The variables repeat
+    from process to process (a plugin's iptables children inherit its ``CNI_*``): each
+    distinct ``NAME=value`` is split once and its two halves shared."""
+    halves: dict[str, tuple[str, str] | None] = {}
+
+    def split(var: str) -> tuple[str, str] | None:
+        if var not in halves:
+            name, eq, value = var.partition("=")
+            halves[var] = (name, value) if eq else None
+        return halves[var]
+
+    return [dict(filter(None, map(split, env))) if env else {} for env in envs]
 
 
 def cni_args(env: Mapping[str, str]) -> dict[str, str]:
@@ -272,7 +281,7 @@ def _procs(table: pd.DataFrame) -> list[Proc]:
     ]
     argv = columns[PROC_COLUMNS.index("argv")]
     columns[PROC_COLUMNS.index("argv")] = [() if a is None else tuple(a) for a in argv]
-    columns[PROC_COLUMNS.index("env")] = list(map(_env_map, columns[PROC_COLUMNS.index("env")]))
+    columns[PROC_COLUMNS.index("env")] = _env_maps(columns[PROC_COLUMNS.index("env")])
     runtimes = table.attrs.get("runtimes") or runtime_programs(a for a in argv if a)
     return list(map(Proc, *columns, itertools.repeat(runtimes, len(table))))
 

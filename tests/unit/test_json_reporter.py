@@ -40,3 +40,17 @@ def test_what_orjson_refuses_goes_through_json() -> None:
     analysis = replace(make_analysis([web_pod()]), summary={"big": 2**70, 3: "int key"})
     doc = json.loads(json_reporter.dumps(analysis))
     assert doc["summary"] == {"big": 2**70, "3": "int key"}
+
+
+def test_written_a_pod_at_a_time_is_one_document() -> None:
+    """``analyze --json`` writes pod by pod: the bytes of one ``orjson.dumps`` of the document,
+    for every pod, one, or none."""
+    import io
+
+    import orjson
+
+    analysis = analyze([source_of(read_recording(RECORDINGS[0].parent / "concurrent.arrows"))])
+    for pods in (None, analysis.pods[:1], ()):
+        out = io.BytesIO()
+        json_reporter.write(out, analysis, pods)
+        assert out.getvalue() == orjson.dumps(json_reporter.document(analysis, pods))

@@ -44,10 +44,15 @@ def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None
     analysis = analyze_files(list(files))
     pods = select_pods(analysis, None if as_json else top, pod_name)
     if as_json:
-        document = json_reporter.dumps_bytes(analysis, pods)
-        # The bytes as they are (no decode of 320 MB at 10,000 pods), unless stdout is a
-        # text-only stream (a StringIO a caller redirected it to), which takes only text.
-        click.echo(document if hasattr(sys.stdout, "buffer") else document.decode())
+        # The bytes as they are, a pod at a time, unless stdout is a text-only stream (a
+        # StringIO a caller redirected it to), which takes only text.
+        if hasattr(sys.stdout, "buffer"):
+            sys.stdout.flush()
+            json_reporter.write(sys.stdout.buffer, analysis, pods)
+            sys.stdout.buffer.write(b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            click.echo(json_reporter.dumps(analysis, pods))
     else:
         render(analysis, pods, Console(highlight=False))
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import orjson
 
@@ -29,18 +30,41 @@ def dumps(analysis: Analysis, pods: Sequence[Pod] | None = None) -> str:
 
 
 def dumps_bytes(analysis: Analysis, pods: Sequence[Pod] | None = None) -> bytes:
-    """Compact JSON, UTF-8: a 1,000-pod document is 32 MB this way (indented, 4x slower to
-    write). ``analyze --json`` writes these bytes as they are: the 320 MB of 10,000 pods are not
-    decoded to text and encoded back on the way out.
+    """The document as one compact JSON text, UTF-8 (:func:`chunks` joined)."""
+    return b"".join(chunks(analysis, pods))
+
+
+def write(out: BinaryIO, analysis: Analysis, pods: Sequence[Pod] | None = None) -> None:
+    """The document to ``out``, a pod at a time: at 10,000 pods the whole text is 320 MB and
+    its dicts as many again, in fresh memory that this VM is slow to hand out
+    (docs/analyze.md); one pod's are 32 KB."""
+    for chunk in chunks(analysis, pods):
+        out.write(chunk)
+
+
+def chunks(analysis: Analysis, pods: Sequence[Pod] | None = None) -> Iterator[bytes]:
+    """The bytes of the document in pieces, each pod's dicts made and dropped in turn: the
+    same bytes as one ``orjson.dumps`` of :func:`document` (compact JSON, so a list's items
+    joined by commas are the list).
 
     orjson writes it 7x faster than ``json.dumps`` (0.08 s against 0.56 s at 1,000 pods,
     docs/analyze.md), the same bytes for the stored recordings. Where the two differ, both are
     the same JSON values: non-ASCII text is UTF-8, not ``\\uXXXX``; an exponent has no
     leading zero (``1e-5``); and a NaN is ``null``, where ``json`` wrote ``NaN``, which is no
-    JSON. What orjson refuses (integers beyond 64 bits, non-string keys) goes through ``json``."""
+    JSON. A part orjson refuses (integers beyond 64 bits, non-string keys) goes through
+    ``json``."""
+    chosen = analysis.pods if pods is None else pods
+    yield b'{"schema_version":' + _encode(SCHEMA_VERSION)
+    yield b',"recording":' + _encode(analysis.recording.to_dict())
+    yield b',"pods":['
     with without_cycle_collection():
-        doc = document(analysis, pods)
+        for i, pod in enumerate(chosen):
+            yield (b"," if i else b"") + _encode(pod.to_dict())
+    yield b'],"summary":' + _encode(dict(analysis.summary)) + b"}"
+
+
+def _encode(value: object) -> bytes:
     try:
-        return orjson.dumps(doc)
+        return orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return json.dumps(value, separators=(",", ":")).encode()

@@ -1,6 +1,6 @@
 """Helpers over the events frame's columns, shared by the analysis' modules.
 
-The frame is Arrow-backed (``recording.read_recording``): 32 of the recording's 40 columns
+The frame is Arrow-backed (``recording.read_recording``): 30 of the recording's 40 columns
 (``pipeline.UNREAD`` are left out), list columns (argv, env) among them, in chunks of 65,536
 events. pandas' own paths copy those columns slowly (a row selection is a take, a cell read
 boxes through pandas), so the analysis reads them here.

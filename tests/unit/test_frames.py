@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -28,3 +29,14 @@ def test_env_maps_split_at_the_first_equals_sign() -> None:
     envs = [["CNI_COMMAND=ADD", "CNI_ARGS=a=b;c=d", "NOEQ", "EMPTY="], None, [], ["=x"]]
     maps = _env_maps(envs)
     assert maps == [{"CNI_COMMAND": "ADD", "CNI_ARGS": "a=b;c=d", "EMPTY": ""}, {}, {}, {"": "x"}]
+
+
+def test_string_lists_at_rows_read_those_lists_only() -> None:
+    lists = pa.array([["a"], None, ["b", "c"], ["a", None], []], pa.list_(pa.string()))
+    chunked = pa.chunked_array([lists.slice(0, 2), lists.slice(2, 3)])
+    arrow = pd.Series(pd.arrays.ArrowExtensionArray(chunked))
+    python = pd.Series(lists.to_pylist(), dtype=object)
+    rows = np.array([1, 2, 3])
+    for series in (arrow, python):
+        assert string_lists(series, rows) == [None, ["b", "c"], ["a", ""]]
+        assert string_lists(series, np.array([], dtype="int64")) == []

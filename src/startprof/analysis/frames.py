@@ -35,27 +35,38 @@ def cells(series: pd.Series) -> list[Any]:
         return [None if missing(v) else v for v in series.tolist()]
 
 
-def string_lists(series: pd.Series) -> list[Any]:
-    """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list.
-    A null item in a list (a damaged recording) reads as ``""``, so that the code reading
-    command lines never meets anything but text (and needs no ``str()`` per argument).
+def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]:
+    """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list;
+    only the lists at the positions ``rows`` (ascending) when given. A null item in a list (a
+    damaged recording) reads as ``""``, so that the code reading command lines never meets
+    anything but text (and needs no ``str()`` per argument).
 
     Each distinct string becomes one Python object, shared by every list that holds it: the
     first execs of 10,000 pods carry 3.7 M argv strings, 2% of them distinct (iptables,
-    ``-t``, ``nat``, ...), and one ``str`` each was most of the process table's memory."""
+    ``-t``, ``nat``, ...), and one ``str`` each was most of the process table's memory. The
+    lists are read in place, by their offsets, not copied out by a row selection first."""
     values = series.array
     if not isinstance(values, pd.arrays.ArrowExtensionArray):
+        picked = series if rows is None else series.iloc[rows]
         return [
-            None if v is None else ["" if x is None else str(x) for x in v] for v in cells(series)
+            None if v is None else ["" if x is None else str(x) for x in v] for v in cells(picked)
         ]
     known: dict[str, str] = {}
     out: list[Any] = []
+    base = 0
     for chunk in pa.chunked_array(pa.array(values)).chunks:
-        out += _shared_lists(chunk, known)
+        n = len(chunk)
+        if rows is None:
+            out += _shared_lists(chunk, known, None)
+        else:
+            lo, hi = np.searchsorted(rows, [base, base + n])
+            if hi > lo:
+                out += _shared_lists(chunk, known, rows[lo:hi] - base)
+        base += n
     return out
 
 
-def _shared_lists(chunk: pa.Array, known: dict[str, str]) -> list[Any]:
+def _shared_lists(chunk: pa.Array, known: dict[str, str], rows: np.ndarray | None) -> list[Any]:
     """One chunk of :func:`string_lists`: its items dictionary-encoded by Arrow, each distinct
     one made a ``str`` once (``known`` shares them across chunks), the lists cut from those."""
     encoded = pc.dictionary_encode(chunk.values)
@@ -64,12 +75,21 @@ def _shared_lists(chunk: pa.Array, known: dict[str, str]) -> list[Any]:
     if codes.null_count:
         names.append("")
         codes = codes.fill_null(len(names) - 1)
-    strings = list(map(names.__getitem__, codes.to_numpy(zero_copy_only=False).tolist()))
-    offsets = chunk.offsets.to_numpy(zero_copy_only=False).tolist()
-    valid = chunk.is_valid().to_numpy(zero_copy_only=False).tolist()
+    offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype("int64")
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+    if rows is None:
+        starts, ends = offsets[:-1], offsets[1:]
+    else:
+        starts, ends, valid = offsets[rows], offsets[rows + 1], valid[rows]
+    lengths = np.where(valid, ends - starts, 0)
+    cuts = np.concatenate(([0], np.cumsum(lengths)))
+    items = np.repeat(starts - cuts[:-1], lengths) + np.arange(cuts[-1])
+    picked = codes.to_numpy(zero_copy_only=False)[items]
+    strings = list(map(names.__getitem__, picked.tolist()))
+    bounds = cuts.tolist()
     return [
         strings[lo:hi] if ok else None
-        for lo, hi, ok in zip(offsets[:-1], offsets[1:], valid, strict=True)
+        for lo, hi, ok in zip(bounds[:-1], bounds[1:], valid.tolist(), strict=True)
     ]
 
 

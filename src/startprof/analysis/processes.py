@@ -296,9 +296,7 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     # argv and env of the first execs only (a re-exec's are never read): the rows come in
     # event order, the k-th process's at the rank of its event among them
     positions = np.flatnonzero(exec_mask)[first]
-    only_first = np.zeros(len(ev), dtype=bool)
-    only_first[positions] = True
-    lists = rows_where(ev, only_first, ["argv", "env"])
+    rows = np.sort(positions)
     rank = np.argsort(np.argsort(positions, kind="stable"), kind="stable")
     done = of("exec_done", ["ts_ns", "filename", "comm"])
     first_done = done.groupby("proc_id")["ts_ns"].min()
@@ -315,7 +313,7 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     # process alive at the start has the argv /proc gave (its exec is not in the recording)
     argv: list[Any] = [None] * len(table)
     env: list[Any] = [None] * len(table)
-    exec_argv, exec_env = string_lists(lists["argv"]), string_lists(lists["env"])
+    exec_argv, exec_env = string_lists(ev["argv"], rows), string_lists(ev["env"], rows)
     for at, i in zip(
         table.index.get_indexer(pd.Index(exec_procs)).tolist(), rank.tolist(), strict=True
     ):

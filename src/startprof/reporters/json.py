@@ -54,13 +54,18 @@ def chunks(analysis: Analysis, pods: Sequence[Pod] | None = None) -> Iterator[by
     JSON. A part orjson refuses (integers beyond 64 bits, non-string keys) goes through
     ``json``."""
     chosen = analysis.pods if pods is None else pods
-    yield b'{"schema_version":' + _encode(SCHEMA_VERSION)
-    yield b',"recording":' + _encode(analysis.recording.to_dict())
-    yield b',"pods":['
-    with without_cycle_collection():
-        for i, pod in enumerate(chosen):
-            yield (b"," if i else b"") + _encode(pod.to_dict())
-    yield b'],"summary":' + _encode(dict(analysis.summary)) + b"}"
+    # the layout is document()'s, its pods left out and written in their place one by one
+    for i, (key, value) in enumerate(document(analysis, ()).items()):
+        yield (b"," if i else b"{") + _encode(key) + b":"
+        if key != "pods":
+            yield _encode(value)
+            continue
+        yield b"["
+        with without_cycle_collection():
+            for n, pod in enumerate(chosen):
+                yield (b"," if n else b"") + _encode(pod.to_dict())
+        yield b"]"
+    yield b"}"
 
 
 def _encode(value: object) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from startprof.analysis.model import CriticalStep, Phase
+from startprof.analysis.model import CriticalStep, Phase, mark_on_path
 
 
 def _children(phases: Sequence[Phase]) -> dict[str | None, list[Phase]]:
@@ -51,7 +51,10 @@ def critical_segments(phases: Sequence[Phase]) -> list[tuple[str, int, int]]:
             if best_end < t:
                 segments.append((node, best_end, t))
             child_lo = max(best[0], lo)
-            walk(best[2], child_lo, best_end)
+            if best[2] in children:
+                walk(best[2], child_lo, best_end)
+            elif best_end > child_lo:  # a leaf holds its whole window (most phases are leaves)
+                segments.append((best[2], child_lo, best_end))
             t = child_lo  # strictly smaller than before: best started before t
 
     start, end, root = roots[0]
@@ -60,9 +63,12 @@ def critical_segments(phases: Sequence[Phase]) -> list[tuple[str, int, int]]:
 
 
 def apply_critical_path(
-    phases: Sequence[Phase],
+    phases: Sequence[Phase], *, in_place: bool = False
 ) -> tuple[tuple[Phase, ...], tuple[CriticalStep, ...]]:
-    """Phases with ``on_critical_path``/``self_ns`` set, and the path's steps in time order."""
+    """Phases with ``on_critical_path``/``self_ns`` set, and the path's steps in time order.
+
+    ``in_place``: the caller owns ``phases`` (the pod builder, before any pod holds them), so
+    their fields are set on the objects themselves instead of on copies."""
     segments = critical_segments(phases)
     self_ns: dict[str, int] = defaultdict(int)
     first_seen: dict[str, int] = {}
@@ -77,13 +83,19 @@ def apply_critical_path(
         while parent is not None and parent not in on_path:
             on_path.add(parent)
             parent = by_id[parent].parent_id
-    # most phases are off the path and already say so: keep those objects as they are
-    updated = tuple(
-        p.on_path(p.id in on_path, self_ns.get(p.id, 0))
-        if p.id in on_path or p.on_critical_path or p.self_ns
-        else p
-        for p in phases
-    )
+    if in_place:
+        for p in phases:
+            if p.id in on_path or p.on_critical_path or p.self_ns:
+                mark_on_path(p, p.id in on_path, self_ns.get(p.id, 0))
+        updated = tuple(phases)
+    else:
+        # most phases are off the path and already say so: keep those objects as they are
+        updated = tuple(
+            p.on_path(p.id in on_path, self_ns.get(p.id, 0))
+            if p.id in on_path or p.on_critical_path or p.self_ns
+            else p
+            for p in phases
+        )
     steps = tuple(
         CriticalStep(pid, by_id[pid].name, self_ns[pid])
         for pid in sorted(self_ns, key=lambda k: (first_seen[k], k))

@@ -88,6 +88,49 @@ class Phase:
         }
 
 
+# Slot setters of Phase: a new phase built field by field (``new_phase``) and the critical-path
+# fields of a phase nobody else holds yet (``mark_on_path``) skip the frozen __setattr__ guard.
+_SET = {name: Phase.__dict__[name].__set__ for name in Phase.__slots__}
+_set_id, _set_parent_id, _set_name = _SET["id"], _SET["parent_id"], _SET["name"]
+_set_start, _set_end, _set_status = _SET["start_ns"], _SET["end_ns"], _SET["status"]
+_set_error, _set_on_path, _set_self_ns = _SET["error"], _SET["on_critical_path"], _SET["self_ns"]
+_set_attributes = _SET["attributes"]
+
+
+def new_phase(
+    id: str,
+    parent_id: str | None,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    status: PhaseStatus,
+    error: str | None,
+    attributes: Mapping[str, Any],
+) -> Phase:
+    """``Phase(...)`` off the critical path, in half the time of the frozen ``__init__`` (the
+    pod builder makes 590,000 phases at 10,000 pods)."""
+    phase = object.__new__(Phase)
+    _set_id(phase, id)
+    _set_parent_id(phase, parent_id)
+    _set_name(phase, name)
+    _set_start(phase, start_ns)
+    _set_end(phase, end_ns)
+    _set_status(phase, status)
+    _set_error(phase, error)
+    _set_on_path(phase, False)
+    _set_self_ns(phase, 0)
+    _set_attributes(phase, attributes)
+    return phase
+
+
+def mark_on_path(phase: Phase, on_critical_path: bool, self_ns: int) -> None:
+    """Set the critical-path fields of a phase **in place**. Only for phases their builder
+    still owns (no pod, reporter or caller has seen them): a copy (``Phase.on_path``) costs
+    six times as much, for nearly every phase of every pod."""
+    _set_on_path(phase, on_critical_path)
+    _set_self_ns(phase, self_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class CriticalStep:
     phase_id: str

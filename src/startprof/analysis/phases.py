@@ -48,6 +48,7 @@ from startprof.analysis.model import (
     Phase,
     Pod,
     PodStatus,
+    new_phase,
 )
 from startprof.analysis.processes import (
     CREATING_VERBS,
@@ -87,15 +88,15 @@ class PhaseBuilder:
         if parent is not None:  # a child never leaves its parent (clock skew, shared shims)
             start = min(max(start, parent.start_ns), parent.end_ns)
             end = min(max(end, start), parent.end_ns)
-        phase = Phase(
-            id=pid,
-            parent_id=None if parent is None else parent.id,
-            name=name,
-            start_ns=start,
-            end_ns=max(end, start),
-            status="ok" if error is None else "error",
-            error=error,
-            attributes={k: v for k, v in attributes.items() if v is not None},
+        phase = new_phase(
+            pid,
+            None if parent is None else parent.id,
+            name,
+            start,
+            max(end, start),
+            "ok" if error is None else "error",
+            error,
+            {k: v for k, v in attributes.items() if v is not None},
         )
         self.phases.append(phase)
         return phase
@@ -815,7 +816,7 @@ def build_pod(
     verdict = _verdict(
         phases, recovered, sandbox.began_before, incomplete, bool(container_ids), restarts
     )
-    phases_t, steps = apply_critical_path(phases)
+    phases_t, steps = apply_critical_path(phases, in_place=True)
     names = _names(inputs, rps, sandbox.cni)
     return Pod(
         host=host,

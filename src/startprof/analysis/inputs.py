@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -326,7 +326,7 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
     """Runs of consecutive netlink requests of one op by one process, with their ack time.
 
     ``proc_ids`` limits the work to the processes that get netlink spans (the CNI plugins).
-    Columns: proc_id, op, start_ns, end_ns, count, errors, ifnames, kinds.
+    Columns: those of ``NetlinkRun``.
     """
     columns = [
         "proc_id",
@@ -343,9 +343,7 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
         wanted &= ev["proc_id"].isin(list(proc_ids)).to_numpy(dtype=bool, na_value=False)
     sends = rows_where(ev, wanted, columns)
     if sends.empty:
-        return pd.DataFrame(
-            columns=["proc_id", "op", "start_ns", "end_ns", "count", "errors", "ifnames", "kinds"]
-        )
+        return pd.DataFrame(columns=list(NetlinkRun._fields))
     acks = rows_where(
         ev, kind_mask(ev, "nl_ack") & has_proc(ev), ["proc_id", "nl_seq", "ts_ns", "ret"]
     )
@@ -367,7 +365,7 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
             "op": grouped["op"].first(),
             "start_ns": grouped["start_ns"].min(),
             "end_ns": grouped["done_ns"].max(),
-            "count": grouped.size(),
+            "requests": grouped.size(),
             "errors": grouped["failed"].sum(),
         }
     )
@@ -381,6 +379,23 @@ def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> p
             lists[run].append(value)
         out[target] = [lists.get(run, []) for run in out.index]
     return out.reset_index(drop=True)
+
+
+class NetlinkRun(NamedTuple):
+    """One row of ``netlink_groups``: a run of same-op requests of one process."""
+
+    proc_id: int
+    op: str
+    start_ns: int
+    end_ns: int
+    requests: int
+    errors: int
+    ifnames: list[str]
+    kinds: list[str]
+
+
+_netlink_run = functools.partial(tuple.__new__, NetlinkRun)
+"""A ``NetlinkRun`` of a row tuple, without the generated ``__new__``'s call per field."""
 
 
 def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
@@ -465,7 +480,7 @@ class Context:
     """Per-recording lookups the pod builder needs."""
 
     children: dict[int, list[Proc]]
-    netlink: dict[int, list[dict[str, Any]]]
+    netlink: dict[int, list[NetlinkRun]]
     recording_end_ns: int
     ops: dict[int, dict[str, int]] = field(default_factory=dict)
     procs: dict[int, Proc] = field(default_factory=dict)
@@ -533,9 +548,11 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
         if p.parent_proc is not None:
             children[p.parent_proc].append(p)
     groups = netlink_groups(ev, (p.proc_id for p in procs if p.is_cni_plugin))
-    netlink: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for group in _records(groups, list(groups.columns)):
-        netlink[int(group["proc_id"])].append(group)
+    netlink: dict[int, list[NetlinkRun]] = defaultdict(list)
+    # tuples straight from the columns: a dict per run cost 0.6 s at 10,000 pods
+    columns = (cells(groups[c]) for c in NetlinkRun._fields)
+    for run in map(_netlink_run, zip(*columns, strict=True)):
+        netlink[int(run.proc_id)].append(run)
     end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
     ctx = Context(
         children=children,

@@ -138,16 +138,16 @@ def _helper_ops(ctx: Context, proc: Proc) -> Counter[str]:
 def _add_netlink(b: PhaseBuilder, parent: Phase, proc: Proc, ctx: Context) -> None:
     """One span per run of same-op requests. An error reply (EEXIST for a bridge that is already
     there) is an answer the plugin handles, not a failure: it is counted, not flagged."""
-    for group in ctx.netlink.get(proc.proc_id, ()):
+    for run in ctx.netlink.get(proc.proc_id, ()):
         b.add(
             parent,
-            f"netlink {group['op']}",
-            int(group["start_ns"]),
-            int(group["end_ns"]),
-            count=int(group["count"]),
-            errors=int(group["errors"]) or None,
-            ifnames=list(group["ifnames"]) or None,
-            link_kinds=list(group["kinds"]) or None,
+            f"netlink {run.op}",
+            int(run.start_ns),
+            int(run.end_ns),
+            count=int(run.requests),
+            errors=int(run.errors) or None,
+            ifnames=list(run.ifnames) or None,
+            link_kinds=list(run.kinds) or None,
             pid=proc.pid,
         )
 

@@ -104,3 +104,54 @@ def test_path_always_sums_to_the_pod(phases: list[Phase]) -> None:
     assert sum(p.self_ns for p in updated) == phases[0].duration_ns
     assert all(p.self_ns >= 0 for p in updated)
     bottleneck(updated)
+
+
+def _scanned(phases: list[Phase]) -> list[tuple[str, int, int]]:
+    """The definition, step by step: at each instant t (from the end back) take the child that
+    still runs latest before t, ties to the first started, then the first listed; scan every
+    child at every step."""
+    kids: dict[str | None, list[Phase]] = {}
+    for p in phases:
+        kids.setdefault(p.parent_id, []).append(p)
+    out: list[tuple[str, int, int]] = []
+
+    def walk(node: str, lo: int, hi: int) -> None:
+        t = hi
+        while t > lo:
+            best, best_end = None, lo
+            for k in kids.get(node, []):
+                if k.start_ns < t and k.end_ns > lo:
+                    end = min(k.end_ns, t)
+                    if end > best_end or (best and end == best_end and k.start_ns < best.start_ns):
+                        best, best_end = k, end
+            if best is None:
+                out.append((node, lo, t))
+                return
+            if best_end < t:
+                out.append((node, best_end, t))
+            walk(best.id, max(best.start_ns, lo), best_end)
+            t = max(best.start_ns, lo)
+
+    walk(phases[0].id, phases[0].start_ns, phases[0].end_ns)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(trees())
+def test_segments_follow_the_definition(phases: list[Phase]) -> None:
+    assert critical_segments(phases) == _scanned(phases)
+
+
+def test_segments_break_ties_as_defined() -> None:
+    # two children end at the parent's end, two end together before it; one starts at its end
+    phases = [
+        ph("pod", None, "pod", 0, 100),
+        ph("a", "pod", "a", 50, 100),
+        ph("b", "pod", "b", 40, 100),
+        ph("c", "pod", "c", 10, 40),
+        ph("d", "pod", "d", 20, 40),
+        ph("e", "pod", "e", 40, 40),
+        ph("f", "pod", "f", 10, 40),
+    ]
+    assert critical_segments(phases) == _scanned(phases)
+    assert [s[0] for s in critical_segments(phases)] == ["b", "c", "pod"]

@@ -8,10 +8,14 @@ sum to the pod's duration."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
+from operator import itemgetter
 
 from startprof.analysis.model import CriticalStep, Phase, mark_on_path
+
+_start = itemgetter(0)
 
 
 def _children(phases: Sequence[Phase]) -> dict[str | None, list[Phase]]:
@@ -34,17 +38,29 @@ def critical_segments(phases: Sequence[Phase]) -> list[tuple[str, int, int]]:
 
     def walk(node: str, lo: int, hi: int) -> None:
         t = hi
-        kids = children.get(node, ())
+        # the children by start, and for each prefix the one that ends last (ties: the first):
+        # each step looks up its candidate instead of scanning every child (a bridge plugin
+        # has some 25 netlink and exec children, walked one by one)
+        kids = sorted(children.get(node, ()), key=_start)
+        starts = [kid[0] for kid in kids]
+        latest: list[tuple[int, int, str]] = []
+        top: tuple[int, int, str] | None = None
+        for kid in kids:
+            if top is None or kid[1] > top[1]:
+                top = kid
+            latest.append(top)
         while t > lo:
+            n = bisect_left(starts, t)  # the children that started before t
             best: tuple[int, int, str] | None = None
             best_end = lo
-            for kid in kids:
-                start, kid_end, _ = kid
-                if start < t and kid_end > lo:
-                    end = kid_end if kid_end < t else t
-                    # ties go to the child that started first: it covers more of the window
-                    if end > best_end or (best is not None and end == best_end and start < best[0]):
-                        best, best_end = kid, end
+            if n:
+                last = latest[n - 1]
+                if last[1] >= t:
+                    # several may run at t: the one that started first covers more of the window
+                    best_end = t
+                    best = next(kid for kid in kids if kid[1] >= t)
+                elif last[1] > lo:
+                    best, best_end = last, last[1]
             if best is None:
                 segments.append((node, lo, t))
                 return

@@ -89,9 +89,10 @@ from startprof.pipeline import read_source
 from startprof.analysis import analyze
 from startprof.reporters import json as json_reporter
 t1 = time.perf_counter()
-source = read_source(sys.argv[1])
+sources = [read_source(sys.argv[1])]
 t2 = time.perf_counter()
-analysis = analyze([source])
+# handed over as the command does (an iterator): the events are freed before the pod builder
+analysis = analyze(sources.pop() for _ in range(1))
 t3 = time.perf_counter()
 with open(os.devnull, "wb") as sink:
     json_reporter.write(sink, analysis)

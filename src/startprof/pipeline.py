@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import suppress
 
-from startprof.analysis import Source, analyze
+from startprof.analysis import SOURCE_NOTE, Source, analyze, failed_source
 from startprof.analysis.model import Analysis
 from startprof.errors import InputError, InternalError
 from startprof.recording import Recording, read_recording
@@ -50,6 +51,22 @@ def read_source(path: str | os.PathLike[str]) -> Source:
     return source_of(read_recording(path, skip=UNREAD))
 
 
+def _each_source(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Source]:
+    """Each file's source in turn; a bug while reading one names that file (``failed_source``)."""
+    for path in paths:
+        read: list[Source] = []
+        try:
+            read.append(read_source(path))
+        except InputError:
+            raise
+        except Exception as exc:
+            with suppress(AttributeError):
+                setattr(exc, SOURCE_NOTE, str(path))
+            raise
+        # handed over, not kept: a local would hold the events until the next file is asked for
+        yield read.pop()
+
+
 def _last_drops(rec: Recording) -> int:
     kinds = rec.table.column("kind").to_pylist()
     rets = rec.table.column("ret").to_pylist()
@@ -58,24 +75,16 @@ def _last_drops(rec: Recording) -> int:
 
 
 def analyze_files(paths: Sequence[str | os.PathLike[str]]) -> Analysis:
-    """The analysis of the recordings. A damaged file is a RecordingError; anything the
-    analysis raises is a bug, reported as one InternalError naming the file it failed on."""
+    """The analysis of the recordings, each read when its turn comes: only one file's events
+    are in memory at a time (a rollout's files from 100 nodes merge in the memory of one).
+    A damaged file is a RecordingError; anything the analysis raises is a bug, reported as one
+    InternalError naming the file it failed on."""
     if not paths:
         raise InputError("no recording given")
-    sources = [read_source(p) for p in paths]
     try:
-        return analyze(sources)
+        return analyze(_each_source(paths))
+    except InputError:  # a damaged or missing file (RecordingError): one line, exit 2
+        raise
     except Exception as exc:
-        culprit = _culprit(sources) if len(sources) > 1 else sources[0]
-        name = culprit.name if culprit is not None else ", ".join(s.name for s in sources)
+        name = failed_source(exc) or ", ".join(str(p) for p in paths)
         raise InternalError.of(f"{name}: analysis", exc) from exc
-
-
-def _culprit(sources: Sequence[Source]) -> Source | None:
-    """The first source the analysis fails on alone (merging is not what failed otherwise)."""
-    for src in sources:
-        try:
-            analyze([src])
-        except Exception:
-            return src
-    return None

@@ -245,12 +245,61 @@ def test_an_internal_error_of_several_files_names_the_one_it_failed_on(
     from startprof import analysis as real
 
     bad = str(DATA / "crun-bridge.arrows")
+    prepare = real._prepare
 
-    def fails_on_one(sources: list[real.Source]) -> Analysis:
-        if any(s.name == bad for s in sources):
+    def fails_on_one(src: real.Source) -> object:
+        if src.name == bad:
             raise KeyError("boom")
-        return real.analyze(sources)
+        return prepare(src)
 
-    monkeypatch.setattr("startprof.pipeline.analyze", fails_on_one)
+    monkeypatch.setattr("startprof.analysis._prepare", fails_on_one)
     assert main(["analyze", str(_good()), bad]) == 70
     assert capsys.readouterr().err.startswith(f"startprof: {bad}: analysis failed (KeyError")
+
+
+def test_a_bug_while_reading_one_of_several_files_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from startprof import pipeline
+
+    bad = str(DATA / "crun-bridge.arrows")
+    read = pipeline.read_source
+
+    def fails_on_one(path: str) -> object:
+        if str(path) == bad:
+            raise ValueError("boom")
+        return read(path)
+
+    monkeypatch.setattr("startprof.pipeline.read_source", fails_on_one)
+    assert main(["analyze", str(_good()), bad]) == 70
+    assert capsys.readouterr().err.startswith(f"startprof: {bad}: analysis failed (ValueError")
+
+
+def test_each_file_is_released_before_its_pods_are_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merging many files holds one file's events at a time: each frame is gone (no cycle
+    collection needed) by the time that file's pods are built."""
+    import weakref
+
+    from startprof import analysis as real
+    from startprof import pipeline
+
+    frames: list[weakref.ref[object]] = []
+    alive: list[list[bool]] = []
+    read, build = pipeline.read_source, real.build_prepared
+
+    def reading(path: str) -> real.Source:
+        src = read(path)
+        frames.append(weakref.ref(src.events))
+        return src
+
+    def building(*args: object, **kwargs: object) -> object:
+        alive.append([f() is not None for f in frames])
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("startprof.pipeline.read_source", reading)
+    monkeypatch.setattr("startprof.analysis.build_prepared", building)
+    merged = pipeline.analyze_files([_good(), DATA / "crun-bridge.arrows"])
+    assert alive == [[False], [False, False]]
+    assert len(merged.recording.files) == 2 and merged.pods

@@ -8,8 +8,8 @@ from stored recordings or small factories. ``startprof.pipeline`` joins files to
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import pandas as pd
@@ -17,7 +17,7 @@ import pandas as pd
 from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.losses import drop_windows, mark_lossy
 from startprof.analysis.model import Analysis, Pod, RecordingInfo
-from startprof.analysis.phases import build
+from startprof.analysis.phases import Prepared, build_prepared, prepare
 from startprof.analysis.summary import summarize
 
 TIME_COLUMNS = ("ts_ns", "start_ns", "end_ns")
@@ -72,46 +72,98 @@ def without_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-def analyze(sources: Sequence[Source]) -> Analysis:
-    """Pods of every source, keyed by (host, sandbox id); later files win on duplicates."""
+SOURCE_NOTE = "startprof_source"
+"""The attribute ``analyze`` sets on an exception raised while it analysed one source: that
+source's name (``failed_source``)."""
+
+
+def failed_source(exc: BaseException) -> str | None:
+    """The name of the source whose analysis raised ``exc``; None when it came from merging."""
+    name = getattr(exc, SOURCE_NOTE, None)
+    return name if isinstance(name, str) else None
+
+
+def analyze(sources: Iterable[Source]) -> Analysis:
+    """Pods of every source, keyed by (host, sandbox id); later files win on duplicates.
+
+    Sources are analysed one at a time, and the analysis lets go of each one's events before
+    it builds that source's pods: given an iterator that yields each source as it is read,
+    only one recording's events are in memory at a time (at 10,000 pods in one file, 1.5 GB
+    released before the pod builder runs). An exception raised while one source is analysed
+    names it (``failed_source``)."""
     with without_cycle_collection():
         return _analyze(sources)
 
 
-def _analyze(sources: Sequence[Source]) -> Analysis:
+@dataclass(frozen=True)
+class _Seen:
+    """What the merge needs of one source once its pods are built."""
+
+    name: str
+    host: str
+    kernel: str
+    start_ns: int
+    end_ns: int
+    drops: int
+    complete: bool
+
+
+def _analyze(sources: Iterable[Source]) -> Analysis:
     pods: dict[tuple[str, str], Pod] = {}
-    starts, ends = [], []
+    seen: list[_Seen] = []
     lossy: list[tuple[int, int]] = []
     foreign: dict[str, int] = {}
     for src in sources:
-        # calls on connections older than the recording are named before anything reads them
-        own, _ = name_calls(timed(src.events))
-        events = to_wall_clock(own, src.clock_offset_ns)
-        windows = [
-            (lo + src.clock_offset_ns, hi + src.clock_offset_ns)
-            for lo, hi in drop_windows(own, src.start_monotonic_ns)
-        ]
+        name = src.name
+        try:
+            prepared, windows, about = _prepare(src)
+            # the loop's own reference: with it gone (and the caller's, when it passed an
+            # iterator), the source's events are freed before its pods are built
+            del src
+            built = build_prepared(prepared, about.host, windows)
+        except Exception as exc:
+            with suppress(AttributeError):
+                setattr(exc, SOURCE_NOTE, name)
+            raise
+        del prepared
         lossy += windows
-        built = build(events, src.host, windows)
         for pod in mark_lossy(built.pods, windows):
             pods[pod.key] = pod
         for namespace, n in built.foreign_containers.items():
             foreign[namespace] = foreign.get(namespace, 0) + n
-        starts.append(src.start_monotonic_ns + src.clock_offset_ns)
-        last = src.end_monotonic_ns
-        if last is None:
-            last = int(own["ts_ns"].max()) if len(own) else src.start_monotonic_ns
-        ends.append(last + src.clock_offset_ns)
+        seen.append(about)
     ordered = tuple(sorted(pods.values(), key=lambda p: (p.start_ns, p.host, p.sandbox_id)))
     info = RecordingInfo(
-        files=tuple(s.name for s in sources),
-        hosts=tuple(sorted({s.host for s in sources})),
-        kernels=tuple(sorted({s.kernel for s in sources})),
-        start_ns=min(starts, default=0),
-        end_ns=max(ends, default=0),
-        drops=sum(s.drops for s in sources),
-        complete=all(s.complete for s in sources),
+        files=tuple(s.name for s in seen),
+        hosts=tuple(sorted({s.host for s in seen})),
+        kernels=tuple(sorted({s.kernel for s in seen})),
+        start_ns=min((s.start_ns for s in seen), default=0),
+        end_ns=max((s.end_ns for s in seen), default=0),
+        drops=sum(s.drops for s in seen),
+        complete=all(s.complete for s in seen),
         drop_windows=tuple(sorted(lossy)),
         foreign_containers=foreign,
     )
     return Analysis(recording=info, pods=ordered, summary=summarize(ordered, info))
+
+
+def _prepare(src: Source) -> tuple[Prepared, list[tuple[int, int]], _Seen]:
+    """One source prepared for its pods (Python objects only, no frame), its drop windows
+    (wall clock) and what the merge needs of it."""
+    offset = src.clock_offset_ns
+    # calls on connections older than the recording are named before anything reads them
+    own = name_calls(timed(src.events))[0]
+    windows = [(lo + offset, hi + offset) for lo, hi in drop_windows(own, src.start_monotonic_ns)]
+    last = src.end_monotonic_ns
+    if last is None:
+        last = int(own["ts_ns"].max()) if len(own) else src.start_monotonic_ns
+    seen = _Seen(
+        name=src.name,
+        host=src.host,
+        kernel=src.kernel,
+        start_ns=src.start_monotonic_ns + offset,
+        end_ns=last + offset,
+        drops=src.drops,
+        complete=src.complete,
+    )
+    return prepare(to_wall_clock(own, offset)), windows, seen

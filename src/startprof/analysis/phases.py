@@ -1064,21 +1064,41 @@ class Built:
     """Containers of containerd namespaces other than CRI's, per namespace (no pods)."""
 
 
-def build(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> Built:
-    """Every pod start in the events, and the containers of other containerd namespaces.
-    ``lossy`` are the drop windows (same clock as ``ev``): a sandbox with too little left to
-    build is still reported, as ``incomplete``, when its events touch one (its start may be
-    among what was lost)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What the pods of one recording are built from (``prepare``): Python objects only, so
+    the events can be released before the pods are built."""
+
+    pods: dict[str, PodInputs]
+    ctx: Context
+    images: dict[str, list[tuple[Call, str | None]]]
+
+
+def prepare(ev: pd.DataFrame) -> Prepared:
+    """The vectorised part: every pod's inputs and the image calls matched to them."""
     pods, ctx, image_calls = pod_inputs(ev)
-    images = assign_image_calls(pods, image_calls)
+    return Prepared(pods, ctx, assign_image_calls(pods, image_calls))
+
+
+def build_prepared(prepared: Prepared, host: str, lossy: Sequence[tuple[int, int]] = ()) -> Built:
+    """Every pod start of a prepared recording, and the containers of other containerd
+    namespaces. ``lossy`` are the drop windows (same clock as the events): a sandbox with too
+    little left to build is still reported, as ``incomplete``, when its events touch one (its
+    start may be among what was lost)."""
+    ctx, images = prepared.ctx, prepared.images
     out = []
-    for inputs in pods.values():
+    for inputs in prepared.pods.values():
         pod = build_pod(host, inputs, ctx, images.get(inputs.sandbox_id, []))
         if pod is None and lossy:
             pod = _partial_pod(host, inputs, lossy)
         if pod is not None:
             out.append(pod)
     return Built(out, ctx.foreign)
+
+
+def build(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> Built:
+    """``build_prepared(prepare(ev), ...)``, for a caller that keeps the events anyway."""
+    return build_prepared(prepare(ev), host, lossy)
 
 
 def build_pods(ev: pd.DataFrame, host: str, lossy: Sequence[tuple[int, int]] = ()) -> list[Pod]:

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""What one followed process costs: fork + exec + exit inside the followed tree, probe by probe.
+
+A pod start is some 50 processes in the followed tree (CNI plugins and their iptables, the
+shim, runc and runc init, the pause and the app), each forked, exec'ed and exited once. This
+times that life cycle alone: a C loop (compiled here with cc) forks a child that execs
+``/bin/true`` with a CNI-plugin-like command line (12 arguments) and environment (30 variables,
+5 of them ``CNI_*``) and waits for it, best of 5 batches of N, while in turn:
+
+- ``none``: nothing is loaded;
+- ``core``: only the core's programs (fork, exit, clone, close: they keep the filter right);
+- one arm per probe: that probe's programs and the core's;
+- ``all``: every probe.
+
+The loop is followed (``ProbeSession.follow``) before it starts. A reader thread drains the
+ring buffer every 100 ms as the recorder does; ``--decode`` also decodes each record (the
+recorder's user space; without it the figures are the kernel's share). Without a CRI socket
+every followed exec's environment is scanned for ``CNI_*`` (the recorder scans only where
+``CNI_*`` can be), so ``exec`` here is the cost of a CNI plugin's or helper's exec. Arms rotate
+(``--rounds``); each arm's median is printed with its difference to ``none``. Needs root; no
+lab.
+
+    sudo .venv/bin/python benchmarks/followed_cost.py --rounds 3
+    sudo .venv/bin/python benchmarks/followed_cost.py --arms none,all --decode
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from startprof.probes import PROBE_NAMES
+from startprof.probes.session import ProbeSession
+
+LOOP_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+                          return t.tv_sec * 1e9 + t.tv_nsec; }
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]); double best = 1e18, t0, t; char go;
+    char *args[] = {"/bin/true", "-t", "nat", "-A", "CNI-HOSTPORT-DNAT", "-p", "tcp", "-m",
+                    "comment", "--comment", "dnat name: \"cbr0\" id: \"0123456789abcdef\"",
+                    "-j", "CNI-DN-0123456789abcdef", 0};
+    char *env[31]; char buf[30][64];
+    for (int i = 0; i < 30; i++) {
+        if (i < 5) snprintf(buf[i], 64, "CNI_VAR%d=value-%d-0123456789abcdef", i, i);
+        else snprintf(buf[i], 64, "SOME_VARIABLE_%d=/usr/local/bin:/usr/bin:/bin", i);
+        env[i] = buf[i];
+    }
+    env[30] = 0;
+    if (read(0, &go, 1) != 1) return 1; /* followed by now */
+    for (int r = 0; r < 5; r++) {
+        t0 = now();
+        for (int i = 0; i < n; i++) {
+            pid_t pid = fork();
+            if (pid == 0) { execve(args[0], args, env); _exit(127); }
+            waitpid(pid, 0, 0);
+        }
+        t = (now() - t0) / n; if (t < best) best = t;
+    }
+    printf("%.1f\n", best / 1000.0);
+    return 0;
+}
+"""
+
+
+def _loop(workdir: Path) -> Path:
+    src, exe = workdir / "loop.c", workdir / "loop"
+    src.write_text(LOOP_C)
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def _probes(arm: str) -> tuple[str, ...] | None:
+    if arm == "none":
+        return None
+    if arm == "all":
+        return PROBE_NAMES
+    if arm == "core":
+        return ()
+    return (arm,)
+
+
+def _run(exe: Path, spawns: int, probes: tuple[str, ...] | None, decode: bool) -> float:
+    """µs per fork + exec + wait of the loop, followed by a session of ``probes``."""
+    loop = subprocess.Popen(
+        [str(exe), str(spawns)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert loop.stdin is not None and loop.stdout is not None
+    if probes is None:
+        loop.stdin.write("g")
+        loop.stdin.close()
+        out = loop.stdout.read()
+        loop.wait()
+        return float(out)
+    stop = threading.Event()
+    with ProbeSession(probes=probes) as session:
+        session.follow(loop.pid)
+
+        def reader() -> None:  # the recorder's pace: drain every 100 ms
+            while not stop.is_set():
+                if decode:
+                    session.poll(100)
+                else:
+                    session._drain_raw(100)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        loop.stdin.write("g")
+        loop.stdin.close()
+        out = loop.stdout.read()
+        loop.wait()
+        stop.set()
+        thread.join()
+        drops = sum(session.drops())
+    if drops:
+        print(f"  {drops} records dropped: the figure is too low", file=sys.stderr)
+    return float(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rotations of all arms")
+    parser.add_argument("--spawns", type=int, default=1000, help="fork+exec+wait per batch")
+    parser.add_argument(
+        "--arms",
+        default=",".join(("none", "core", *PROBE_NAMES, "all")),
+        help="comma-separated: none, core, a probe's name, all (default: every one)",
+    )
+    parser.add_argument("--decode", action="store_true", help="decode every record too")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ("none", "core", "all", *PROBE_NAMES)]
+    if unknown:
+        parser.error(f"unknown arm(s): {', '.join(unknown)}")
+    runs: dict[str, list[float]] = {arm: [] for arm in arms}
+    with tempfile.TemporaryDirectory(prefix="startprof-followed-") as tmp:
+        exe = _loop(Path(tmp))
+        for r in range(args.rounds):
+            order = arms[r % len(arms) :] + arms[: r % len(arms)]
+            for arm in order:
+                runs[arm].append(_run(exe, args.spawns, _probes(arm), args.decode))
+                print(f"round {r + 1}/{args.rounds} {arm}: {runs[arm][-1]:.1f} µs", file=sys.stderr)
+    base = statistics.median(runs["none"]) if "none" in runs else None
+    result = {}
+    print(f"{'arm':12s} {'µs per process':>15s} {'vs none':>9s}   runs")
+    for arm, values in runs.items():
+        med = statistics.median(values)
+        extra = None if base is None else round(med - base, 1)
+        result[arm] = {"us": med, "extra_us": extra, "runs": values}
+        shown = "" if extra is None else f"{extra:+9.1f}"
+        print(f"{arm:12s} {med:15.1f} {shown:>9s}   {', '.join(f'{v:.1f}' for v in values)}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import threading
 from pathlib import Path
 
 from startprof.probes import PROBE_NAMES
+from startprof.probes.progstats import enable_stats, prog_stats
 from startprof.probes.session import ProbeSession
 
 LOOP_C = r"""
@@ -91,8 +93,15 @@ def _probes(arm: str) -> tuple[str, ...] | None:
     return (arm,)
 
 
-def _run(exe: Path, spawns: int, probes: tuple[str, ...] | None, decode: bool) -> float:
-    """µs per fork + exec + wait of the loop, followed by a session of ``probes``."""
+def _run(
+    exe: Path,
+    spawns: int,
+    probes: tuple[str, ...] | None,
+    decode: bool,
+    stats: dict[str, tuple[int, int]] | None = None,
+) -> float:
+    """µs per fork + exec + wait of the loop, followed by a session of ``probes``; with
+    ``stats``, each program's (run time ns, runs) over the loop are added to it."""
     loop = subprocess.Popen(
         [str(exe), str(spawns)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -123,6 +132,11 @@ def _run(exe: Path, spawns: int, probes: tuple[str, ...] | None, decode: bool) -
         stop.set()
         thread.join()
         drops = sum(session.drops())
+        if stats is not None:
+            for name, fn in session._bpf.funcs.items():
+                run = prog_stats(fn.fd)
+                ns, cnt = stats.get(name.decode(), (0, 0))
+                stats[name.decode()] = (ns + run.run_time_ns, cnt + run.run_cnt)
     if drops:
         print(f"  {drops} records dropped: the figure is too low", file=sys.stderr)
     return float(out)
@@ -140,6 +154,12 @@ def main() -> int:
         help="comma-separated: none, core, a probe's name, all (default: every one)",
     )
     parser.add_argument("--decode", action="store_true", help="decode every record too")
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="one more run of 'all' with the kernel's BPF statistics on: each program's "
+        "runs and ns per followed process (the statistics' own clock reads included)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
@@ -154,6 +174,7 @@ def main() -> int:
             for arm in order:
                 runs[arm].append(_run(exe, args.spawns, _probes(arm), args.decode))
                 print(f"round {r + 1}/{args.rounds} {arm}: {runs[arm][-1]:.1f} µs", file=sys.stderr)
+        stats = _stats(exe, args.spawns) if args.stats else None
     base = statistics.median(runs["none"]) if "none" in runs else None
     result = {}
     print(f"{'arm':12s} {'µs per process':>15s} {'vs none':>9s}   runs")
@@ -163,9 +184,33 @@ def main() -> int:
         result[arm] = {"us": med, "extra_us": extra, "runs": values}
         shown = "" if extra is None else f"{extra:+9.1f}"
         print(f"{arm:12s} {med:15.1f} {shown:>9s}   {', '.join(f'{v:.1f}' for v in values)}")
+    if stats is not None:
+        result["stats"] = stats
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _stats(exe: Path, spawns: int) -> dict[str, dict[str, float]]:
+    """Per program of ``all``: runs and ns per followed process (5 batches of ``spawns``)."""
+    per: dict[str, tuple[int, int]] = {}
+    fd = enable_stats()
+    try:
+        _run(exe, spawns, PROBE_NAMES, False, per)
+    finally:
+        os.close(fd)
+    processes = 5 * spawns + 1  # the loop's children and the loop itself
+    rows = {
+        name: {"runs": cnt / processes, "ns": ns / processes}
+        for name, (ns, cnt) in sorted(per.items(), key=lambda kv: -kv[1][0])
+        if cnt
+    }
+    total = sum(r["ns"] for r in rows.values())
+    print(f"\n{'program':40s} {'runs/process':>13s} {'ns/process':>11s}")
+    for name, row in rows.items():
+        print(f"{name:40s} {row['runs']:13.1f} {row['ns']:11.0f}")
+    print(f"{'total':40s} {'':13s} {total:11.0f}")
+    return rows
 
 
 if __name__ == "__main__":

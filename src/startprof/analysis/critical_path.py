@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 
 from startprof.analysis.model import CriticalStep, Phase, mark_on_path
@@ -132,8 +132,7 @@ def subtree_path_ns(phases: Sequence[Phase]) -> dict[str, int]:
     return total
 
 
-def _subtree_ids(phases: Sequence[Phase], root_id: str) -> list[str]:
-    children = _children(phases)
+def _subtree_ids(children: Mapping[str | None, Sequence[Phase]], root_id: str) -> list[str]:
     out, queue = [], [root_id]
     while queue:
         pid = queue.pop()
@@ -187,10 +186,7 @@ def bottleneck(phases: Sequence[Phase]) -> str:
     top_ns = path_ns(top.id)
     text = f"{100 * top_ns / total:.0f}% of {_ms(total)} in {top.name}{_counts(top)}"
     # descend while one child holds at least half of the current span's critical time
-    children: dict[str, list[Phase]] = defaultdict(list)
-    for p in phases:
-        if p.parent_id is not None:
-            children[p.parent_id].append(p)
+    children = _children(phases)
     focus = top
     while True:
         kids = [k for k in children.get(focus.id, []) if path_ns(k.id) > 0]
@@ -204,7 +200,7 @@ def bottleneck(phases: Sequence[Phase]) -> str:
         return text
     text += f": {focus.name} {_ms(path_ns(focus.id))}{_counts(focus)}"
     groups: dict[str, list[Phase]] = defaultdict(list)
-    for i in _subtree_ids(phases, focus.id):
+    for i in _subtree_ids(children, focus.id):
         if i != focus.id:
             groups[by_id[i].name].append(by_id[i])
     if groups:

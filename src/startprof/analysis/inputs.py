@@ -211,24 +211,40 @@ CALL_COLUMNS = [
 
 def cri_calls(ev: pd.DataFrame) -> list[Call]:
     calls = rows_where(ev, kind_mask(ev, "cri_call"), CALL_COLUMNS)
-    cols = CALL_COLUMNS
-    return [
-        Call(
-            method=canonical_method(r["method"] or "?"),
-            start_ns=int(r["start_ns"]),
-            end_ns=None if r["end_ns"] is None else int(r["end_ns"]),
-            status=r["grpc_status"],
-            sandbox_id=r["sandbox_id"],
-            container=r["container"],
-            container_id=r["container_id"],
-            pod=r["pod"],
-            namespace=r["namespace"],
-            uid=r["uid"],
-            attrs=attrs_of(r["attrs"]),
-        )
-        for r in _records(calls, cols)
-        if r["start_ns"] is not None
-    ]
+    # rows straight from the columns: a dict per call first cost more than the calls
+    # themselves (100,000 at 10,000 pods)
+    rows = zip(*(cells(calls[c]) for c in CALL_COLUMNS), strict=True)
+    started = CALL_COLUMNS.index("start_ns")
+    return [_call(*row) for row in rows if row[started] is not None]
+
+
+def _call(
+    method: str | None,
+    start_ns: int,
+    end_ns: int | None,
+    status: str | None,
+    sandbox_id: str | None,
+    container: str | None,
+    container_id: str | None,
+    pod: str | None,
+    namespace: str | None,
+    uid: str | None,
+    attrs: object,
+) -> Call:
+    """A call of a ``cri_call`` row (``CALL_COLUMNS``, in that order)."""
+    return Call(
+        canonical_method(method or "?"),
+        int(start_ns),
+        None if end_ns is None else int(end_ns),
+        status,
+        sandbox_id,
+        container,
+        container_id,
+        pod,
+        namespace,
+        uid,
+        attrs_of(attrs),
+    )
 
 
 def container_sandboxes(ev: pd.DataFrame, calls: Iterable[Call]) -> dict[str, str]:

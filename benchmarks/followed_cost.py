@@ -45,7 +45,9 @@ LOOP_C = r"""
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+static double tv(struct timeval t) { return t.tv_sec * 1e9 + t.tv_usec * 1e3; }
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
                           return t.tv_sec * 1e9 + t.tv_nsec; }
 int main(int argc, char **argv) {
@@ -60,8 +62,11 @@ int main(int argc, char **argv) {
         env[i] = buf[i];
     }
     env[30] = 0;
+    struct rusage self0, self1, kids0, kids1;
+    double cpu, best_cpu = 1e18;
     if (read(0, &go, 1) != 1) return 1; /* followed by now */
     for (int r = 0; r < 5; r++) {
+        getrusage(RUSAGE_SELF, &self0); getrusage(RUSAGE_CHILDREN, &kids0);
         t0 = now();
         for (int i = 0; i < n; i++) {
             pid_t pid = fork();
@@ -69,8 +74,15 @@ int main(int argc, char **argv) {
             waitpid(pid, 0, 0);
         }
         t = (now() - t0) / n; if (t < best) best = t;
+        getrusage(RUSAGE_SELF, &self1); getrusage(RUSAGE_CHILDREN, &kids1);
+        /* CPU time of the loop and its children, user + system: what the hooks add to the
+           processes themselves, without the waits */
+        cpu = (tv(self1.ru_utime) - tv(self0.ru_utime) + tv(self1.ru_stime) - tv(self0.ru_stime)
+               + tv(kids1.ru_utime) - tv(kids0.ru_utime) + tv(kids1.ru_stime) - tv(kids0.ru_stime))
+              / n;
+        if (cpu < best_cpu) best_cpu = cpu;
     }
-    printf("%.1f\n", best / 1000.0);
+    printf("%.1f %.1f\n", best / 1000.0, best_cpu / 1000.0);
     return 0;
 }
 """
@@ -99,9 +111,10 @@ def _run(
     probes: tuple[str, ...] | None,
     decode: bool,
     stats: dict[str, tuple[int, int]] | None = None,
-) -> float:
-    """µs per fork + exec + wait of the loop, followed by a session of ``probes``; with
-    ``stats``, each program's (run time ns, runs) over the loop are added to it."""
+) -> tuple[float, float]:
+    """µs per fork + exec + wait of the loop, wall and CPU (the loop's and its children's user
+    and system time), followed by a session of ``probes``; with ``stats``, each program's
+    (run time ns, runs) over the loop are added to it."""
     loop = subprocess.Popen(
         [str(exe), str(spawns)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -111,7 +124,7 @@ def _run(
         loop.stdin.close()
         out = loop.stdout.read()
         loop.wait()
-        return float(out)
+        return _times(out)
     stop = threading.Event()
     with ProbeSession(probes=probes) as session:
         session.follow(loop.pid)
@@ -139,7 +152,12 @@ def _run(
                 stats[name.decode()] = (ns + run.run_time_ns, cnt + run.run_cnt)
     if drops:
         print(f"  {drops} records dropped: the figure is too low", file=sys.stderr)
-    return float(out)
+    return _times(out)
+
+
+def _times(out: str) -> tuple[float, float]:
+    wall, cpu = (float(v) for v in out.split())
+    return wall, cpu
 
 
 def main() -> int:
@@ -166,24 +184,33 @@ def main() -> int:
     unknown = [a for a in arms if a not in ("none", "core", "all", *PROBE_NAMES)]
     if unknown:
         parser.error(f"unknown arm(s): {', '.join(unknown)}")
-    runs: dict[str, list[float]] = {arm: [] for arm in arms}
+    runs: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="startprof-followed-") as tmp:
         exe = _loop(Path(tmp))
         for r in range(args.rounds):
             order = arms[r % len(arms) :] + arms[: r % len(arms)]
             for arm in order:
                 runs[arm].append(_run(exe, args.spawns, _probes(arm), args.decode))
-                print(f"round {r + 1}/{args.rounds} {arm}: {runs[arm][-1]:.1f} µs", file=sys.stderr)
+                wall, cpu = runs[arm][-1]
+                print(
+                    f"round {r + 1}/{args.rounds} {arm}: {wall:.1f} µs, CPU {cpu:.1f} µs",
+                    file=sys.stderr,
+                )
         stats = _stats(exe, args.spawns) if args.stats else None
-    base = statistics.median(runs["none"]) if "none" in runs else None
-    result = {}
-    print(f"{'arm':12s} {'µs per process':>15s} {'vs none':>9s}   runs")
+    result: dict[str, object] = {}
+    print(f"{'arm':12s} {'wall µs':>8s} {'vs none':>8s} {'CPU µs':>8s} {'vs none':>8s}   wall runs")
+    base = (
+        [statistics.median(v[k] for v in runs["none"]) for k in (0, 1)] if "none" in runs else None
+    )
     for arm, values in runs.items():
-        med = statistics.median(values)
-        extra = None if base is None else round(med - base, 1)
-        result[arm] = {"us": med, "extra_us": extra, "runs": values}
-        shown = "" if extra is None else f"{extra:+9.1f}"
-        print(f"{arm:12s} {med:15.1f} {shown:>9s}   {', '.join(f'{v:.1f}' for v in values)}")
+        wall, cpu = (statistics.median(v[k] for v in values) for k in (0, 1))
+        extra = None if base is None else (round(wall - base[0], 1), round(cpu - base[1], 1))
+        result[arm] = {"wall_us": wall, "cpu_us": cpu, "extra_us": extra, "runs": values}
+        shown = ("", "") if extra is None else (f"{extra[0]:+8.1f}", f"{extra[1]:+8.1f}")
+        print(
+            f"{arm:12s} {wall:8.1f} {shown[0]:>8s} {cpu:8.1f} {shown[1]:>8s}   "
+            + ", ".join(f"{v[0]:.1f}" for v in values)
+        )
     if stats is not None:
         result["stats"] = stats
     if args.json:

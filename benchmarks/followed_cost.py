@@ -17,11 +17,13 @@ ring buffer every 100 ms as the recorder does; ``--decode`` also decodes each re
 recorder's user space; without it the figures are the kernel's share). Without a CRI socket
 every followed exec's environment is scanned for ``CNI_*`` (the recorder scans only where
 ``CNI_*`` can be), so ``exec`` here is the cost of a CNI plugin's or helper's exec. Arms rotate
-(``--rounds``); each arm's median is printed with its difference to ``none``. Needs root; no
-lab.
+(``--rounds``); each arm's median wall time per process is printed with its difference to
+``none``, and beside it the CPU time of the loop and its children (user + system). ``--stats``
+adds one run of ``all`` with the kernel's BPF statistics on: each program's runs and ns per
+process. Needs root; no lab.
 
     sudo .venv/bin/python benchmarks/followed_cost.py --rounds 3
-    sudo .venv/bin/python benchmarks/followed_cost.py --arms none,all --decode
+    sudo .venv/bin/python benchmarks/followed_cost.py --arms none,all --decode --stats
 """
 
 from __future__ import annotations

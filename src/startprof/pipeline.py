@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 
-from startprof.analysis import SOURCE_NOTE, Source, analyze, failed_source
+from startprof.analysis import Source, analyze, failed_source, note_source
 from startprof.analysis.model import Analysis
 from startprof.errors import InputError, InternalError
 from startprof.recording import Recording, read_recording
@@ -54,17 +53,14 @@ def read_source(path: str | os.PathLike[str]) -> Source:
 def _each_source(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Source]:
     """Each file's source in turn; a bug while reading one names that file (``failed_source``)."""
     for path in paths:
-        read: list[Source] = []
         try:
-            read.append(read_source(path))
+            # yielded, not bound to a name: a local would hold the events until the next file
+            yield read_source(path)
         except InputError:
             raise
         except Exception as exc:
-            with suppress(AttributeError):
-                setattr(exc, SOURCE_NOTE, str(path))
+            note_source(exc, str(path))
             raise
-        # handed over, not kept: a local would hold the events until the next file is asked for
-        yield read.pop()
 
 
 def _last_drops(rec: Recording) -> int:

@@ -77,6 +77,12 @@ SOURCE_NOTE = "startprof_source"
 source's name (``failed_source``)."""
 
 
+def note_source(exc: BaseException, name: str) -> None:
+    """Mark ``exc`` as raised while source ``name`` was read or analysed (``failed_source``)."""
+    with suppress(AttributeError):  # an exception type that takes no attributes stays unnamed
+        setattr(exc, SOURCE_NOTE, name)
+
+
 def failed_source(exc: BaseException) -> str | None:
     """The name of the source whose analysis raised ``exc``; None when it came from merging."""
     name = getattr(exc, SOURCE_NOTE, None)
@@ -122,8 +128,7 @@ def _analyze(sources: Iterable[Source]) -> Analysis:
             del src
             built = build_prepared(prepared, about.host, windows)
         except Exception as exc:
-            with suppress(AttributeError):
-                setattr(exc, SOURCE_NOTE, name)
+            note_source(exc, name)
             raise
         del prepared
         lossy += windows

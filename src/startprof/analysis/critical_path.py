@@ -99,25 +99,21 @@ def apply_critical_path(
         while parent is not None and parent not in on_path:
             on_path.add(parent)
             parent = by_id[parent].parent_id
-    if in_place:
-        for p in phases:
-            if p.id in on_path or p.on_critical_path or p.self_ns:
+    updated = []
+    for p in phases:
+        # most phases are off the path and already say so: those stay as they are
+        if p.id in on_path or p.on_critical_path or p.self_ns:
+            if in_place:
                 mark_on_path(p, p.id in on_path, self_ns.get(p.id, 0))
-        updated = tuple(phases)
-    else:
-        # most phases are off the path and already say so: keep those objects as they are
-        updated = tuple(
-            p.on_path(p.id in on_path, self_ns.get(p.id, 0))
-            if p.id in on_path or p.on_critical_path or p.self_ns
-            else p
-            for p in phases
-        )
+            else:
+                p = p.on_path(p.id in on_path, self_ns.get(p.id, 0))
+        updated.append(p)
     steps = tuple(
         CriticalStep(pid, by_id[pid].name, self_ns[pid])
         for pid in sorted(self_ns, key=lambda k: (first_seen[k], k))
         if self_ns[pid] > 0
     )
-    return updated, steps
+    return tuple(updated), steps
 
 
 def subtree_path_ns(phases: Sequence[Phase]) -> dict[str, int]:

@@ -28,16 +28,21 @@ def cells(series: pd.Series) -> list[Any]:
     into null; an object column is Python objects already (through Arrow it would be
     converted there and back: 2 s for the argv of 460,000 processes)."""
     if series.dtype == object:
-        values = series.tolist()
-        # the nulls found in one vectorised pass (most cells are none): ``missing`` per cell
-        # was a quarter of building the Proc objects
-        for i in np.flatnonzero(pd.isna(series.to_numpy())).tolist():
-            values[i] = None
-        return values
+        return _python_cells(series)
     try:
         return pa.array(series, from_pandas=True).to_pylist()  # type: ignore[no-any-return]
     except (pa.ArrowException, TypeError, ValueError):
-        return [None if missing(v) else v for v in series.tolist()]
+        return _python_cells(series)
+
+
+def _python_cells(series: pd.Series) -> list[Any]:
+    """The cells as pandas holds them, every kind of null made None. The nulls are found in
+    one vectorised pass (most cells are none): ``missing`` per cell was a quarter of building
+    the Proc objects."""
+    values = series.tolist()
+    for i in np.flatnonzero(pd.isna(series.to_numpy())).tolist():
+        values[i] = None
+    return values
 
 
 def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]:

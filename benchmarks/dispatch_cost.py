@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bcc import BPF
+from syscall_cost import compile_c
 
 LOOP_C = r"""
 #include <stdio.h>
@@ -85,13 +86,6 @@ ARMS = {
 }
 
 
-def _loop(workdir: Path) -> Path:
-    src, exe = workdir / "loop.c", workdir / "loop"
-    src.write_text(LOOP_C)
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
-    return exe
-
-
 def _time(exe: Path, calls: int, text: str | None) -> tuple[float, float]:
     bpf = BPF(text=text) if text else None
     try:
@@ -111,7 +105,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="startprof-dispatch-") as tmp:
-        exe = _loop(Path(tmp))
+        exe = compile_c(LOOP_C, Path(tmp))
         runs: dict[str, list[tuple[float, float]]] = {arm: [] for arm in ARMS}
         for r in range(args.rounds):
             for arm, text in ARMS.items():

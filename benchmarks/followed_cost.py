@@ -45,6 +45,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from syscall_cost import compile_c
+
 from startprof.probes import PROBE_NAMES
 from startprof.probes.progstats import enable_stats, prog_stats
 from startprof.probes.session import ProbeSession
@@ -130,13 +132,6 @@ int main(int argc, char **argv) {
 """
 WORKLOADS = {"process": 0, "netlink": 1, "unix": 2}
 """What the followed loop repeats (``LOOP_C``'s modes)."""
-
-
-def _loop(workdir: Path) -> Path:
-    src, exe = workdir / "loop.c", workdir / "loop"
-    src.write_text(LOOP_C)
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
-    return exe
 
 
 def _probes(arm: str) -> tuple[str, ...] | None:
@@ -248,7 +243,7 @@ def main() -> int:
         parser.error(f"unknown arm(s): {', '.join(unknown)}")
     runs: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="startprof-followed-") as tmp:
-        exe = _loop(Path(tmp))
+        exe = compile_c(LOOP_C, Path(tmp))
         for r in range(args.rounds):
             order = arms[r % len(arms) :] + arms[: r % len(arms)]
             for arm in order:

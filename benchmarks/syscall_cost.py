@@ -74,6 +74,16 @@ OPS = (
     "fork_exec_wait_true_ns",
     "openat_close_dev_null_ns",
 )
+
+
+def compile_c(text: str, workdir: Path) -> Path:
+    """``text`` compiled (cc -O2) into an executable in ``workdir``; the benchmarks' C loops."""
+    src, exe = workdir / "loop.c", workdir / "loop"
+    src.write_text(text)
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
 ARMS: dict[str, bool | None] = {
     "none": None,
     "cri-sock": True,
@@ -92,9 +102,7 @@ def main() -> int:
     args = parser.parse_args()
     results: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory(prefix="startprof-syscost-") as tmp:
-        src, exe = Path(tmp) / "loop.c", Path(tmp) / "loop"
-        src.write_text("#include <stdlib.h>\n" + LOOP_C)
-        subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True)
+        exe = compile_c("#include <stdlib.h>\n" + LOOP_C, Path(tmp))
         for r in range(args.rounds):
             names = list(ARMS)
             for arm in names[r % len(names) :] + names[: r % len(names)]:

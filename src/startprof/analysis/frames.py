@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from startprof.events import KINDS
+
 
 def missing(value: Any) -> bool:
     """None, pandas' NA or a float NaN: what an empty cell of any column type reads as."""
@@ -105,29 +107,30 @@ def _shared_lists(chunk: pa.Array, known: dict[str, str], rows: np.ndarray | Non
 
 KIND_CODES = "_kind_code"
 """The column :func:`index_kinds` adds: each event's kind as a small integer."""
+KIND_INDEX = {kind: i for i, kind in enumerate(KINDS)}
+"""The integer of each kind the recording format knows (``events.KINDS``); -1 is any other."""
 
 
 def index_kinds(frame: pd.DataFrame) -> None:
-    """Add each event's kind as an integer column, in place, so that :func:`kind_mask` compares
-    integers: a comparison of the 6.9 M kind strings of 10,000 pods costs 60 ms, and the
-    analysis makes one per kind it reads (an Arrow dictionary encoding once costs 70 ms).
-    The names' codes go in ``frame.attrs``: they hold for every row, so for every frame pandas
-    derives from this one and hands the attrs on to."""
+    """Add each event's kind as an integer column (``KIND_INDEX``), in place, so that
+    :func:`kind_mask` compares integers: a comparison of the 6.9 M kind strings of 10,000 pods
+    costs 60 ms, and the analysis makes one per kind it reads. The codes are fixed, not kept
+    in ``frame.attrs``: pandas deep-copies those into every frame and column it derives (some
+    650 per recording, 9 ms of a 100-pod one)."""
     encoded = pa.chunked_array(pa.array(frame["kind"].array)).dictionary_encode().combine_chunks()
-    frame[KIND_CODES] = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-    frame.attrs[KIND_CODES] = {str(k): i for i, k in enumerate(encoded.dictionary.to_pylist())}
+    names = encoded.dictionary.to_pylist()
+    codes = np.array([KIND_INDEX.get(str(k), -1) for k in names] + [-1], dtype="int64")
+    frame[KIND_CODES] = codes[encoded.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)]
 
 
 def kind_mask(frame: pd.DataFrame, *kinds: str) -> np.ndarray:
     """Which events are of one of ``kinds``, as a bool array (a null kind is none of them)."""
-    codes = frame.attrs.get(KIND_CODES)
-    if codes is None or KIND_CODES not in frame:
+    if KIND_CODES not in frame or not all(k in KIND_INDEX for k in kinds):
         return frame["kind"].isin(kinds).to_numpy(dtype=bool, na_value=False)
-    wanted = [codes[k] for k in kinds if k in codes]
     column = frame[KIND_CODES].to_numpy()
-    if len(wanted) == 1:
-        return column == wanted[0]  # type: ignore[no-any-return]
-    return np.isin(column, wanted)
+    if len(kinds) == 1:
+        return column == KIND_INDEX[kinds[0]]  # type: ignore[no-any-return]
+    return np.isin(column, [KIND_INDEX[k] for k in kinds])
 
 
 def has_proc(frame: pd.DataFrame) -> np.ndarray:

@@ -284,7 +284,7 @@ INT_COLUMNS = frozenset(PROC_COLUMNS[:8])
 """The integer columns of ``PROC_COLUMNS``: ids, times, the exit code."""
 
 
-def _procs(table: pd.DataFrame) -> list[Proc]:
+def _procs(table: pd.DataFrame, runtimes: frozenset[str]) -> list[Proc]:
     # Python ints (or None) and lists straight from Arrow, no conversion per cell; a time
     # column that went through NumPy's NaN (a frame not read from a file) becomes Int64 first
     columns = [
@@ -298,7 +298,6 @@ def _procs(table: pd.DataFrame) -> list[Proc]:
     argv = columns[PROC_COLUMNS.index("argv")]
     columns[PROC_COLUMNS.index("argv")] = [() if a is None else tuple(a) for a in argv]
     columns[PROC_COLUMNS.index("env")] = _env_maps(columns[PROC_COLUMNS.index("env")])
-    runtimes = table.attrs.get("runtimes") or runtime_programs(a for a in argv if a)
     return list(map(Proc, *columns, itertools.repeat(runtimes, len(table))))
 
 
@@ -557,8 +556,9 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     calls = cri_calls(ev)
     by_container = container_sandboxes(ev, calls)
     table = processes(ev)
-    table = attribute(table, by_container)
-    procs = _procs(table)
+    runtimes = runtime_programs(a for a in table["argv"] if a)  # found once per recording
+    table = attribute(table, by_container, runtimes)
+    procs = _procs(table, runtimes)
     children: dict[int, list[Proc]] = defaultdict(list)
     for p in procs:
         if p.parent_proc is not None:

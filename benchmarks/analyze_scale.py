@@ -6,15 +6,21 @@ times with every pid, connection, sandbox and container id made unique and the t
 writes that as one recording, and times `startprof analyze --json` on it in a subprocess
 (reading the file included), then each step of it alone in another (import, read, analysis,
 JSON). ``--keep DIR`` keeps the recordings and reuses them on the next run (and ``--source``
-is then ignored for files already there).
+is then ignored for files already there). ``--nodes N`` spreads each pod count over N files
+with a host each, as a rollout over N nodes records them (the command analyses one file per
+CPU at once); the steps are then not timed.
 
     .venv/bin/python benchmarks/analyze_scale.py --pods 1000 10000
     .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --keep /tmp/scale --repeat 5
+    .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --nodes 10 100 --keep /tmp/scale
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import itertools
 import json
 import re
 import subprocess
@@ -67,19 +73,27 @@ def replicate(events: pd.DataFrame, copies: int, period_ns: int) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def build(source: Path, pods: int, out: Path) -> int:
+def build(source: Path, pods: int, out: Path, host: str | None = None) -> int:
+    """A recording of ``pods`` copies of the source's pods at ``out``, from ``host`` (default:
+    the source's); the number of pods it holds."""
     rec = read_recording(source)
     events = rec.frame()
     events = events[~events["kind"].isin(["end", "drops"])].reset_index(drop=True)
-    base_pods = len(json.loads(_analyze_json(source))["pods"])
+    base_pods = _pods_in(source)
     copies = max(1, pods // base_pods)
     span = int(events["ts_ns"].max() - events["ts_ns"].min())
     table = replicate(events, copies, span + 10_000_000)
-    writer = RecordingWriter(out, rec.header, flush_interval=3600)
+    header = rec.header if host is None else dataclasses.replace(rec.header, host=host)
+    writer = RecordingWriter(out, header, flush_interval=3600)
     for batch in table.to_batches(max_chunksize=50_000):
         writer.write_batch(batch)
     writer.close({"drops": 0, "end_monotonic_ns": int(table.column("ts_ns").to_numpy().max())})
     return copies * base_pods
+
+
+@functools.cache
+def _pods_in(source: Path) -> int:
+    return len(json.loads(_analyze_json(source))["pods"])
 
 
 STEPS = """
@@ -110,17 +124,17 @@ def _steps(path: Path) -> dict[str, float]:
 
 
 def _analyze_json(path: Path) -> str:
-    return _timed_analyze_json(path)[1]
+    return _timed_analyze_json([path])[1]
 
 
-def _timed_analyze_json(path: Path) -> tuple[float, str]:
+def _timed_analyze_json(paths: list[Path]) -> tuple[float, str]:
     """Seconds of ``startprof analyze --json`` with its stdout to a file, and that output.
     Only the command is timed: reading 320 MB back through a pipe as text and parsing it in
     this process (10 s at 10,000 pods, on the same 2 cores) is not the command's time."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "startprof", "analyze", "--json", str(path)],
+            [sys.executable, "-m", "startprof", "analyze", "--json", *map(str, paths)],
             stdout=out,
             check=True,
         )
@@ -129,9 +143,25 @@ def _timed_analyze_json(path: Path) -> tuple[float, str]:
         return seconds, out.read().decode()
 
 
+def _recordings(args: argparse.Namespace, folder: Path, pods: int, nodes: int) -> list[Path]:
+    """The files of ``pods`` pods over ``nodes`` nodes, made unless kept from a run before."""
+    if nodes == 1:
+        paths = [folder / f"{pods}.arrows"]
+    else:
+        paths = [folder / f"{pods}-over-{nodes}" / f"node-{i:03d}.arrows" for i in range(nodes)]
+    for i, path in enumerate(paths):
+        if not (args.keep and path.exists()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build(args.source, pods // nodes, path, None if nodes == 1 else f"node-{i:03d}")
+    return paths
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument(
+        "--nodes", type=int, nargs="+", default=[1], help="spread the pods over N files"
+    )
     parser.add_argument("--source", type=Path, default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the recordings here, and reuse them")
@@ -140,34 +170,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="startprof-scale-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        for pods in args.pods:
-            path = folder / f"{pods}.arrows"
-            made = pods if args.keep and path.exists() else build(args.source, pods, path)
+        for pods, nodes in itertools.product(args.pods, args.nodes):
+            paths = _recordings(args, folder, pods, nodes)
             times = []
             for _ in range(args.repeat):
-                seconds, text = _timed_analyze_json(path)
+                seconds, text = _timed_analyze_json(paths)
                 times.append(seconds)
-            doc = json.loads(text)
+            made = len(json.loads(text)["pods"])
             del text
-            made = len(doc["pods"]) if args.keep else made
-            assert len(doc["pods"]) == made, (len(doc["pods"]), made)
-            steps = [_steps(path) for _ in range(args.repeat)]
-            analysis = [s["analysis"] for s in steps]
-            events = read_recording(path).table.num_rows
             best = min(times)
-            results.append(
-                {
-                    "pods": made,
-                    "events": events,
-                    "file_mb": round(path.stat().st_size / 1e6, 1),
-                    "seconds_best": round(best, 2),
-                    "seconds_all": [round(t, 2) for t in times],
-                    "ms_per_pod": round(1000 * best / made, 3),
-                    "steps_best": min(steps, key=lambda s: s["analysis"]),
-                    "analysis_all": analysis,
-                    "analysis_ms_per_pod": round(1000 * min(analysis) / made, 3),
-                }
-            )
+            result = {
+                "pods": made,
+                "nodes": nodes,
+                "events": sum(read_recording(p).table.num_rows for p in paths),
+                "file_mb": round(sum(p.stat().st_size for p in paths) / 1e6, 1),
+                "seconds_best": round(best, 2),
+                "seconds_all": [round(t, 2) for t in times],
+                "ms_per_pod": round(1000 * best / made, 3),
+            }
+            if nodes == 1:  # the steps of one process reading one file
+                steps = [_steps(paths[0]) for _ in range(args.repeat)]
+                analysis = [s["analysis"] for s in steps]
+                result["steps_best"] = min(steps, key=lambda s: s["analysis"])
+                result["analysis_all"] = analysis
+                result["analysis_ms_per_pod"] = round(1000 * min(analysis) / made, 3)
+            results.append(result)
             print(json.dumps(results[-1]), file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 0

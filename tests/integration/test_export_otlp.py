@@ -297,7 +297,7 @@ def test_cli_sends_and_reports(
     from startprof.cli import cli, main
     from startprof.cli.export import export_command
 
-    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda paths: make_analysis())
+    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda *a, **k: make_analysis())
     added = "export" not in cli.commands
     if added:
         cli.add_command(export_command)

@@ -224,7 +224,7 @@ def test_cli_exports_over_tls(
 
     port, got = grpc_tls
     got.clear()
-    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda paths: make_analysis())
+    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda *a, **k: make_analysis())
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tls.cert))
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization={TOKEN}")
     url = f"https://localhost:{port}"

@@ -172,7 +172,7 @@ def export_cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[Path]]]:
     """``startprof export`` registered, with the analysis replaced by the factory's."""
     calls: list[list[Path]] = []
 
-    def analyze_files(paths: list[Path]) -> Analysis:
+    def analyze_files(paths: list[Path], jobs: int | None = None) -> Analysis:
         calls.append(paths)
         return make_analysis()
 
@@ -241,7 +241,7 @@ def test_cli_no_pods_is_an_input_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     empty = make_analysis([])
-    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda paths: empty)
+    monkeypatch.setattr("startprof.pipeline.analyze_files", lambda *a, **k: empty)
     assert main(["export", "a.arrows", "--jaeger-json", str(tmp_path / "o.json")]) == 2
     assert "nothing to export" in capsys.readouterr().err
 

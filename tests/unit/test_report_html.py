@@ -497,7 +497,7 @@ def fake_recording(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A recording path whose analysis is the factories' (the pipeline is tested elsewhere)."""
     seen: list[Sequence[Path]] = []
 
-    def fake_analyze(paths: Sequence[Path]) -> Analysis:
+    def fake_analyze(paths: Sequence[Path], jobs: int | None = None) -> Analysis:
         seen.append(paths)
         return make_analysis()
 

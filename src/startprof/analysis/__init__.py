@@ -98,7 +98,7 @@ def analyze(sources: Iterable[Source]) -> Analysis:
     released before the pod builder runs). An exception raised while one source is analysed
     names it (``failed_source``)."""
     with without_cycle_collection():
-        return _analyze(sources)
+        return merge(parts(sources))
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,21 @@ class _Seen:
     complete: bool
 
 
-def _analyze(sources: Iterable[Source]) -> Analysis:
-    pods: dict[tuple[str, str], Pod] = {}
-    seen: list[_Seen] = []
-    lossy: list[tuple[int, int]] = []
-    foreign: dict[str, int] = {}
+@dataclass(frozen=True)
+class Part:
+    """The analysis of one source, before the merge (``parts``, ``merge``): plain data that
+    pickles, so a source can be analysed in another process."""
+
+    pods: list[Pod]
+    """Marked lossy where they touch one of ``windows``."""
+    windows: list[tuple[int, int]]
+    foreign_containers: dict[str, int]
+    seen: _Seen
+
+
+def parts(sources: Iterable[Source]) -> Iterator[Part]:
+    """Each source's ``Part``, one source at a time; its events are let go of before its pods
+    are built. An exception names the source it was raised for (``failed_source``)."""
     for src in sources:
         name = src.name
         try:
@@ -131,12 +141,23 @@ def _analyze(sources: Iterable[Source]) -> Analysis:
             note_source(exc, name)
             raise
         del prepared
-        lossy += windows
-        for pod in mark_lossy(built.pods, windows):
+        yield Part(mark_lossy(built.pods, windows), windows, built.foreign_containers, about)
+
+
+def merge(parts: Iterable[Part]) -> Analysis:
+    """One analysis of the sources' parts, in their order: pods keyed by (host, sandbox id),
+    a later part's winning on duplicates."""
+    pods: dict[tuple[str, str], Pod] = {}
+    seen: list[_Seen] = []
+    lossy: list[tuple[int, int]] = []
+    foreign: dict[str, int] = {}
+    for part in parts:
+        lossy += part.windows
+        for pod in part.pods:
             pods[pod.key] = pod
-        for namespace, n in built.foreign_containers.items():
+        for namespace, n in part.foreign_containers.items():
             foreign[namespace] = foreign.get(namespace, 0) + n
-        seen.append(about)
+        seen.append(part.seen)
     ordered = tuple(sorted(pods.values(), key=lambda p: (p.start_ns, p.host, p.sandbox_id)))
     info = RecordingInfo(
         files=tuple(s.name for s in seen),

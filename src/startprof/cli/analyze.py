@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from startprof.cli.options import jobs_option
+
 
 @click.command("analyze")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -21,16 +23,21 @@ import click
     type=click.IntRange(min=0),
     help="Show the critical chain of the N slowest pods (failed ones first).",
 )
-def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None, top: int) -> int:
+@jobs_option
+def analyze_command(
+    files: tuple[Path, ...], as_json: bool, pod_name: str | None, top: int, jobs: int | None
+) -> int:
     """Cut each pod start into phases and show its critical path.
 
     Several recordings (e.g. one per node) merge; pods are keyed by host
-    and sandbox id. --json prints every pod (or the one --pod names).
+    and sandbox id, and one recording per CPU is analysed at once (--jobs).
+    --json prints every pod (or the one --pod names).
 
     \b
     Examples:
       startprof analyze pods.arrows
       startprof analyze --top 20 node-a.arrows node-b.arrows
+      startprof analyze --jobs 1 nodes/*.arrows
       startprof analyze pods.arrows --pod web-0
       startprof analyze --json pods.arrows | jq '.pods[] | {name, duration_ms, bottleneck}'
     """
@@ -41,7 +48,7 @@ def analyze_command(files: tuple[Path, ...], as_json: bool, pod_name: str | None
     from startprof.reporters import json as json_reporter
     from startprof.reporters.terminal import render
 
-    analysis = analyze_files(list(files))
+    analysis = analyze_files(list(files), jobs)
     pods = select_pods(analysis, None if as_json else top, pod_name)
     if as_json:
         # The bytes as they are, a pod at a time, unless stdout is a text-only stream (a

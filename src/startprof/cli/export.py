@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from startprof.cli.options import DEFAULT_ENDPOINT, otlp_option, otlp_protocol_option
+from startprof.cli.options import DEFAULT_ENDPOINT, jobs_option, otlp_option, otlp_protocol_option
 from startprof.errors import InputError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     metavar="NAME",
     help="Export only this pod: NAME, NAMESPACE/NAME or a sandbox id prefix.",
 )
+@jobs_option
 def export_command(
     files: tuple[Path, ...],
     otlp_url: str | None,
@@ -47,6 +48,7 @@ def export_command(
     jaeger_out: Path | None,
     perfetto_out: Path | None,
     pod_name: str | None,
+    jobs: int | None,
 ) -> int:
     """Export pod starts as traces: OTLP (Jaeger, a Collector), Jaeger JSON or Perfetto.
 
@@ -77,7 +79,7 @@ def export_command(
     if not files:
         raise click.UsageError("give at least one recording FILE")
 
-    analysis = _analyze(list(files))
+    analysis = _analyze(list(files), jobs)
     if pod_name is not None:
         from startprof.analysis.selection import find_pods
 
@@ -131,8 +133,8 @@ def _file_taken_as_url(
     return files, otlp_url
 
 
-def _analyze(paths: list[Path]) -> Analysis:
+def _analyze(paths: list[Path], jobs: int | None) -> Analysis:
     # imported here: the analysis pulls in pandas and pyarrow, which --help should not pay for
     from startprof.pipeline import analyze_files
 
-    return analyze_files(paths)
+    return analyze_files(paths, jobs)

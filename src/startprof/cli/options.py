@@ -67,3 +67,15 @@ def check_ringbuf_pages(pages: int) -> None:
     """The kernel's BPF ring buffer is a power of two of pages."""
     if pages & (pages - 1):
         raise InputError(f"--ringbuf-pages must be a power of two, not {pages}")
+
+
+jobs_option = click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help=(
+        "Analyse N recordings at once, each in a worker process [default: one per CPU, at "
+        "most one per file]; 1 analyses them one by one in this process, in the memory of one."
+    ),
+)

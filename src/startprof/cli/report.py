@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from startprof.cli.options import jobs_option
 from startprof.errors import InputError
 
 DEFAULT_FOLDER = Path("reports")
@@ -29,8 +30,9 @@ def _size(n: int) -> str:
               help="Draw a waterfall for the N slowest pods (failed ones first).")  # fmt: skip
 @click.option("--pod", "pod_name", metavar="NAME",
               help="Draw the waterfall of this pod only (name or sandbox id prefix).")  # fmt: skip
+@jobs_option
 def report_command(
-    files: tuple[Path, ...], output: Path | None, top: int, pod_name: str | None
+    files: tuple[Path, ...], output: Path | None, top: int, pod_name: str | None, jobs: int | None
 ) -> int:
     """Write a self-contained HTML report of pod starts.
 
@@ -50,7 +52,7 @@ def report_command(
     from startprof.pipeline import analyze_files
     from startprof.reporters import html
 
-    analysis = analyze_files(list(files))
+    analysis = analyze_files(list(files), jobs)
     pods = select_pods(analysis, top, pod_name)
     path = output if output is not None else default_output(datetime.now())
     try:

@@ -1,0 +1,88 @@
+"""Several recordings analysed at once (``analyze_files(jobs=N)``): the same analysis as one by
+one, the same one-line errors, and no worker process left behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from startprof import pipeline
+from startprof.cli import main
+from startprof.errors import EnvironmentProblem, RecordingError
+from startprof.pipeline import analyze_files
+from startprof.reporters import json as json_reporter
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "recordings"
+FILES = [DATA / "runc-bridge.arrows", DATA / "crun-bridge.arrows", DATA / "multi-container.arrows"]
+
+
+def test_workers_give_the_analysis_of_one_process() -> None:
+    one = analyze_files(FILES, jobs=1)
+    several = analyze_files(FILES, jobs=3)
+    assert several == one
+    assert json_reporter.dumps_bytes(several) == json_reporter.dumps_bytes(one)
+    assert several.recording.files == tuple(str(f) for f in FILES)
+    assert not multiprocessing.active_children()
+
+
+def test_a_later_file_still_wins_on_duplicates() -> None:
+    files = [DATA / "runc-bridge.arrows", DATA / "runc-bridge.arrows"]
+    assert analyze_files(files, jobs=2) == analyze_files(files, jobs=1)
+    assert len(analyze_files(files, jobs=2).pods) == 2
+
+
+def test_jobs_default_to_the_cpus_and_never_exceed_the_files() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert pipeline.default_jobs(1) == 1
+    assert pipeline.default_jobs(100) == cpus
+    assert pipeline.default_jobs(0) == 1
+
+
+def test_a_damaged_file_fails_as_it_does_in_one_process(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.arrows"
+    damaged.write_bytes(b"STARTPROF" + bytes(range(256)) * 4)
+    errors = []
+    for jobs in (1, 2):
+        with pytest.raises(RecordingError) as caught:
+            analyze_files([FILES[1], damaged], jobs=jobs)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and str(damaged) in errors[0]
+    assert not multiprocessing.active_children()
+
+
+def test_a_bug_in_a_worker_names_its_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = str(FILES[1])
+    read = pipeline.read_source
+
+    def fails_on_one(path: str) -> object:
+        if str(path) == bad:
+            raise ValueError("boom")
+        return read(path)
+
+    monkeypatch.setattr("startprof.pipeline.read_source", fails_on_one)  # inherited by the fork
+    assert main(["analyze", "--jobs", "2", str(FILES[0]), bad]) == 70
+    assert capsys.readouterr().err.startswith(f"startprof: {bad}: analysis failed (ValueError")
+    assert not multiprocessing.active_children()
+
+
+def killed(path: str) -> object:
+    """A worker's end as the kernel's OOM killer leaves it (at module level: the pool pickles
+    the function it runs by name)."""
+    os._exit(137)
+
+
+def test_a_worker_that_dies_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("startprof.pipeline._part_of_file", killed)
+    with pytest.raises(EnvironmentProblem, match="worker process died"):
+        analyze_files(FILES[:2], jobs=2)
+    assert not multiprocessing.active_children()
+
+
+def test_jobs_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--jobs", "0", str(FILES[0])]) == 2
+    assert "--jobs" in capsys.readouterr().err

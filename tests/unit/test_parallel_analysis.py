@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,13 @@ def test_a_worker_that_dies_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) 
 def test_jobs_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", "--jobs", "0", str(FILES[0])]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(DATA.glob("*.arrows")), ids=lambda p: p.stem)
+def test_every_stored_analysis_survives_the_trip_from_a_worker(path: Path) -> None:
+    """What a worker hands back (pickled pods, their phases and critical paths) is what it
+    built, field for field."""
+    analysis = analyze_files([path])
+    back = pickle.loads(pickle.dumps(analysis.pods, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == analysis.pods
+    assert [p.phases for p in back] == [p.phases for p in analysis.pods]

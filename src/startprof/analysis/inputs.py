@@ -171,11 +171,14 @@ def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
-def _env_maps(envs: Iterable[Any]) -> list[dict[str, str]]:
-    """Each process's environment (its ``CNI_*`` variables) as a dict. The variables repeat
-    from process to process (a plugin's iptables children inherit its ``CNI_*``): each
-    distinct ``NAME=value`` is split once and its two halves shared."""
+def _env_maps(envs: Iterable[Any]) -> list[Mapping[str, str]]:
+    """Each process's environment (its ``CNI_*`` variables) as a mapping, read only. The
+    environments repeat from process to process (a plugin's iptables children inherit its
+    ``CNI_*``: 12,000 distinct in 46,000 processes at 1,000 pods), so each distinct one is one
+    dict, shared by every process that has it, and each distinct ``NAME=value`` is split once."""
     halves: dict[str, tuple[str, str] | None] = {}
+    made: dict[tuple[str, ...], dict[str, str]] = {}
+    nothing: dict[str, str] = {}
 
     def split(var: str) -> tuple[str, str] | None:
         if var not in halves:
@@ -183,7 +186,16 @@ def _env_maps(envs: Iterable[Any]) -> list[dict[str, str]]:
             halves[var] = (name, value) if eq else None
         return halves[var]
 
-    return [dict(filter(None, map(split, env))) if env else {} for env in envs]
+    def mapping(env: list[str] | None) -> dict[str, str]:
+        if not env:
+            return nothing
+        key = tuple(env)
+        found = made.get(key)
+        if found is None:
+            found = made[key] = dict(filter(None, map(split, env)))
+        return found
+
+    return list(map(mapping, envs))
 
 
 def cni_args(env: Mapping[str, str]) -> dict[str, str]:

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from startprof.analysis.frames import string_lists
+from startprof.analysis.frames import cells, index_kinds, kind_mask, string_lists
 from startprof.analysis.inputs import _env_maps
+from startprof.events import KINDS
 
 
 def test_string_lists_share_each_distinct_string() -> None:
@@ -40,3 +41,30 @@ def test_string_lists_at_rows_read_those_lists_only() -> None:
     for series in (arrow, python):
         assert string_lists(series, rows) == [None, ["b", "c"], ["a", ""]]
         assert string_lists(series, np.array([], dtype="int64")) == []
+
+
+def test_string_cells_share_each_distinct_string() -> None:
+    """Sliced chunks, nulls, a string in two chunks (one object), a string[pyarrow] column."""
+    values = pa.array(["a", None, "b", "a", None])
+    chunked = pa.chunked_array([values.slice(2, 3), values.slice(0, 3)])
+    got = cells(pd.Series(pd.arrays.ArrowExtensionArray(chunked)))
+    assert got == ["b", "a", None, "a", None, "b"]
+    assert got[1] is got[3]
+    assert cells(pd.Series(["x", None, "x"], dtype="string[pyarrow]")) == ["x", None, "x"]
+    assert cells(pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([], pa.string())))) == []
+
+
+def test_env_maps_share_a_repeated_environment() -> None:
+    maps = _env_maps([["CNI_COMMAND=ADD"], ["CNI_COMMAND=ADD"], ["CNI_COMMAND=DEL"]])
+    assert maps[0] is maps[1] and maps[2] == {"CNI_COMMAND": "DEL"}
+
+
+def test_every_kind_fits_its_byte() -> None:
+    frame = pd.DataFrame(
+        {"kind": pd.Series(["exec", None, "new-kind", "end"], dtype="string[pyarrow]")}
+    )
+    index_kinds(frame)
+    assert len(KINDS) < 128
+    assert kind_mask(frame, "exec").tolist() == [True, False, False, False]
+    assert kind_mask(frame, "end", "exec").tolist() == [True, False, False, True]
+    assert kind_mask(frame, "new-kind").tolist() == [False, False, True, False]  # not in KINDS

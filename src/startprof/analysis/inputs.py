@@ -313,12 +313,15 @@ def _procs(table: pd.DataFrame, runtimes: frozenset[str]) -> list[Proc]:
     return list(map(Proc, *columns, itertools.repeat(runtimes, len(table))))
 
 
-def _op_names(sends: pd.DataFrame) -> pd.Series:
-    """``RTM_NEWLINK``-style names, computed once per distinct (protocol, type) pair."""
-    pairs = sends[["nl_proto", "nl_type"]].astype("int64")
-    keys = pairs["nl_proto"] * 65536 + pairs["nl_type"]
-    names = {k: type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys.unique()}
-    return keys.map(names)
+def _op_ranks(sends: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The ``RTM_NEWLINK``-style names of the sends' (protocol, type) pairs in name order, and
+    each send's rank among them: the few distinct pairs are named once."""
+    proto, nl_type = (sends[c].to_numpy(dtype="int64", na_value=0) for c in ("nl_proto", "nl_type"))
+    keys, key_of = np.unique(proto * 65536 + nl_type, return_inverse=True)
+    key_names = [type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys]
+    names = sorted(set(key_names))
+    rank = np.array([names.index(n) for n in key_names], dtype="int64")
+    return names, rank[key_of]
 
 
 def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
@@ -329,17 +332,11 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     )
     if sends.empty:
         return {}
-    # in numpy up to one dict per process: the few distinct (protocol, type) pairs are named
-    # once and ranked by name, so one unique() of proc_id x rank counts every process's ops
-    # in name order (a group-by and a Counter per row cost 2.4 s at 10,000 pods)
+    # in numpy up to one dict per process: one unique() of proc_id x op rank counts every
+    # process's ops in name order (a group-by and a Counter per row cost 2.4 s at 10,000 pods)
     procs = sends["proc_id"].to_numpy(dtype="int64")
-    proto, nl_type = (sends[c].to_numpy(dtype="int64", na_value=0) for c in ("nl_proto", "nl_type"))
-    pairs = proto * 65536 + nl_type
-    keys, key_of = np.unique(pairs, return_inverse=True)
-    key_names = [type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys]
-    names = sorted(set(key_names))
-    rank = np.array([names.index(n) for n in key_names], dtype="int64")
-    combined, counts = np.unique(procs * len(names) + rank[key_of], return_counts=True)
+    names, ranks = _op_ranks(sends)
+    combined, counts = np.unique(procs * len(names) + ranks, return_counts=True)
     owners, ops = np.divmod(combined, len(names))
     cuts = [0, *(np.flatnonzero(owners[1:] != owners[:-1]) + 1).tolist(), len(owners)]
     op_names, n = [names[i] for i in ops.tolist()], counts.tolist()
@@ -349,80 +346,124 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     }
 
 
-def netlink_groups(ev: pd.DataFrame, proc_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    """Runs of consecutive netlink requests of one op by one process, with their ack time.
-
-    ``proc_ids`` limits the work to the processes that get netlink spans (the CNI plugins).
-    Columns: those of ``NetlinkRun``.
-    """
-    columns = [
-        "proc_id",
-        "nl_proto",
-        "nl_type",
-        "nl_seq",
-        "start_ns",
-        "end_ns",
-        "ifname",
-        "link_kind",
-    ]
-    wanted = kind_mask(ev, "nl_send") & has_proc(ev)
-    if proc_ids is not None:
-        wanted &= ev["proc_id"].isin(list(proc_ids)).to_numpy(dtype=bool, na_value=False)
-    sends = rows_where(ev, wanted, columns)
-    if sends.empty:
-        return pd.DataFrame(columns=list(NetlinkRun._fields))
-    acks = rows_where(
-        ev, kind_mask(ev, "nl_ack") & has_proc(ev), ["proc_id", "nl_seq", "ts_ns", "ret"]
-    )
-    ack_key = acks[["proc_id", "nl_seq", "ts_ns", "ret"]].rename(
-        columns={"ts_ns": "ack_ns", "ret": "ack_ret"}
-    )
-    ack_key = ack_key.drop_duplicates(["proc_id", "nl_seq"], keep="first")
-    sends = sends.merge(ack_key, on=["proc_id", "nl_seq"], how="left")
-    sends["op"] = _op_names(sends)
-    sends = sends.sort_values(["proc_id", "start_ns"], kind="stable")
-    new_run = (sends["proc_id"] != sends["proc_id"].shift()) | (sends["op"] != sends["op"].shift())
-    sends["run"] = new_run.cumsum()
-    sends["done_ns"] = sends["ack_ns"].where(sends["ack_ns"].notna(), sends["end_ns"])
-    sends["failed"] = sends["ack_ret"].fillna(0) < 0
-    grouped = sends.groupby("run", sort=False)
-    out = pd.DataFrame(
-        {
-            "proc_id": grouped["proc_id"].first(),
-            "op": grouped["op"].first(),
-            "start_ns": grouped["start_ns"].min(),
-            "end_ns": grouped["done_ns"].max(),
-            "requests": grouped.size(),
-            "errors": grouped["failed"].sum(),
-        }
-    )
-    # distinct interface names and link kinds per run: few runs carry any, so work on those only
-    for column, target in (("ifname", "ifnames"), ("link_kind", "kinds")):
-        named = sends.loc[sends[column].notna(), ["run", column]].drop_duplicates()
-        named = named.sort_values(column, kind="stable")
-        # a loop, not groupby().agg(list): that calls back into Python once per run
-        lists: dict[Any, list[Any]] = defaultdict(list)
-        for run, value in zip(cells(named["run"]), cells(named[column]), strict=True):
-            lists[run].append(value)
-        out[target] = [lists.get(run, []) for run in out.index]
-    return out.reset_index(drop=True)
-
-
 class NetlinkRun(NamedTuple):
-    """One row of ``netlink_groups``: a run of same-op requests of one process."""
+    """A run of consecutive same-op netlink requests of one process (``netlink_runs``)."""
 
     proc_id: int
     op: str
     start_ns: int
     end_ns: int
+    """When the last request of the run was answered (its ack), else sent."""
     requests: int
     errors: int
-    ifnames: list[str]
-    kinds: list[str]
+    """Requests answered with an error (EEXIST, ...)."""
+    ifnames: Sequence[str]
+    """The distinct interface names the requests carried, in order."""
+    kinds: Sequence[str]
+    """The distinct link kinds (veth, bridge, ...) they carried, in order."""
 
 
 _netlink_run = functools.partial(tuple.__new__, NetlinkRun)
 """A ``NetlinkRun`` of a row tuple, without the generated ``__new__``'s call per field."""
+
+NETLINK_COLUMNS = [
+    "proc_id",
+    "nl_proto",
+    "nl_type",
+    "nl_seq",
+    "start_ns",
+    "end_ns",
+    "ifname",
+    "link_kind",
+]
+
+
+def _seq_keys(frame: pd.DataFrame) -> np.ndarray:
+    """(proc_id, nl_seq) as one integer: nl_seq is 32 bits."""
+    procs = frame["proc_id"].to_numpy(dtype="int64")
+    seqs = frame["nl_seq"].to_numpy(dtype="int64", na_value=0)
+    return np.asarray(procs * (1 << 32) + seqs)
+
+
+def netlink_runs(
+    ev: pd.DataFrame, proc_ids: Iterable[int] | None = None
+) -> dict[int, list[NetlinkRun]]:
+    """Runs of consecutive requests of one op by one process, by process, each process's in
+    time order; a request is answered by the first ack of its process and sequence number.
+
+    ``proc_ids`` limits the work to the processes that get netlink spans (the CNI plugins).
+    In NumPy, one sort and a reduction per field: a pandas join and group-by cost a fixed
+    10 ms per recording and 0.7 s at 10,000 pods. A request without a send time (a damaged
+    row) is left out; one without an end ends when it was sent."""
+    wanted = kind_mask(ev, "nl_send") & has_proc(ev) & ev["start_ns"].notna().to_numpy(bool)
+    if proc_ids is not None:
+        wanted &= ev["proc_id"].isin(list(proc_ids)).to_numpy(dtype=bool, na_value=False)
+    sends = rows_where(ev, wanted, NETLINK_COLUMNS)
+    if sends.empty:
+        return {}
+    procs = sends["proc_id"].to_numpy(dtype="int64")
+    start = sends["start_ns"].to_numpy(dtype="int64")
+    done = sends["end_ns"].to_numpy(dtype="int64", na_value=0, copy=True)  # written below
+    unended = sends["end_ns"].isna().to_numpy(dtype=bool)
+    done[unended] = start[unended]
+    failed = np.zeros(len(sends), dtype=bool)
+    acks = rows_where(
+        ev,
+        kind_mask(ev, "nl_ack") & has_proc(ev) & ev["nl_seq"].notna().to_numpy(bool),
+        ["proc_id", "nl_seq", "ts_ns", "ret"],
+    )
+    if not acks.empty:
+        distinct, first = np.unique(_seq_keys(acks), return_index=True)
+        keys = _seq_keys(sends)
+        at = np.minimum(np.searchsorted(distinct, keys), len(distinct) - 1)
+        answered = (distinct[at] == keys) & sends["nl_seq"].notna().to_numpy(dtype=bool)
+        rows = first[at[answered]]
+        done[answered] = acks["ts_ns"].to_numpy(dtype="int64")[rows]
+        failed[answered] = acks["ret"].to_numpy(dtype="int64", na_value=0)[rows] < 0
+    names, ops = _op_ranks(sends)
+    order = np.lexsort((start, procs))  # by process, then send time; stable
+    procs, ops, start, done, failed = (a[order] for a in (procs, ops, start, done, failed))
+    new_run = np.ones(len(order), dtype=bool)
+    new_run[1:] = (procs[1:] != procs[:-1]) | (ops[1:] != ops[:-1])
+    heads = np.flatnonzero(new_run)
+    run_of = np.empty(len(order), dtype="int64")
+    run_of[order] = np.cumsum(new_run) - 1  # each send's run, by its row in ``sends``
+    runs = list(
+        map(
+            _netlink_run,
+            zip(
+                procs[heads].tolist(),
+                list(map(names.__getitem__, ops[heads].tolist())),
+                np.minimum.reduceat(start, heads).tolist(),
+                np.maximum.reduceat(done, heads).tolist(),
+                np.diff(np.append(heads, len(order))).tolist(),
+                np.add.reduceat(failed.astype("int64"), heads).tolist(),
+                _distinct_per_run(sends["ifname"], run_of, len(heads)),
+                _distinct_per_run(sends["link_kind"], run_of, len(heads)),
+                strict=True,
+            ),
+        )
+    )
+    owners = procs[heads]
+    cuts = [0, *(np.flatnonzero(owners[1:] != owners[:-1]) + 1).tolist(), len(owners)]
+    return {runs[lo].proc_id: runs[lo:hi] for lo, hi in pairwise(cuts)}
+
+
+def _distinct_per_run(values: pd.Series, run_of: np.ndarray, runs: int) -> list[Sequence[str]]:
+    """For each run, the distinct values its rows carry (``run_of``: each row's run), in
+    order; few rows carry any, and a run without gets the one empty tuple."""
+    out: list[Sequence[str]] = [()] * runs
+    named = np.flatnonzero(values.notna().to_numpy(dtype=bool))
+    if not len(named):
+        return out
+    codes, distinct = pd.factorize(pd.Series(cells(values.iloc[named]), dtype=object), sort=True)
+    pairs = np.unique(run_of[named] * len(distinct) + codes)
+    which, value = np.divmod(pairs, len(distinct))
+    texts = list(map(list(map(str, distinct)).__getitem__, value.tolist()))
+    cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(which)]
+    for lo, hi in pairwise(cuts):
+        out[int(which[lo])] = texts[lo:hi]
+    return out
 
 
 def _netns_creations(ev: pd.DataFrame, containerd_procs: set[int]) -> list[tuple[int, int]]:
@@ -575,12 +616,7 @@ def pod_inputs(ev: pd.DataFrame) -> tuple[dict[str, PodInputs], Context, list[Ca
     for p in procs:
         if p.parent_proc is not None:
             children[p.parent_proc].append(p)
-    groups = netlink_groups(ev, (p.proc_id for p in procs if p.is_cni_plugin))
-    netlink: dict[int, list[NetlinkRun]] = defaultdict(list)
-    # tuples straight from the columns: a dict per run cost 0.6 s at 10,000 pods
-    columns = (cells(groups[c]) for c in NetlinkRun._fields)
-    for run in map(_netlink_run, zip(*columns, strict=True)):
-        netlink[int(run.proc_id)].append(run)
+    netlink = netlink_runs(ev, (p.proc_id for p in procs if p.is_cni_plugin))
     end_ns = int(ev["ts_ns"].max()) if len(ev) else 0
     ctx = Context(
         children=children,

@@ -6,6 +6,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +101,40 @@ def test_every_stored_analysis_survives_the_trip_from_a_worker(path: Path) -> No
     back = pickle.loads(pickle.dumps(analysis.pods, protocol=pickle.HIGHEST_PROTOCOL))
     assert back == analysis.pods
     assert [p.phases for p in back] == [p.phases for p in analysis.pods]
+
+
+def test_ctrl_c_stops_the_command_and_its_workers() -> None:
+    """Ctrl-C reaches the terminal's whole process group: the command and its workers."""
+    files = [str(f) for f in sorted(DATA.glob("*.arrows"))] * 8  # a few seconds of work
+    command = [sys.executable, "-m", "startprof", "analyze", "--jobs", "2", *files]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 20
+    while not _children(proc.pid) and time.monotonic() < deadline:  # the workers are at work
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"interrupted" in err
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in its process group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    pytest.fail("a worker outlived the interrupted command")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

@@ -76,6 +76,6 @@ jobs_option = click.option(
     metavar="N",
     help=(
         "Analyse N recordings at once, each in a worker process [default: one per CPU, at "
-        "most one per file]; 1 analyses them one by one in this process, in the memory of one."
+        "most one per file]; 1 analyses them one by one in this process, with the least memory."
     ),
 )

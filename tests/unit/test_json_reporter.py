@@ -8,10 +8,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import hypothesis
 import pytest
 from factories import make_analysis, web_pod
 
 from startprof.analysis import analyze
+from startprof.analysis.model import ms
 from startprof.pipeline import source_of
 from startprof.recording import read_recording
 from startprof.reporters import json as json_reporter
@@ -54,3 +56,17 @@ def test_written_a_pod_at_a_time_is_one_document() -> None:
         out = io.BytesIO()
         json_reporter.write(out, analysis, pods)
         assert out.getvalue() == orjson.dumps(json_reporter.document(analysis, pods))
+
+
+@hypothesis.given(
+    hypothesis.strategies.one_of(
+        hypothesis.strategies.integers(min_value=-(10**12), max_value=10**16),
+        hypothesis.strategies.integers(min_value=0, max_value=10**13).map(lambda k: k * 1000 + 500),
+        hypothesis.strategies.integers(min_value=0, max_value=10**13).map(lambda k: k * 1000 + 499),
+        hypothesis.strategies.integers(min_value=0, max_value=10**13).map(lambda k: k * 1000 + 501),
+    )
+)
+def test_milliseconds_are_those_of_round(ns: int) -> None:
+    """The document's ``*_ms`` values: ``model.ms`` is ``round(ns / 1e6, 3)``, bit for bit,
+    ties (a remainder of 500 ns) and their neighbours included, past 2**53 ns (104 days)."""
+    assert ms(ns).hex() == round(ns / 1e6, 3).hex()

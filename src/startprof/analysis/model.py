@@ -26,6 +26,20 @@ NO_CONTAINER_SEEN = "no container seen"
 """``incomplete_reason`` of a pod whose sandbox is in the recording and none of its containers."""
 
 
+def ms(ns: int) -> float:
+    """``round(ns / 1e6, 3)``, the milliseconds of the JSON document, in half the time (three
+    per phase, 1.8 M at 10,000 pods). Off a tie (a remainder of exactly 500 ns), and below
+    2**53 ns (104 days), the float ``ns / 1e6`` is within ``ns / 1e6 * 2**-53`` < 1e-6 ms of
+    the exact value, nearer than the tie is, so rounding the integer gives what rounding the
+    float does; and ``k / 1000`` is the float nearest the decimal, as ``round`` returns.
+    Ties, negatives and longer spans go through ``round`` itself."""
+    if 0 <= ns < 1 << 53:
+        whole, rest = divmod(ns, 1000)
+        if rest != 500:
+            return (whole + (rest > 500)) / 1000
+    return round(ns / 1e6, 3)
+
+
 @dataclass(frozen=True, slots=True)
 class Phase:
     """One span of a pod start. ``name`` is canonical (docs/architecture.md), e.g.
@@ -88,11 +102,11 @@ class Phase:
             "name": self.name,
             "start_wall_ns": self.start_ns,
             "end_wall_ns": self.end_ns,
-            "duration_ms": round(self.duration_ns / 1e6, 3),
+            "duration_ms": ms(self.end_ns - self.start_ns),
             "status": self.status,
             "error": self.error,
             "on_critical_path": self.on_critical_path,
-            "self_ms": round(self.self_ns / 1e6, 3),
+            "self_ms": ms(self.self_ns),
             # the phase's own dict, not a copy (half of this method's time, 610,000 times at
             # 10,000 pods): a document is read, never changed in place
             "attributes": a if type(a := self.attributes) is dict else dict(a),
@@ -164,7 +178,7 @@ class CriticalStep:
         return {
             "phase_id": self.phase_id,
             "name": self.name,
-            "self_ms": round(self.self_ns / 1e6, 3),
+            "self_ms": ms(self.self_ns),
         }
 
 
@@ -226,7 +240,7 @@ class Pod:
             "restarts": self.restarts,
             "containers": list(self.containers),
             "start_wall_ns": self.start_ns,
-            "duration_ms": round(self.duration_ns / 1e6, 3),
+            "duration_ms": ms(self.duration_ns),
             "phases": [p.to_dict() for p in self.phases],
             "critical_path": [s.to_dict() for s in self.critical_path],
             "bottleneck": self.bottleneck,

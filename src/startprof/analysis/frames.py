@@ -138,7 +138,7 @@ def index_kinds(frame: pd.DataFrame) -> None:
     :func:`kind_mask` compares integers: a comparison of the 6.9 M kind strings of 10,000 pods
     costs 60 ms, and the analysis makes one per kind it reads. The codes are fixed, not kept
     in ``frame.attrs``: pandas deep-copies those into every frame and column it derives (some
-    650 per recording, 9 ms of a 100-pod one)."""
+    650 times per recording)."""
     encoded = pa.chunked_array(pa.array(frame["kind"].array)).dictionary_encode().combine_chunks()
     names = encoded.dictionary.to_pylist()
     codes = np.array([KIND_INDEX.get(str(k), -1) for k in names] + [-1], dtype="int8")

@@ -361,7 +361,7 @@ def _inherit(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
     )
     children = np.flatnonzero(parent_row >= 0)
     # in NumPy object arrays, one column at a time: a pandas assignment per generation and
-    # column cost 17 ms per recording, most of the time of a 100-pod one
+    # column cost 17 ms per recording, a tenth of a 100-pod one's analysis
     for column in columns:
         values = table[column].to_numpy(dtype=object, copy=True)
         # a pod start is a handful of generations deep; each pass fills one more generation

@@ -11,7 +11,6 @@ from concurrent.futures.process import BrokenProcessPool
 from startprof.analysis import (
     Part,
     Source,
-    analyze,
     failed_source,
     merge,
     note_source,
@@ -102,11 +101,13 @@ def analyze_files(paths: Sequence[str | os.PathLike[str]], jobs: int | None = No
     if not paths:
         raise InputError("no recording given")
     workers = default_jobs(len(paths)) if jobs is None else max(1, min(jobs, len(paths)))
+    if workers == 1:
+        found = parts(_each_source(paths))
+    else:
+        found = _worker_parts([str(p) for p in paths], workers)
     try:
-        if workers == 1:
-            return analyze(_each_source(paths))
         with without_cycle_collection():
-            return merge(_worker_parts([str(p) for p in paths], workers))
+            return merge(found)
     except InputError:  # a damaged or missing file (RecordingError): one line, exit 2
         raise
     except BrokenProcessPool as exc:

@@ -227,7 +227,7 @@ def test_an_internal_error_is_one_line_naming_the_file(
     def broken(*_: object, **__: object) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("startprof.pipeline.analyze", broken)
+    monkeypatch.setattr("startprof.pipeline.merge", broken)
     assert main(["analyze", str(_good())]) == 70
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err

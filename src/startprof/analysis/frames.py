@@ -50,12 +50,21 @@ def _shared_strings(column: pa.ChunkedArray) -> list[str | None]:
     known: dict[str, str] = {}
     out: list[str | None] = []
     for chunk in column.chunks:
-        encoded = pc.dictionary_encode(chunk)
-        names: list[str | None] = [known.setdefault(s, s) for s in encoded.dictionary.to_pylist()]
-        names.append(None)
-        codes = encoded.indices.fill_null(len(names) - 1).to_numpy(zero_copy_only=False)
+        names, codes = _shared_codes(chunk, known, None)
         out += map(names.__getitem__, codes.tolist())
     return out
+
+
+def _shared_codes(
+    strings: pa.Array, known: dict[str, str], null: str | None
+) -> tuple[list[Any], np.ndarray]:
+    """Arrow's dictionary encoding of ``strings``: each distinct one as one ``str`` (``known``
+    shares them across chunks), ``null`` last, and each item's index among them."""
+    encoded = pc.dictionary_encode(strings)
+    names: list[Any] = [known.setdefault(s, s) for s in encoded.dictionary.to_pylist()]
+    names.append(null)
+    codes = encoded.indices.fill_null(len(names) - 1).to_numpy(zero_copy_only=False)
+    return names, codes
 
 
 def _python_cells(series: pd.Series) -> list[Any]:
@@ -102,12 +111,7 @@ def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]
 def _shared_lists(chunk: pa.Array, known: dict[str, str], rows: np.ndarray | None) -> list[Any]:
     """One chunk of :func:`string_lists`: its items dictionary-encoded by Arrow, each distinct
     one made a ``str`` once (``known`` shares them across chunks), the lists cut from those."""
-    encoded = pc.dictionary_encode(chunk.values)
-    names = ["" if s is None else known.setdefault(s, s) for s in encoded.dictionary.to_pylist()]
-    codes = encoded.indices
-    if codes.null_count:
-        names.append("")
-        codes = codes.fill_null(len(names) - 1)
+    names, codes = _shared_codes(chunk.values, known, "")
     offsets = chunk.offsets.to_numpy(zero_copy_only=False).astype("int64")
     valid = chunk.is_valid().to_numpy(zero_copy_only=False)
     if rows is None:
@@ -117,7 +121,7 @@ def _shared_lists(chunk: pa.Array, known: dict[str, str], rows: np.ndarray | Non
     lengths = np.where(valid, ends - starts, 0)
     cuts = np.concatenate(([0], np.cumsum(lengths)))
     items = np.repeat(starts - cuts[:-1], lengths) + np.arange(cuts[-1])
-    picked = codes.to_numpy(zero_copy_only=False)[items]
+    picked = codes[items]
     strings = list(map(names.__getitem__, picked.tolist()))
     bounds = cuts.tolist()
     return [

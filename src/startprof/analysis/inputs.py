@@ -313,6 +313,12 @@ def _procs(table: pd.DataFrame, runtimes: frozenset[str]) -> list[Proc]:
     return list(map(Proc, *columns, itertools.repeat(runtimes, len(table))))
 
 
+def _cuts(keys: np.ndarray) -> list[int]:
+    """Where the runs of equal values of a sorted array begin, and its length: each run is
+    ``keys[lo:hi]`` for consecutive ``lo, hi``."""
+    return [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist(), len(keys)]
+
+
 def _op_ranks(sends: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """The ``RTM_NEWLINK``-style names of the sends' (protocol, type) pairs in name order, and
     each send's rank among them: the few distinct pairs are named once."""
@@ -338,7 +344,7 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     names, ranks = _op_ranks(sends)
     combined, counts = np.unique(procs * len(names) + ranks, return_counts=True)
     owners, ops = np.divmod(combined, len(names))
-    cuts = [0, *(np.flatnonzero(owners[1:] != owners[:-1]) + 1).tolist(), len(owners)]
+    cuts = _cuts(owners)
     op_names, n = [names[i] for i in ops.tolist()], counts.tolist()
     return {
         int(owners[lo]): dict(zip(op_names[lo:hi], n[lo:hi], strict=True))
@@ -445,7 +451,7 @@ def netlink_runs(
         )
     )
     owners = procs[heads]
-    cuts = [0, *(np.flatnonzero(owners[1:] != owners[:-1]) + 1).tolist(), len(owners)]
+    cuts = _cuts(owners)
     return {runs[lo].proc_id: runs[lo:hi] for lo, hi in pairwise(cuts)}
 
 
@@ -460,7 +466,7 @@ def _distinct_per_run(values: pd.Series, run_of: np.ndarray, runs: int) -> list[
     pairs = np.unique(run_of[named] * len(distinct) + codes)
     which, value = np.divmod(pairs, len(distinct))
     texts = list(map(list(map(str, distinct)).__getitem__, value.tolist()))
-    cuts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(which)]
+    cuts = _cuts(which)
     for lo, hi in pairwise(cuts):
         out[int(which[lo])] = texts[lo:hi]
     return out
@@ -513,7 +519,7 @@ def runtime_ops(ev: pd.DataFrame) -> dict[int, list[Op]]:
             ),
         )
     )
-    cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+    cuts = _cuts(ids)
     return {int(ids[lo]): ops[lo:hi] for lo, hi in pairwise(cuts)}
 
 

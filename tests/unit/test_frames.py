@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
-from startprof.analysis.frames import cells, index_kinds, kind_mask, string_lists
+from startprof.analysis.frames import cells, index_kinds, ints, kind_mask, string_lists
 from startprof.analysis.inputs import _env_maps
 from startprof.events import KINDS
 
@@ -68,3 +69,24 @@ def test_every_kind_fits_its_byte() -> None:
     assert kind_mask(frame, "exec").tolist() == [True, False, False, False]
     assert kind_mask(frame, "end", "exec").tolist() == [True, False, False, True]
     assert kind_mask(frame, "new-kind").tolist() == [False, False, True, False]  # not in KINDS
+
+
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        (
+            pd.Series(pa.chunked_array([[1, None], [3]], pa.int32()), dtype="int32[pyarrow]"),
+            [1, None, 3],
+        ),
+        (pd.Series(pa.chunked_array([[1, 2, 3]], pa.int64()), dtype="int64[pyarrow]"), [1, 2, 3]),
+        (pd.Series([1, None, 3], dtype="Int64"), [1, None, 3]),
+        (pd.Series([1.0, float("nan"), 3.0]), [1, None, 3]),
+    ],
+)
+def test_ints_are_the_values_and_where_they_are(
+    series: pd.Series, expected: list[int | None]
+) -> None:
+    valid, values = ints(series)
+    assert valid.tolist() == [v is not None for v in expected]
+    assert values.dtype == np.int64
+    assert values.tolist() == [0 if v is None else v for v in expected]

@@ -77,6 +77,22 @@ def _python_cells(series: pd.Series) -> list[Any]:
     return values
 
 
+def ints(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """An integer column as (which cells hold a value, the values as int64 with 0 for the
+    empty ones). An Arrow column goes through Arrow: pandas' ``notna`` and
+    ``to_numpy(na_value=...)`` of the 6.9 M pids of 10,000 pods took 0.65 s against 0.2 s."""
+    values = series.array
+    if isinstance(values, pd.arrays.ArrowExtensionArray):
+        column = pa.chunked_array(pa.array(values))
+        if pa.types.is_integer(column.type):
+            valid = (
+                np.asarray(column.is_valid()) if column.null_count else np.ones(len(column), bool)
+            )
+            filled = column.fill_null(0) if column.null_count else column
+            return valid, np.asarray(filled).astype("int64", copy=False)
+    return series.notna().to_numpy(dtype=bool), series.to_numpy(dtype="int64", na_value=0)
+
+
 def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]:
     """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list;
     only the lists at the positions ``rows`` (ascending) when given. A null item in a list (a

@@ -323,7 +323,8 @@ def _op_ranks(sends: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """The ``RTM_NEWLINK``-style names of the sends' (protocol, type) pairs in name order, and
     each send's rank among them: the few distinct pairs are named once."""
     proto, nl_type = (sends[c].to_numpy(dtype="int64", na_value=0) for c in ("nl_proto", "nl_type"))
-    keys, key_of = np.unique(proto * 65536 + nl_type, return_inverse=True)
+    # a hash of the 3.3 M sends of 10,000 pods, not a sort: their pairs are a few dozen
+    key_of, keys = pd.factorize(proto * 65536 + nl_type, sort=True)
     key_names = [type_name(int(k) >> 16, int(k) & 0xFFFF) for k in keys]
     names = sorted(set(key_names))
     rank = np.array([names.index(n) for n in key_names], dtype="int64")
@@ -346,9 +347,9 @@ def netlink_ops(ev: pd.DataFrame) -> dict[int, dict[str, int]]:
     owners, ops = np.divmod(combined, len(names))
     cuts = _cuts(owners)
     op_names, n = [names[i] for i in ops.tolist()], counts.tolist()
+    owner = owners.tolist()
     return {
-        int(owners[lo]): dict(zip(op_names[lo:hi], n[lo:hi], strict=True))
-        for lo, hi in pairwise(cuts)
+        owner[lo]: dict(zip(op_names[lo:hi], n[lo:hi], strict=True)) for lo, hi in pairwise(cuts)
     }
 
 

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from startprof.analysis.frames import cells, has_proc, kind_mask, missing, rows_where, string_lists
+from startprof.analysis.frames import (
+    cells,
+    has_proc,
+    ints,
+    kind_mask,
+    missing,
+    rows_where,
+    string_lists,
+)
 
 RUNTIMES = frozenset({"runc", "crun"})
 """OCI runtimes known by name; any other is known by a ``create --bundle`` (runtime_programs)."""
@@ -125,8 +133,9 @@ class _Pids:
 
 
 def _pids(ev: pd.DataFrame) -> _Pids:
-    where = np.flatnonzero(ev["pid"].notna().to_numpy())
-    codes, distinct = pd.factorize(ev["pid"].to_numpy(dtype="int64", na_value=0)[where])
+    valid, pid = ints(ev["pid"])
+    where = np.flatnonzero(valid)
+    codes, distinct = pd.factorize(pid[where])
     return _Pids(codes, np.asarray(distinct, dtype="int64"), where)
 
 

@@ -13,6 +13,13 @@ CPU at once); the steps are then not timed.
     .venv/bin/python benchmarks/analyze_scale.py --pods 1000 10000
     .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --keep /tmp/scale --repeat 5
     .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --nodes 10 100 --keep /tmp/scale
+    .venv/bin/python benchmarks/analyze_scale.py --pods 10000 --keep /tmp/scale \
+        --memory-cost --warm-gb 3.5
+
+Each run reports its wall time, its CPU time (user, system) and its peak memory. This VM
+hands memory that lies free for a few seconds back to its host, and fresh memory then costs
+some 2.2 s per GB to touch (``--memory-cost`` measures it); ``--warm-gb`` fills that much in
+another process right before each run, as a machine without free page reporting has it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -124,23 +132,59 @@ def _steps(path: Path) -> dict[str, float]:
 
 
 def _analyze_json(path: Path) -> str:
-    return _timed_analyze_json([path])[1]
+    return _timed_analyze_json([path]).text
 
 
-def _timed_analyze_json(paths: list[Path]) -> tuple[float, str]:
-    """Seconds of ``startprof analyze --json`` with its stdout to a file, and that output.
-    Only the command is timed: reading 320 MB back through a pipe as text and parsing it in
-    this process (10 s at 10,000 pods, on the same 2 cores) is not the command's time."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One timed ``startprof analyze --json``: wall and CPU seconds, peak memory, its output."""
+
+    seconds: float
+    user: float
+    system: float
+    peak_mb: float
+    text: str
+
+
+def _timed_analyze_json(paths: list[Path]) -> Run:
+    """``startprof analyze --json`` with its stdout to a file, timed, and that output. Only
+    the command is timed: reading 320 MB back through a pipe as text and parsing it in this
+    process (10 s at 10,000 pods, on the same 2 cores) is not the command's time."""
     with tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        subprocess.run(
+        child = subprocess.Popen(
             [sys.executable, "-m", "startprof", "analyze", "--json", *map(str, paths)],
             stdout=out,
-            check=True,
         )
+        _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, child.args)
         out.seek(0)
-        return seconds, out.read().decode()
+        return Run(
+            seconds, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, out.read().decode()
+        )
+
+
+TOUCH = """
+import sys, time, numpy
+t = time.perf_counter()
+filled = numpy.ones(int(float(sys.argv[1]) * 2**27))
+print(time.perf_counter() - t)
+"""
+
+
+def touch_memory(gb: float) -> float:
+    """Seconds a new process takes to fill ``gb`` GB of fresh memory. On this project's VM
+    (Firecracker, free page reporting) memory that has lain free for a few seconds is handed
+    back to the host, and touching it again costs some 2.2 s per GB; right after another
+    process let it go, 0.2 s (docs/analyze.md). Run right before a command, it leaves that
+    much memory warm for it, as a machine without page reporting has it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", TOUCH, str(gb)], capture_output=True, text=True, check=True
+    )
+    return float(proc.stdout)
 
 
 def _recordings(args: argparse.Namespace, folder: Path, pods: int, nodes: int) -> list[Path]:
@@ -165,29 +209,57 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the recordings here, and reuse them")
+    parser.add_argument(
+        "--warm-gb",
+        type=float,
+        default=0.0,
+        help="fill this much memory in another process right before each run (touch_memory)",
+    )
+    parser.add_argument(
+        "--memory-cost",
+        action="store_true",
+        help="first measure the seconds per GB of fresh memory, after a pause and right after",
+    )
     args = parser.parse_args()
-    results = []
+    results: list[dict[str, object]] = []
+    if args.memory_cost:
+        time.sleep(10)
+        cold = touch_memory(1)
+        warm = touch_memory(1)
+        results.append(
+            {
+                "fresh_memory_s_per_gb": {
+                    "after 10 s idle": round(cold, 2),
+                    "right after": round(warm, 2),
+                }
+            }
+        )
+        print(json.dumps(results[-1]), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="startprof-scale-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         for pods, nodes in itertools.product(args.pods, args.nodes):
             paths = _recordings(args, folder, pods, nodes)
-            times = []
+            runs = []
             for _ in range(args.repeat):
-                seconds, text = _timed_analyze_json(paths)
-                times.append(seconds)
-            made = len(json.loads(text)["pods"])
-            del text
-            best = min(times)
+                if args.warm_gb:
+                    touch_memory(args.warm_gb)
+                runs.append(_timed_analyze_json(paths))
+            made = len(json.loads(runs[-1].text)["pods"])
+            best = min(runs, key=lambda r: r.seconds)
             result = {
                 "pods": made,
                 "nodes": nodes,
                 "events": sum(read_recording(p).table.num_rows for p in paths),
                 "file_mb": round(sum(p.stat().st_size for p in paths) / 1e6, 1),
-                "seconds_best": round(best, 2),
-                "seconds_all": [round(t, 2) for t in times],
-                "ms_per_pod": round(1000 * best / made, 3),
+                "warm_gb": args.warm_gb,
+                "seconds_best": round(best.seconds, 2),
+                "seconds_all": [round(r.seconds, 2) for r in runs],
+                "cpu_user_system_all": [[round(r.user, 2), round(r.system, 2)] for r in runs],
+                "peak_mb_best": round(best.peak_mb),
+                "ms_per_pod": round(1000 * best.seconds / made, 3),
             }
+            del runs, best
             if nodes == 1:  # the steps of one process reading one file
                 steps = [_steps(paths[0]) for _ in range(args.repeat)]
                 analysis = [s["analysis"] for s in steps]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from startprof.analysis import (
@@ -121,12 +123,53 @@ def analyze_files(paths: Sequence[str | os.PathLike[str]], jobs: int | None = No
 
 
 def _worker_parts(paths: list[str], workers: int) -> Iterator[Part]:
-    """Each file's part, analysed by ``workers`` processes, in the order of ``paths``. Forked
-    before any file is read, so each starts with the modules loaded and no events; an error
-    cancels the files not begun yet, and an interrupt stops the workers."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    """Each file's part, in the order of ``paths``, analysed by this process and ``workers - 1``
+    forked ones, a file at a time each: the workers take files from the front, this process
+    from the back, until they meet. A part analysed here is neither pickled nor sent (a
+    worker's pods cost 0.1 ms each to pickle and 0.09 ms to load). Forked before any file is
+    read, so each worker starts with the modules loaded and no events. An error is raised
+    when its file's turn comes, as in one process; no file is begun after one, and if an
+    earlier file was not begun yet, the first error among those analysed is raised. An
+    interrupt stops the workers."""
+    helpers = workers - 1
+    folder = tempfile.TemporaryDirectory(prefix="startprof-parts-")
+    pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("fork"))
+    done: dict[int, Part | Exception] = {}
+    running: dict[Future[str], int] = {}  # a worker hands back the name of its part's file
+    front, back, turn = 0, len(paths), 0  # paths[front:back] not begun; ``turn`` yields next
     try:
-        yield from pool.map(_part_of_file, paths)
+        while turn < len(paths):
+            # each worker has a file, and a second one queued behind it as long as one is left
+            # for this process too: a worker never waits for this one to hand it the next
+            while front < back and (
+                len(running) < helpers or (len(running) < 2 * helpers and front < back - 1)
+            ):
+                running[pool.submit(_part_of_file, paths[front], folder.name)] = front
+                front += 1
+            if front < back:
+                back -= 1
+                try:
+                    done[back] = next(parts(_each_source([paths[back]])))
+                except Exception as exc:
+                    done[back] = exc
+                    back = front  # begin no other file here
+            elif turn not in done and running:
+                wait(running, return_when=FIRST_COMPLETED)
+            elif turn not in done:  # never begun: a later file failed first
+                raise next(e for _, e in sorted(done.items()) if isinstance(e, Exception))
+            for future in [f for f in running if f.done()]:
+                at = running.pop(future)
+                try:
+                    done[at] = _load_part(future.result())
+                except Exception as exc:
+                    done[at] = exc
+                    back = front
+            while turn in done:
+                found = done.pop(turn)
+                if isinstance(found, Exception):
+                    raise found
+                yield found
+                turn += 1
     except BaseException as exc:
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit, a closed generator
             for child in multiprocessing.active_children():
@@ -134,9 +177,27 @@ def _worker_parts(paths: list[str], workers: int) -> Iterator[Part]:
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        folder.cleanup()
 
 
-def _part_of_file(path: str) -> Part:
-    """One file's part, in a worker process (``_worker_parts``)."""
+def _part_of_file(path: str, folder: str) -> str:
+    """One file's part, in a worker process (``_worker_parts``), pickled to a file in
+    ``folder``; returns its name. Not through the pool's pipe: a worker writing the 11 MB of
+    a 1,000-pod part there waits until this process's main thread, busy with a file of its
+    own, lets the pool's thread read each 64 KB (1.6 s idle per file, measured)."""
     with without_cycle_collection():
-        return next(parts(_each_source([path])))
+        part = next(parts(_each_source([path])))
+    fd, name = tempfile.mkstemp(suffix=".part", dir=folder)
+    with os.fdopen(fd, "wb") as out:
+        pickle.dump(part, out, protocol=pickle.HIGHEST_PROTOCOL)
+    return name
+
+
+def _load_part(name: str) -> Part:
+    """The part a worker pickled to ``name``, which is then removed."""
+    with open(name, "rb") as found:
+        part = pickle.load(found)
+    os.unlink(name)
+    if not isinstance(part, Part):
+        raise TypeError(f"{name}: a worker handed back {type(part).__name__}, not a Part")
+    return part

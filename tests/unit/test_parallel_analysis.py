@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from startprof import pipeline
+from startprof.analysis import parts
 from startprof.cli import main
 from startprof.errors import EnvironmentProblem, RecordingError
 from startprof.pipeline import analyze_files
@@ -58,6 +59,17 @@ def test_a_damaged_file_fails_as_it_does_in_one_process(tmp_path: Path) -> None:
     assert not multiprocessing.active_children()
 
 
+def test_a_damaged_file_last_stops_the_work_and_is_the_error(tmp_path: Path) -> None:
+    """This process takes files from the back: the damaged last file fails first, no file is
+    begun after it, and its error is the command's, without waiting for files never begun."""
+    damaged = tmp_path / "damaged.arrows"
+    damaged.write_bytes(b"STARTPROF" + bytes(range(256)) * 4)
+    files = [*FILES, *FILES, damaged]
+    with pytest.raises(RecordingError, match=r"damaged\.arrows"):
+        analyze_files(files, jobs=2)
+    assert not multiprocessing.active_children()
+
+
 def test_a_bug_in_a_worker_names_its_file(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +87,7 @@ def test_a_bug_in_a_worker_names_its_file(
     assert not multiprocessing.active_children()
 
 
-def killed(path: str) -> object:
+def killed(path: str, folder: str) -> object:
     """A worker's end as the kernel's OOM killer leaves it (at module level: the pool pickles
     the function it runs by name)."""
     os._exit(137)
@@ -101,6 +113,15 @@ def test_every_stored_analysis_survives_the_trip_from_a_worker(path: Path) -> No
     back = pickle.loads(pickle.dumps(analysis.pods, protocol=pickle.HIGHEST_PROTOCOL))
     assert back == analysis.pods
     assert [p.phases for p in back] == [p.phases for p in analysis.pods]
+    # a worker's part, its pods packed as columns (model.pack_pods)
+    part = next(parts(pipeline.read_source(path) for _ in range(1)))
+    again = pickle.loads(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+    assert again == part
+    assert [p.phases for p in again.pods] == [p.phases for p in part.pods]
+    assert [p.critical_path for p in again.pods] == [p.critical_path for p in part.pods]
+    assert [p.on_critical_path for pod in again.pods for p in pod.phases] == [
+        p.on_critical_path for pod in part.pods for p in pod.phases
+    ]
 
 
 def test_ctrl_c_stops_the_command_and_its_workers() -> None:

@@ -11,12 +11,13 @@ import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from startprof.analysis.cri_naming import name_calls
 from startprof.analysis.losses import drop_windows, mark_lossy
-from startprof.analysis.model import Analysis, Pod, RecordingInfo
+from startprof.analysis.model import Analysis, Pod, RecordingInfo, pack_pods, unpack_pods
 from startprof.analysis.phases import Prepared, build_prepared, prepare
 from startprof.analysis.summary import summarize
 
@@ -124,6 +125,20 @@ class Part:
     windows: list[tuple[int, int]]
     foreign_containers: dict[str, int]
     seen: _Seen
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled with its pods as columns (``model.pack_pods``): half the time to hand back."""
+        return _part, (pack_pods(self.pods), self.windows, self.foreign_containers, self.seen)
+
+
+def _part(
+    packed: tuple[Any, ...],
+    windows: list[tuple[int, int]],
+    foreign_containers: dict[str, int],
+    seen: _Seen,
+) -> Part:
+    """A ``Part`` unpickled (``Part.__reduce__``)."""
+    return Part(unpack_pods(packed), windows, foreign_containers, seen)
 
 
 def parts(sources: Iterable[Source]) -> Iterator[Part]:

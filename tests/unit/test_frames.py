@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from startprof.analysis.frames import cells, index_kinds, ints, kind_mask, string_lists
+from startprof.analysis.frames import cells, index_kinds, ints, ints_at, kind_mask, string_lists
 from startprof.analysis.inputs import _env_maps
 from startprof.events import KINDS
 
@@ -90,3 +90,12 @@ def test_ints_are_the_values_and_where_they_are(
     assert valid.tolist() == [v is not None for v in expected]
     assert values.dtype == np.int64
     assert values.tolist() == [0 if v is None else v for v in expected]
+
+
+def test_ints_at_reads_only_the_rows_asked_for() -> None:
+    arrow = pd.Series(pa.chunked_array([[5, None], [7, 8]], pa.int32()), dtype="int32[pyarrow]")
+    for series in (arrow, pd.Series([5, None, 7, 8], dtype="Int64")):
+        valid, values = ints_at(series, np.array([3, 1, 0]))
+        assert valid.tolist() == [True, False, True]
+        assert values.tolist() == [8, 0, 5]
+        assert values.dtype == np.int64

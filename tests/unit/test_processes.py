@@ -54,3 +54,21 @@ def test_a_reused_pid_is_two_processes_and_each_event_goes_to_the_one_alive_then
     assert ids[11] == ids[12] != ids[21] == ids[40]
     assert ids[5] is pd.NA or pd.isna(ids[5])
     assert ids[31] == int(third["proc_id"].iloc[0])
+
+
+def test_a_fork_without_its_child_pid_makes_no_lifetime() -> None:
+    """A damaged fork row (no child pid) is left out; the rest of the tree stands."""
+    ev = _frame(
+        [
+            {"kind": "proc", "ts_ns": 1, "pid": 100, "ppid": 1},
+            {"kind": "fork", "ts_ns": 10, "pid": 100},
+            {"kind": "fork", "ts_ns": 20, "pid": 100, "child_pid": 200},
+            _exec(21, 200, "/bin/child"),
+        ]
+    )
+    table = processes(ev)
+    assert sorted(table["pid"].tolist()) == [100, 200]
+    child = table[table["pid"] == 200]
+    assert child["filename"].tolist() == ["/bin/child"]
+    assert child["parent_proc"].tolist() == table.loc[table["pid"] == 100, "proc_id"].tolist()
+    assert table["proc_id"].tolist() == list(range(len(table)))

@@ -35,9 +35,9 @@ import pyarrow.compute as pc
 from startprof.analysis.frames import (
     cells,
     ints,
+    ints_at,
     kind_mask,
     missing,
-    rows_where,
     string_lists,
 )
 
@@ -71,10 +71,6 @@ def dirname(path: str) -> str:
     return os.path.dirname(path)
 
 
-def _int(series: pd.Series) -> pd.Series:
-    return series.astype("int64")
-
-
 def _map(series: pd.Series | list[Any], fn: Callable[[Any], Any], index: Any = None) -> pd.Series:
     """``fn`` of every cell (None for an empty one), as an object column. ``Series.map`` keeps
     an Arrow-backed column's type: a result of nothing but None is then an Arrow *null* column,
@@ -85,41 +81,37 @@ def _map(series: pd.Series | list[Any], fn: Callable[[Any], Any], index: Any = N
 
 
 def lifetimes(ev: pd.DataFrame, acting: np.ndarray) -> pd.DataFrame:
-    """One row per process lifetime: proc_id, pid, ppid, start_ns, seeded (alive at start).
-    ``acting``: the distinct pids of the events that have one (``_pids``)."""
-    forks = rows_where(ev, kind_mask(ev, "fork"), ["ts_ns", "pid", "child_pid"])
-    births = pd.DataFrame(
-        {
-            "pid": _int(forks["child_pid"]),
-            "ppid": _int(forks["pid"]),
-            "start_ns": _int(forks["ts_ns"]),
-            "seeded": False,
-        }
-    )
-    procs = rows_where(ev, kind_mask(ev, "proc"), ["ts_ns", "pid", "ppid"])
-    seeds = pd.DataFrame(
-        {
-            "pid": _int(procs["pid"]),
-            "ppid": _int(procs["ppid"].fillna(0)),
-            "start_ns": np.int64(SEEDED_START_NS),
-            "seeded": True,
-        }
-    )
+    """One row per process lifetime: proc_id, pid, ppid, start_ns, seeded (alive at start),
+    in order of start and pid; a lifetime's ``proc_id`` is its row. ``acting``: the distinct
+    pids of the events that have one (``_pids``). A fork or ``/proc`` row without its pids (a
+    damaged row) makes no lifetime."""
+    forks = np.flatnonzero(kind_mask(ev, "fork"))
+    has_child, child = ints_at(ev["child_pid"], forks)
+    has_parent, parent = ints_at(ev["pid"], forks)
+    born = ints_at(ev["ts_ns"], forks)[1]
+    whole = has_child & has_parent
+    child, parent, born = child[whole], parent[whole], born[whole]
+    seeds = np.flatnonzero(kind_mask(ev, "proc"))
+    has_pid, seed_pid = ints_at(ev["pid"], seeds)
+    seed_ppid = ints_at(ev["ppid"], seeds)[1][has_pid]  # an unknown parent is 0
+    seed_pid = seed_pid[has_pid]
     # processes that acted without being seeded or born in the recording (e.g. with --all)
-    known = np.concatenate([births["pid"].to_numpy(), seeds["pid"].to_numpy()])
-    strangers = acting[~np.isin(acting, known)]
-    implicit = pd.DataFrame(
+    strangers = acting[~np.isin(acting, np.concatenate([child, seed_pid]))]
+    alive = len(seed_pid) + len(strangers)
+    pid = np.concatenate([seed_pid, strangers, child])
+    ppid = np.concatenate([seed_ppid, np.zeros(len(strangers), dtype="int64"), parent])
+    start = np.concatenate([np.full(alive, SEEDED_START_NS, dtype="int64"), born])
+    seeded = np.arange(len(pid)) < alive
+    order = np.lexsort((pid, start))  # by start, then pid; stable
+    return pd.DataFrame(
         {
-            "pid": strangers,
-            "ppid": 0,
-            "start_ns": np.int64(SEEDED_START_NS),
-            "seeded": True,
+            "pid": pid[order],
+            "ppid": ppid[order],
+            "start_ns": start[order],
+            "seeded": seeded[order],
+            "proc_id": np.arange(len(pid), dtype="int64"),
         }
     )
-    table = pd.concat([seeds, implicit, births], ignore_index=True)
-    table = table.sort_values(["start_ns", "pid"], kind="stable").reset_index(drop=True)
-    table["proc_id"] = np.arange(len(table), dtype="int64")
-    return table
 
 
 @dataclass(frozen=True)
@@ -304,7 +296,7 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     )
     ts = ints(ev["ts_ns"])[1]  # no nulls (``timed``)
     table["end_ns"] = _int_column(*_per_process_min(n, owner[exits], ts[exits]))
-    valid_ret, ret = _ints_at(ev, "ret", exit_groups)
+    valid_ret, ret = ints_at(ev["ret"], exit_groups)
     last_code = _pick(ret[valid_ret], _last_of_each(n, owner[exit_groups[valid_ret]]))
     table["exit_code"] = _int_column(*last_code)
     # each process's first exec, by position; argv and env of those only (a re-exec's are
@@ -349,12 +341,6 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     )
     table["parent_proc"] = _parent_proc_ids(table)
     return table
-
-
-def _ints_at(ev: pd.DataFrame, column: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(valid, values) of an integer column at event positions ``rows``."""
-    valid, values = ints(ev[column])
-    return valid[rows], values[rows]
 
 
 def _strings_at(ev: pd.DataFrame, column: str, rows: np.ndarray) -> pd.Series:

@@ -86,14 +86,23 @@ class PhaseBuilder:
         n = self._ids[base] = self._ids.get(base, 0) + 1
         pid = base if n == 1 else f"{base}#{n}"
         if parent is not None:  # a child never leaves its parent (clock skew, shared shims)
-            start = min(max(start, parent.start_ns), parent.end_ns)
-            end = min(max(end, start), parent.end_ns)
+            # min(max(start, lo), hi) and min(max(end, start), hi), without the calls: 59
+            # phases per pod
+            lo, hi = parent.start_ns, parent.end_ns
+            if start < lo:
+                start = lo
+            if start > hi:
+                start = hi
+            if end > hi:
+                end = hi
+        if end < start:
+            end = start
         phase = new_phase(
             pid,
             None if parent is None else parent.id,
             name,
             start,
-            max(end, start),
+            end,
             "ok" if error is None else "error",
             error,
             {k: v for k, v in attributes.items() if v is not None},
@@ -867,9 +876,18 @@ def _clip_to_parents(phases: list[Phase]) -> list[Phase]:
     for p in phases:
         parent = by_id.get(p.parent_id) if p.parent_id else None
         if parent is not None:
-            start = min(max(p.start_ns, parent.start_ns), parent.end_ns)
-            end = min(max(p.end_ns, start), parent.end_ns)
-            if (start, end) != (p.start_ns, p.end_ns):
+            # min(max(start, lo), hi) and min(max(end, start), hi), as in PhaseBuilder.add
+            lo, hi = parent.start_ns, parent.end_ns
+            start, end = p.start_ns, p.end_ns
+            if start < lo:
+                start = lo
+            if start > hi:
+                start = hi
+            if end < start:
+                end = start
+            if end > hi:
+                end = hi
+            if start != p.start_ns or end != p.end_ns:
                 p = replace(p, start_ns=start, end_ns=end)
         by_id[p.id] = p
         out.append(p)

@@ -185,11 +185,11 @@ def _part_of_file(path: str, folder: str) -> str:
     ``folder``; returns its name. Not through the pool's pipe: a worker writing the 11 MB of
     a 1,000-pod part there waits until this process's main thread, busy with a file of its
     own, lets the pool's thread read each 64 KB (1.6 s idle per file, measured)."""
-    with without_cycle_collection():
+    with without_cycle_collection():  # pickled before the collector can walk the part
         part = next(parts(_each_source([path])))
-    fd, name = tempfile.mkstemp(suffix=".part", dir=folder)
-    with os.fdopen(fd, "wb") as out:
-        pickle.dump(part, out, protocol=pickle.HIGHEST_PROTOCOL)
+        fd, name = tempfile.mkstemp(suffix=".part", dir=folder)
+        with os.fdopen(fd, "wb") as out:
+            pickle.dump(part, out, protocol=pickle.HIGHEST_PROTOCOL)
     return name
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -1055,22 +1055,31 @@ def _match_slots(
         else:
             holder[first] = k
 
-    def augment(k: int, seen: set[int], depth: int) -> bool:
-        if depth > AUGMENT_DEPTH:
-            return False
-        for i in candidates(k):
-            if i in seen:
-                continue
-            seen.add(i)
-            other = holder.get(i)
-            if other is None or augment(other, seen, depth + 1):
-                holder[i] = k
-                return True
-        return False
-
     for k in left:
-        augment(k, set(), 0)
+        _augment(k, set(), 0, holder, candidates)
     return holder
+
+
+def _augment(
+    k: int,
+    seen: set[int],
+    depth: int,
+    holder: dict[int, int],
+    candidates: Callable[[int], Iterator[int]],
+) -> bool:
+    """Kuhn's augmenting step of :func:`_match_slots`; a module function, as a recursive
+    closure would be a reference cycle left to the cycle collector."""
+    if depth > AUGMENT_DEPTH:
+        return False
+    for i in candidates(k):
+        if i in seen:
+            continue
+        seen.add(i)
+        other = holder.get(i)
+        if other is None or _augment(other, seen, depth + 1, holder, candidates):
+            holder[i] = k
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -43,23 +43,28 @@ def analyze_command(
     """
     from rich.console import Console
 
+    from startprof.analysis import without_cycle_collection
     from startprof.analysis.selection import select_pods
     from startprof.pipeline import analyze_files
     from startprof.reporters import json as json_reporter
     from startprof.reporters.terminal import render
 
-    analysis = analyze_files(list(files), jobs)
-    pods = select_pods(analysis, None if as_json else top, pod_name)
-    if as_json:
-        # The bytes as they are, a pod at a time, unless stdout is a text-only stream (a
-        # StringIO a caller redirected it to), which takes only text.
-        if hasattr(sys.stdout, "buffer"):
-            sys.stdout.flush()
-            json_reporter.write(sys.stdout.buffer, analysis, pods)
-            sys.stdout.buffer.write(b"\n")
-            sys.stdout.buffer.flush()
+    # no cycle collection until the output is written and the pods are let go of: its first
+    # pass after the analysis would walk every object of every pod (1.3 s at 10,000 pods)
+    with without_cycle_collection():
+        analysis = analyze_files(list(files), jobs)
+        pods = select_pods(analysis, None if as_json else top, pod_name)
+        if as_json:
+            # The bytes as they are, a pod at a time, unless stdout is a text-only stream (a
+            # StringIO a caller redirected it to), which takes only text.
+            if hasattr(sys.stdout, "buffer"):
+                sys.stdout.flush()
+                json_reporter.write(sys.stdout.buffer, analysis, pods)
+                sys.stdout.buffer.write(b"\n")
+                sys.stdout.buffer.flush()
+            else:
+                click.echo(json_reporter.dumps(analysis, pods))
         else:
-            click.echo(json_reporter.dumps(analysis, pods))
-    else:
-        render(analysis, pods, Console(highlight=False))
+            render(analysis, pods, Console(highlight=False))
+        del analysis, pods  # freed here: the collector would walk them once more
     return 0

@@ -79,19 +79,23 @@ def export_command(
     if not files:
         raise click.UsageError("give at least one recording FILE")
 
-    analysis = _analyze(list(files), jobs)
-    if pod_name is not None:
-        from startprof.analysis.selection import find_pods
+    from startprof.analysis import without_cycle_collection
 
-        analysis = replace(analysis, pods=tuple(find_pods(analysis, pod_name)))
-    if not analysis.pods:
-        raise InputError(
-            "no pod starts in " + ", ".join(str(f) for f in files) + ": nothing to export",
-            fix="record while pods start, e.g. with `startprof lab run`",
-        )
-    for exporter in _exporters(otlp_url, otlp_protocol, jaeger_out, perfetto_out):
-        summary = exporter.export(analysis)
-        click.echo(f"{exporter.verb} {_traces(summary)} to {summary.target}{exporter.hint}")
+    with without_cycle_collection():  # until the traces are out (see ``analyze``)
+        analysis = _analyze(list(files), jobs)
+        if pod_name is not None:
+            from startprof.analysis.selection import find_pods
+
+            analysis = replace(analysis, pods=tuple(find_pods(analysis, pod_name)))
+        if not analysis.pods:
+            raise InputError(
+                "no pod starts in " + ", ".join(str(f) for f in files) + ": nothing to export",
+                fix="record while pods start, e.g. with `startprof lab run`",
+            )
+        for exporter in _exporters(otlp_url, otlp_protocol, jaeger_out, perfetto_out):
+            summary = exporter.export(analysis)
+            click.echo(f"{exporter.verb} {_traces(summary)} to {summary.target}{exporter.hint}")
+        del analysis  # freed here: the collector would walk it once more
     return 0
 
 

@@ -48,19 +48,22 @@ def report_command(
       startprof report --top 5 node-a.arrows node-b.arrows
       startprof report pods.arrows --pod web-0 -o web-0.html
     """
+    from startprof.analysis import without_cycle_collection
     from startprof.analysis.selection import select_pods
     from startprof.pipeline import analyze_files
     from startprof.reporters import html
 
-    analysis = analyze_files(list(files), jobs)
-    pods = select_pods(analysis, top, pod_name)
-    path = output if output is not None else default_output(datetime.now())
-    try:
-        size = html.write(analysis, pods, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    with without_cycle_collection():  # until the page is written (see ``analyze``)
+        analysis = analyze_files(list(files), jobs)
+        pods = select_pods(analysis, top, pod_name)
+        path = output if output is not None else default_output(datetime.now())
+        try:
+            size = html.write(analysis, pods, path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        found, shown = len(analysis.pods), len(pods)
+        del analysis, pods  # freed here: the collector would walk them once more
     click.echo(
-        f"{path} ({_size(size)}): {len(analysis.pods)} pods, {len(pods)} waterfall"
-        f"{'' if len(pods) == 1 else 's'}"
+        f"{path} ({_size(size)}): {found} pods, {shown} waterfall{'' if shown == 1 else 's'}"
     )
     return 0

@@ -82,24 +82,15 @@ class Phase:
     def on_path(self, on_critical_path: bool, self_ns: int) -> Phase:
         """This phase with its critical-path fields set (a direct call: ``replace`` is 5x slower
         and runs for every phase of every pod)."""
-        return _phase(
-            self.id,
-            self.parent_id,
-            self.name,
-            self.start_ns,
-            self.end_ns,
-            self.status,
-            self.error,
-            on_critical_path,
-            self_ns,
-            self.attributes,
-        )
+        copy = new_phase(*self.fields())
+        mark_on_path(copy, on_critical_path, self_ns)  # nobody holds the copy yet
+        return copy
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        """Pickled as its fields, rebuilt by ``_phase``: the generated state methods of a frozen
+        """Pickled as its fields, rebuilt by ``new_phase``: the generated state methods of a frozen
         slotted class set each field through Python, a third of a pod's time to load (a worker
         of ``analyze --jobs`` hands 59 phases per pod back)."""
-        return _phase, self.fields()
+        return new_phase, self.fields()
 
     @property
     def kind(self) -> str:
@@ -141,38 +132,13 @@ def new_phase(
     end_ns: int,
     status: PhaseStatus,
     error: str | None,
-    attributes: Mapping[str, Any],
-) -> Phase:
-    """``Phase(...)`` off the critical path, in half the time of the frozen ``__init__`` (the
-    pod builder makes 590,000 phases at 10,000 pods)."""
-    phase = object.__new__(Phase)
-    _set_id(phase, id)
-    _set_parent_id(phase, parent_id)
-    _set_name(phase, name)
-    _set_start(phase, start_ns)
-    _set_end(phase, end_ns)
-    _set_status(phase, status)
-    _set_error(phase, error)
-    _set_on_path(phase, False)
-    _set_self_ns(phase, 0)
-    _set_attributes(phase, attributes)
-    return phase
-
-
-def _phase(
-    id: str,
-    parent_id: str | None,
-    name: str,
-    start_ns: int,
-    end_ns: int,
-    status: PhaseStatus,
-    error: str | None,
     on_critical_path: bool,
     self_ns: int,
     attributes: Mapping[str, Any],
 ) -> Phase:
-    """A phase of its fields in declaration order (``Phase.fields``; unpickling), each slot
-    set once."""
+    """A phase of its fields in declaration order (``Phase.fields``), each slot set once: half
+    the time of the frozen ``__init__`` (the pod builder makes 590,000 phases at 10,000 pods,
+    and unpickling a worker's part as many again)."""
     phase = object.__new__(Phase)
     _set_id(phase, id)
     _set_parent_id(phase, parent_id)
@@ -349,7 +315,7 @@ def pack_pods(pods: Sequence[Pod]) -> tuple[Any, ...]:
 def unpack_pods(packed: tuple[Any, ...]) -> list[Pod]:
     """The pods :func:`pack_pods` packed, equal to the originals."""
     phase_counts, step_counts, phase_columns, step_columns, pod_columns = packed
-    phases = list(map(_phase, *phase_columns))
+    phases = list(map(new_phase, *phase_columns))
     steps = list(map(CriticalStep, *step_columns))
     pods, i, j = [], 0, 0
     for n, m, values in zip(phase_counts, step_counts, zip(*pod_columns, strict=True), strict=True):

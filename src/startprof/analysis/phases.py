@@ -105,6 +105,8 @@ class PhaseBuilder:
             end,
             "ok" if error is None else "error",
             error,
+            False,
+            0,
             {k: v for k, v in attributes.items() if v is not None},
         )
         self.phases.append(phase)

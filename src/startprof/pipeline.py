@@ -110,7 +110,7 @@ def analyze_files(paths: Sequence[str | os.PathLike[str]], jobs: int | None = No
     try:
         with without_cycle_collection():
             return merge(found)
-    except InputError:  # a damaged or missing file (RecordingError): one line, exit 2
+    except (InputError, EnvironmentProblem):  # a damaged file, a full disk: one line
         raise
     except BrokenProcessPool as exc:
         raise EnvironmentProblem(
@@ -161,6 +161,14 @@ def _worker_parts(paths: list[str], workers: int) -> Iterator[Part]:
                 at = running.pop(future)
                 try:
                     done[at] = _load_part(future.result())
+                except OSError as exc:  # the temporary directory: full, or gone
+                    done[at] = EnvironmentProblem(
+                        f"an analysis worker could not hand back its pods through "
+                        f"{folder.name}: {exc.strerror or exc}",
+                        fix="free space in the temporary directory ($TMPDIR), or rerun with "
+                        "--jobs 1",
+                    )
+                    back = front
                 except Exception as exc:
                     done[at] = exc
                     back = front

@@ -100,6 +100,20 @@ def test_a_worker_that_dies_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) 
     assert not multiprocessing.active_children()
 
 
+def test_a_full_temporary_directory_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker hands its pods back through a file in $TMPDIR; a full disk there is the
+    machine's problem, said in one line with its way out, not a bug."""
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("startprof.pipeline.tempfile.mkstemp", full)  # inherited by the fork
+    with pytest.raises(EnvironmentProblem, match="No space left on device") as caught:
+        analyze_files(FILES[:2], jobs=2)
+    assert "--jobs 1" in str(caught.value.fix)
+    assert not multiprocessing.active_children()
+
+
 def test_jobs_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", "--jobs", "0", str(FILES[0])]) == 2
     assert "--jobs" in capsys.readouterr().err

@@ -300,7 +300,7 @@ def pack_pods(pods: Sequence[Pod]) -> tuple[Any, ...]:
     """Pods as columns of plain values, the form in which a worker of ``analyze --jobs``
     hands them back (``unpack_pods``): every phase's ids in one list, their starts in the next,
     and so on. Pickle then writes lists of strings and integers, not a call per phase: a
-    1,000-pod part pickles in 82 instead of 189 ms and loads in 69 instead of 108 ms."""
+    1,000-pod part pickles in 101-111 instead of 189 ms and loads in 87-95 instead of 108 ms."""
     phases = [p for pod in pods for p in pod.phases]
     steps = [s for pod in pods for s in pod.critical_path]
     return (

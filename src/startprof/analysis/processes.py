@@ -306,7 +306,7 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     exec_rows = _pick(execs, first_exec)[0]
     table["exec_ns"] = _int_column(*_pick(ts, exec_rows))
     table["exec_done_ns"] = _int_column(*_per_process_min(n, owner[dones], ts[dones]))
-    table["filename"] = _strings_at(ev, "filename", exec_rows)
+    table["filename"] = _string_column(_strings_at(ev, "filename", exec_rows), table)
     # argv and env as Python lists, once: attribution and the pod builder both read them; a
     # process alive at the start has the argv /proc gave (its exec is not in the recording)
     argv: list[Any] = [None] * n
@@ -327,26 +327,23 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     table["argv"] = pd.Series(argv, index=table.index, dtype=object)
     table["env"] = pd.Series(env, index=table.index, dtype=object)
     done_rows = _pick(dones, _last_of_each(n, owner[dones]))[0]
-    table["image"] = _strings_at(ev, "filename", done_rows)
+    table["image"] = _string_column(_strings_at(ev, "filename", done_rows), table)
     # the comm of the last exec_done, else the one /proc gave (the last such row)
     seed_rows = _pick(seeds, _last_of_each(n, owner[seeds]))[0]
-    done_comm = pa.chunked_array(pa.array(ev["comm"].array)).take(
-        pa.array(done_rows, mask=done_rows < 0)
-    )
-    seed_comm = pa.chunked_array(pa.array(ev["comm"].array)).take(
-        pa.array(seed_rows, mask=seed_rows < 0)
-    )
-    table["comm"] = pd.Series(
-        pd.arrays.ArrowExtensionArray(pc.coalesce(done_comm, seed_comm)), index=table.index
-    )
+    comm = pc.coalesce(_strings_at(ev, "comm", done_rows), _strings_at(ev, "comm", seed_rows))
+    table["comm"] = pd.Series(pd.arrays.ArrowExtensionArray(comm), index=table.index)
     table["parent_proc"] = _parent_proc_ids(table)
     return table
 
 
-def _strings_at(ev: pd.DataFrame, column: str, rows: np.ndarray) -> pd.Series:
-    """A string column at event positions ``rows`` (-1: null), as an Arrow column."""
-    picked = pa.chunked_array(pa.array(ev[column].array)).take(pa.array(rows, mask=rows < 0))
-    return pd.Series(pd.arrays.ArrowExtensionArray(picked))
+def _strings_at(ev: pd.DataFrame, column: str, rows: np.ndarray) -> pa.ChunkedArray:
+    """A string column at event positions ``rows`` (-1: null)."""
+    values = pa.chunked_array(pa.array(ev[column].array, from_pandas=True))
+    return values.take(pa.array(rows, mask=rows < 0))
+
+
+def _string_column(values: pa.ChunkedArray, table: pd.DataFrame) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowExtensionArray(values), index=table.index)
 
 
 def _int_column(values: np.ndarray, present: np.ndarray) -> pd.arrays.ArrowExtensionArray:

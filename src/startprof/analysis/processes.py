@@ -132,13 +132,14 @@ def _pids(ev: pd.DataFrame) -> _Pids:
     return _Pids(codes, np.asarray(distinct, dtype="int64"), where)
 
 
-def attach_proc_ids(ev: pd.DataFrame, table: pd.DataFrame, pids: _Pids) -> pd.Series:
-    """For each event with a pid, the proc_id of the lifetime of that pid running at its time.
+def attach_proc_ids(table: pd.DataFrame, pids: _Pids, ts_all: np.ndarray) -> np.ndarray:
+    """Each event's proc_id: that of the lifetime of its pid running at its time (``ts_all``,
+    every event's), -1 for an event with no pid or none running.
 
     Most pids have one lifetime in a recording: their events take it by a lookup, if they
     come after its start. Only the events of reused pids go through an asof join (a join of
     every event cost 1.9 s at 10,000 pods)."""
-    ts = ev["ts_ns"].to_numpy(dtype="int64")[pids.where]
+    ts = ts_all[pids.where]
     life_code = pd.Index(pids.distinct).get_indexer(table["pid"].to_numpy())
     acted = life_code >= 0  # lifetimes of pids that have no event: nothing to attach to them
     lives = np.bincount(life_code[acted], minlength=len(pids.distinct))
@@ -157,13 +158,11 @@ def attach_proc_ids(ev: pd.DataFrame, table: pd.DataFrame, pids: _Pids) -> pd.Se
             left, right, left_on="ts_ns", right_on="start_ns", by="pid", direction="backward"
         )
         found[order] = merged["proc_id"].to_numpy(dtype="float64", na_value=-1).astype("int64")
-    if len(pids.where) == len(ev):  # every event has a pid: no scatter of 6.9 M values
-        values, mask = np.maximum(found, 0), found < 0
-    else:
-        values, mask = np.zeros(len(ev), dtype="int64"), np.ones(len(ev), dtype=bool)
-        values[pids.where] = np.maximum(found, 0)
-        mask[pids.where] = found < 0
-    return pd.Series(pd.arrays.IntegerArray(values, mask), index=ev.index)
+    if len(pids.where) == len(ts_all):  # every event has a pid: no scatter of 6.9 M values
+        return found
+    owner = np.full(len(ts_all), -1, dtype="int64")
+    owner[pids.where] = found
+    return owner
 
 
 # OCI runtime options that take a value (runc and crun share these spellings)
@@ -283,10 +282,13 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     """
     pids = _pids(ev)  # 6.9 M rows at 10,000 pods: read once for both steps
     table = lifetimes(ev, pids.distinct)  # proc_id == row
-    ev["proc_id"] = attach_proc_ids(ev, table, pids)
-    n = len(table)
-    owner = ev["proc_id"].to_numpy(dtype="int64", na_value=-1)
+    ts = ints(ev["ts_ns"])[1]  # no nulls (``timed``)
+    owner = attach_proc_ids(table, pids, ts)
     with_proc = owner >= 0
+    ev["proc_id"] = pd.Series(
+        pd.arrays.IntegerArray(np.maximum(owner, 0), ~with_proc), index=ev.index
+    )
+    n = len(table)
 
     def rows(kind: str) -> np.ndarray:
         return np.flatnonzero(with_proc & kind_mask(ev, kind))
@@ -294,7 +296,6 @@ def processes(ev: pd.DataFrame) -> pd.DataFrame:
     exits, exit_groups, execs, dones, seeds = (
         rows(k) for k in ("exit", "exit_group", "exec", "exec_done", "proc")
     )
-    ts = ints(ev["ts_ns"])[1]  # no nulls (``timed``)
     table["end_ns"] = _int_column(*_per_process_min(n, owner[exits], ts[exits]))
     valid_ret, ret = ints_at(ev["ret"], exit_groups)
     last_code = _pick(ret[valid_ret], _last_of_each(n, owner[exit_groups[valid_ret]]))
@@ -414,14 +415,9 @@ def _parent_proc_ids(table: pd.DataFrame) -> pd.Series:
 
 
 def _parent_rows(table: pd.DataFrame) -> np.ndarray:
-    """Each lifetime's parent's row in ``table`` (-1: none known)."""
-    parents = table["parent_proc"]
-    has_parent = parents.notna().to_numpy(dtype=bool)
-    parent_row = np.full(len(table), -1, dtype="int64")
-    parent_row[has_parent] = pd.Index(table["proc_id"].to_numpy(dtype="int64")).get_indexer(
-        parents[has_parent].to_numpy(dtype="int64")
-    )
-    return parent_row
+    """Each lifetime's parent's row in ``table`` (-1: none known): its ``parent_proc``, as a
+    proc_id is its row (``lifetimes``)."""
+    return np.asarray(table["parent_proc"].to_numpy(dtype="int64", na_value=-1))
 
 
 def _inherited(values: np.ndarray, parent_row: np.ndarray) -> np.ndarray:

@@ -65,6 +65,21 @@ _CNI_ERROR = re.compile(r'plugin type="(?P<type>[^"]+)"[^:]*? failed \((?:add|de
 _RUNTIME_ERROR = re.compile(r"OCI runtime (?P<verb>[a-z]+) failed: (?:[\w.-]+ (?P=verb) failed: )?")
 
 
+def _inside(start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
+    """``[start, end]`` moved inside its parent's ``[lo, hi]``: ``min(max(start, lo), hi)``
+    and ``min(max(end, start), hi)``, by comparisons (59 phases per pod; four builtin calls
+    each cost more)."""
+    if start < lo:
+        start = lo
+    if start > hi:
+        start = hi
+    if end < start:
+        end = start
+    if end > hi:
+        end = hi
+    return start, end
+
+
 class PhaseBuilder:
     """Builds one pod's phase list; ids are path-like and stable for the same recording."""
 
@@ -86,16 +101,8 @@ class PhaseBuilder:
         n = self._ids[base] = self._ids.get(base, 0) + 1
         pid = base if n == 1 else f"{base}#{n}"
         if parent is not None:  # a child never leaves its parent (clock skew, shared shims)
-            # min(max(start, lo), hi) and min(max(end, start), hi), without the calls: 59
-            # phases per pod
-            lo, hi = parent.start_ns, parent.end_ns
-            if start < lo:
-                start = lo
-            if start > hi:
-                start = hi
-            if end > hi:
-                end = hi
-        if end < start:
+            start, end = _inside(start, end, parent.start_ns, parent.end_ns)
+        elif end < start:
             end = start
         phase = new_phase(
             pid,
@@ -878,17 +885,7 @@ def _clip_to_parents(phases: list[Phase]) -> list[Phase]:
     for p in phases:
         parent = by_id.get(p.parent_id) if p.parent_id else None
         if parent is not None:
-            # min(max(start, lo), hi) and min(max(end, start), hi), as in PhaseBuilder.add
-            lo, hi = parent.start_ns, parent.end_ns
-            start, end = p.start_ns, p.end_ns
-            if start < lo:
-                start = lo
-            if start > hi:
-                start = hi
-            if end < start:
-                end = start
-            if end > hi:
-                end = hi
+            start, end = _inside(p.start_ns, p.end_ns, parent.start_ns, parent.end_ns)
             if start != p.start_ns or end != p.end_ns:
                 p = replace(p, start_ns=start, end_ns=end)
         by_id[p.id] = p

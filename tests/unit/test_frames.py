@@ -18,13 +18,13 @@ def test_string_lists_share_each_distinct_string() -> None:
     lists = pa.array([["a", "b"], None, ["c", None, "a"], [], ["x"]], pa.list_(pa.string()))
     chunked = pa.chunked_array([lists.slice(1, 3), lists.slice(0, 2), lists.slice(4, 1)])
     got = string_lists(pd.Series(pd.arrays.ArrowExtensionArray(chunked)))
-    assert got == [None, ["c", "", "a"], [], ["a", "b"], None, ["x"]]
+    assert got == [None, ("c", "", "a"), (), ("a", "b"), None, ("x",)]
     assert got[1][2] is got[3][0]
 
 
 def test_string_lists_of_python_objects() -> None:
     series = pd.Series([["a", None], None], dtype=object)
-    assert string_lists(series) == [["a", ""], None]
+    assert string_lists(series) == [("a", ""), None]
 
 
 def test_env_maps_split_at_the_first_equals_sign() -> None:
@@ -40,7 +40,7 @@ def test_string_lists_at_rows_read_those_lists_only() -> None:
     python = pd.Series(lists.to_pylist(), dtype=object)
     rows = np.array([1, 2, 3])
     for series in (arrow, python):
-        assert string_lists(series, rows) == [None, ["b", "c"], ["a", ""]]
+        assert string_lists(series, rows) == [None, ("b", "c"), ("a", "")]
         assert string_lists(series, np.array([], dtype="int64")) == []
 
 

@@ -72,3 +72,30 @@ def test_a_fork_without_its_child_pid_makes_no_lifetime() -> None:
     assert child["filename"].tolist() == ["/bin/child"]
     assert child["parent_proc"].tolist() == table.loc[table["pid"] == 100, "proc_id"].tolist()
     assert table["proc_id"].tolist() == list(range(len(table)))
+
+
+def test_pids_past_pid_max_and_events_without_a_pid_are_attributed_alike() -> None:
+    """The pids of a recording are coded by a table up to Linux's largest pid_max, else by a
+    hash: both give the same process table and owners, an event without a pid has none, and a
+    real pid 0 (the idle task's, as /proc never shows it but a damaged file may) is kept."""
+
+    def events(offset: int) -> list[dict[str, Any]]:
+        return [
+            {"kind": "proc", "ts_ns": 1, "pid": 0, "ppid": 0},
+            {"kind": "proc", "ts_ns": 1, "pid": 100 + offset, "ppid": 1},
+            {"kind": "fork", "ts_ns": 10, "pid": 100 + offset, "child_pid": 200 + offset},
+            _exec(11, 200 + offset, "/bin/child"),
+            {"kind": "annotation", "ts_ns": 12, "sandbox_id": "s"},  # no pid
+            {"kind": "exit", "ts_ns": 13, "pid": 200 + offset, "tid": 200 + offset},
+            {"kind": "exit", "ts_ns": 14, "pid": 0, "tid": 0},
+        ]
+
+    tables, owners = [], []
+    for offset in (0, 1 << 23):  # PID_LIMIT is 1 << 22
+        ev = _frame(events(offset))
+        table = processes(ev)
+        tables.append(table.drop(columns=["pid", "ppid"]))
+        owners.append([None if pd.isna(x) else int(x) for x in ev["proc_id"].tolist()])
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert owners[0] == owners[1]
+    assert owners[0][4] is None and owners[0][6] is not None and owners[0][5] == owners[0][3]

@@ -108,7 +108,7 @@ def _valid_ints(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]:
-    """A list<string> column (argv, env) as Python lists of ``str``, None for a missing list;
+    """A list<string> column (argv, env) as Python tuples of ``str``, None for a missing list;
     only the lists at the positions ``rows`` (ascending) when given. A null item in a list (a
     damaged recording) reads as ``""``, so that the code reading command lines never meets
     anything but text (and needs no ``str()`` per argument).
@@ -121,7 +121,8 @@ def string_lists(series: pd.Series, rows: np.ndarray | None = None) -> list[Any]
     if not isinstance(values, pd.arrays.ArrowExtensionArray):
         picked = series if rows is None else series.iloc[rows]
         return [
-            None if v is None else ["" if x is None else str(x) for x in v] for v in cells(picked)
+            None if v is None else tuple("" if x is None else str(x) for x in v)
+            for v in cells(picked)
         ]
     known: dict[str, str] = {}
     out: list[Any] = []
@@ -152,7 +153,7 @@ def _shared_lists(chunk: pa.Array, known: dict[str, str], rows: np.ndarray | Non
     cuts = np.concatenate(([0], np.cumsum(lengths)))
     items = np.repeat(starts - cuts[:-1], lengths) + np.arange(cuts[-1])
     picked = codes[items]
-    strings = list(map(names.__getitem__, picked.tolist()))
+    strings = tuple(map(names.__getitem__, picked.tolist()))  # its slices are tuples
     bounds = cuts.tolist()
     return [
         strings[lo:hi] if ok else None

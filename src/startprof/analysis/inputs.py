@@ -402,9 +402,14 @@ def netlink_runs(
     In NumPy, one sort and a reduction per field: a pandas join and group-by cost a fixed
     10 ms per recording and 0.7 s at 10,000 pods. A request without a send time (a damaged
     row) is left out; one without an end ends when it was sent."""
-    wanted = kind_mask(ev, "nl_send") & has_proc(ev) & ev["start_ns"].notna().to_numpy(bool)
-    if proc_ids is not None:
-        wanted &= ev["proc_id"].isin(list(proc_ids)).to_numpy(dtype=bool, na_value=False)
+    wanted = kind_mask(ev, "nl_send") & ev["start_ns"].notna().to_numpy(bool)
+    if proc_ids is None:
+        wanted &= has_proc(ev)
+    else:
+        ids = np.fromiter(proc_ids, dtype="int64")
+        owner = ev["proc_id"].to_numpy(dtype="int64", na_value=-1)
+        # a table of the few ids, not a hash of 6.9 M events' (10,000 pods: ms against 0.2 s)
+        wanted &= np.isin(owner, ids, kind="table") if len(ids) else False
     sends = rows_where(ev, wanted, NETLINK_COLUMNS)
     if sends.empty:
         return {}
